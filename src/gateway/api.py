@@ -1,0 +1,297 @@
+"""Thin Litestar handlers, the edge middleware, and the single errors -> problem+json mapping.
+
+Handlers authenticate, call one service method and shape the answer; they hold no logic of
+their own. Every error, the gateway's or Litestar's, leaves through ``problem_response``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, patch
+from litestar.datastructures import State
+from litestar.enums import MediaType, ScopeType
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, Parameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import errors
+from gateway.cache import CacheResult
+from gateway.models import Metadata, MetadataPatch, Problem, Room, RoomPatch
+from gateway.service import Outcome, RoomService
+from gateway.tenants import Directory, Tenant
+
+log = logging.getLogger("gateway.api")
+
+PROBLEM_JSON = "application/problem+json"
+_encode = msgspec.json.Encoder().encode
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+class Gateway:
+    """What the handlers need, held in app state; ``directory`` is swapped on config reload."""
+
+    def __init__(self, *, directory: Directory | None, service: RoomService) -> None:
+        self.directory = directory
+        self.service = service
+        self.draining = False
+
+
+def _gateway(state: State) -> Gateway:
+    gateway: Gateway = state.gateway
+    return gateway
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def problem_response(exc: errors.GatewayError, request_id: str | None) -> Response[bytes]:
+    """The RFC 9457 document for an error, with its status and headers."""
+    body = Problem(
+        type=f"urn:live-room-gateway:problem:{exc.code}",
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        code=exc.code,
+        upstream_code=msgspec.UNSET if exc.upstream_code is None else exc.upstream_code,
+        upstream_request_id=exc.upstream_request_id or msgspec.UNSET,
+        request_id=request_id or msgspec.UNSET,
+    )
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None or exc.status in (429, 503):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
+    if exc.upstream_request_id:
+        headers["x-upstream-request-id"] = exc.upstream_request_id
+    return Response(_encode(body), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _from_litestar(exc: HTTPException) -> errors.GatewayError:
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        reasons = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
+        return errors.InvalidRequest(reasons or str(exc.detail))
+    mapped: dict[int, type[errors.GatewayError]] = {
+        400: errors.InvalidRequest,
+        404: errors.RouteNotFound,
+        405: errors.MethodNotAllowed,
+        413: errors.PayloadTooLarge,
+    }
+    cls = mapped.get(exc.status_code)
+    if cls is None:
+        return errors.InternalError("unexpected error")
+    return cls(str(exc.detail))
+
+
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one exception handler: gateway errors as they are, Litestar's mapped, others a 500."""
+    if isinstance(exc, errors.GatewayError):
+        mapped = exc
+    elif isinstance(exc, HTTPException):
+        mapped = _from_litestar(exc)
+    else:
+        log.error("unhandled error", exc_info=exc)
+        mapped = errors.InternalError("the gateway failed to handle this request")
+    return problem_response(mapped, request.scope.get("state", {}).get("request_id"))
+
+
+# ---------------------------------------------------------------------- edge middleware
+
+
+def edge_middleware(app: ASGIApp) -> ASGIApp:
+    """Request ids in and out, and refusal of paths that would decode into other routes."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        request_id = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        rid = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        raw_path = scope.get("raw_path") or b""
+        if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+            exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
+            response = problem_response(exc, request_id)
+            await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
+            return
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+# ---------------------------------------------------------------------- handlers
+
+_ROOM_PATH = "/v1/tenants/{tenant:str}/rooms/{room_id:str}"
+_ERRORS = {
+    status: ResponseSpec(data_container=Problem, media_type=PROBLEM_JSON, description=text, generate_examples=False)
+    for status, text in {
+        400: "Invalid request (invalid_request)",
+        401: "Missing or unknown bearer token (unauthenticated)",
+        403: "Caller may not use this tenant or scope (forbidden)",
+        404: "Unknown tenant, room or metadata keys",
+        413: "Request body over 64 KiB (payload_too_large)",
+        422: "Room metadata limit exceeded (metadata_limit_exceeded)",
+        429: "Budget exhausted within the wait cap, or Tencent rate-limited (rate_limited)",
+        502: "Tencent unavailable or rejected the call (upstream_unavailable, upstream_rejected)",
+        503: "Tencent rejected the gateway's credentials (upstream_misconfigured)",
+        504: "Tencent did not answer within the deadline (upstream_timeout)",
+    }.items()
+}
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> Tenant:
+    if gateway.directory is None:
+        raise errors.InternalError("configuration not loaded")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
+    return gateway.directory.authorize(caller, tenant, scope)
+
+
+def _upstream_header(request_id: str | None) -> dict[str, str]:
+    return {"x-upstream-request-id": request_id} if request_id else {}
+
+
+def _no_content(outcome: Outcome) -> Response[None]:
+    return Response(None, status_code=204, headers=_upstream_header(outcome.upstream_request_id))
+
+
+@get(
+    _ROOM_PATH,
+    summary="Get a room (get_room_info), through the shared short-TTL cache",
+    responses={200: ResponseSpec(data_container=Room, description="The room", generate_examples=False), **_ERRORS},
+    security=_SECURITY,
+    tags=["rooms"],
+    operation_id="getRoom",
+)
+async def get_room(
+    request: Request[Any, Any, Any],
+    state: State,
+    tenant: str,
+    room_id: str,
+    cache_control: str | None = Parameter(header="cache-control", default=None, required=False),
+) -> Response[bytes]:
+    gateway = _gateway(state)
+    resolved = _authorize(request, gateway, tenant, "read")
+    bypass = cache_control is not None and "no-cache" in cache_control.lower()
+    result: CacheResult = await gateway.service.get_room(resolved, room_id, bypass_cache=bypass)
+    headers = {"x-cache": result.status, **_upstream_header(result.upstream_request_id)}
+    return Response(result.body, media_type=MediaType.JSON, headers=headers)
+
+
+@patch(
+    _ROOM_PATH,
+    summary="Update a room (update_room_info); the cached copy is invalidated before the 204",
+    status_code=204,
+    responses=_ERRORS,
+    security=_SECURITY,
+    tags=["rooms"],
+    operation_id="updateRoom",
+)
+async def update_room(
+    request: Request[Any, Any, Any], state: State, tenant: str, room_id: str, data: JSONBody[RoomPatch]
+) -> Response[None]:
+    gateway = _gateway(state)
+    resolved = _authorize(request, gateway, tenant, "write")
+    return _no_content(await gateway.service.update_room(resolved, room_id, data))
+
+
+@get(
+    _ROOM_PATH + "/metadata",
+    summary="Get room metadata (get_room_metadata): the given keys, or all without 'key'",
+    responses={
+        200: ResponseSpec(data_container=Metadata, description="The metadata", generate_examples=False),
+        **_ERRORS,
+    },
+    security=_SECURITY,
+    tags=["metadata"],
+    operation_id="getRoomMetadata",
+)
+async def get_metadata(
+    request: Request[Any, Any, Any],
+    state: State,
+    tenant: str,
+    room_id: str,
+    key: list[str] | None = Parameter(query="key", default=None, required=False),
+) -> Response[bytes]:
+    gateway = _gateway(state)
+    resolved = _authorize(request, gateway, tenant, "read")
+    found, outcome = await gateway.service.get_metadata(resolved, room_id, key or [])
+    body = _encode(Metadata(metadata=found))
+    return Response(body, media_type=MediaType.JSON, headers=_upstream_header(outcome.upstream_request_id))
+
+
+@patch(
+    _ROOM_PATH + "/metadata",
+    summary="Upsert room metadata keys (set_room_metadata)",
+    status_code=204,
+    responses=_ERRORS,
+    security=_SECURITY,
+    tags=["metadata"],
+    operation_id="setRoomMetadata",
+)
+async def set_metadata(
+    request: Request[Any, Any, Any], state: State, tenant: str, room_id: str, data: JSONBody[MetadataPatch]
+) -> Response[None]:
+    gateway = _gateway(state)
+    resolved = _authorize(request, gateway, tenant, "write")
+    return _no_content(await gateway.service.set_metadata(resolved, room_id, data))
+
+
+@delete(
+    _ROOM_PATH + "/metadata",
+    summary="Delete room metadata keys (del_room_metadata); at least one 'key'",
+    status_code=204,
+    responses=_ERRORS,
+    security=_SECURITY,
+    tags=["metadata"],
+    operation_id="deleteRoomMetadata",
+)
+async def delete_metadata(
+    request: Request[Any, Any, Any],
+    state: State,
+    tenant: str,
+    room_id: str,
+    key: list[str] | None = Parameter(query="key", default=None, required=False),
+) -> Response[None]:
+    gateway = _gateway(state)
+    resolved = _authorize(request, gateway, tenant, "write")
+    return _no_content(await gateway.service.delete_metadata(resolved, room_id, key or []))
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+@get("/livez", summary="Process is up", tags=["operations"], operation_id="livez")
+async def livez() -> Health:
+    return Health(status="ok")
+
+
+@get(
+    "/readyz",
+    summary="Ready for traffic: config loaded and not draining",
+    tags=["operations"],
+    operation_id="readyz",
+    responses={503: ResponseSpec(data_container=Health, description="Not ready", generate_examples=False)},
+)
+async def readyz(state: State) -> Response[Health]:
+    gateway = _gateway(state)
+    if gateway.directory is None or gateway.draining:
+        return Response(Health(status="draining" if gateway.draining else "starting"), status_code=503)
+    return Response(Health(status="ready"))
+
+
+ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz]

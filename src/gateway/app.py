@@ -1,0 +1,113 @@
+"""``create_app``: the one composition root. Everything else receives its collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from gateway import __version__
+from gateway.api import ROUTES, Gateway, edge_middleware, handle_error
+from gateway.budget import Budget
+from gateway.cache import RoomCache
+from gateway.service import Policy, RoomService
+from gateway.settings import Settings, settings_from_env
+from gateway.signing import Signer
+from gateway.stores.memory import MemoryBudgetStore, MemoryCooldownStore, MemoryRoomStore, MemorySignatureStore
+from gateway.tenants import Directory, load_directory
+from gateway.transport import AiohttpTransport
+from gateway.upstream import Upstream
+
+MAX_BODY = 64 * 1024
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Live Room Gateway",
+        version=__version__,
+        description="Tencent Live Engine rooms behind one budgeted, cached, signed internal API.",
+        components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+        path="/schema",
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    directory: Directory | None = None,
+    transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> Litestar:
+    """Build the app. ``directory`` (tenants and callers) is loaded from ``settings.config`` at
+    start-up when not given; ``transport_factory`` replaces the pooled upstream transport."""
+    env = os.environ if env is None else env
+    settings = settings or settings_from_env(env)
+    rng = random.Random()
+    upstream = Upstream(
+        transport_factory=transport_factory or (lambda: AiohttpTransport(connections=settings.upstream_connections)),
+        random32=lambda: rng.getrandbits(32),
+    )
+    service = RoomService(
+        upstream=upstream,
+        signer=Signer(
+            store=MemorySignatureStore(),
+            ttl=settings.usersig_ttl,
+            margin=settings.usersig_refresh_margin,
+            wall_clock=wall_clock,
+        ),
+        budget=Budget(
+            store=MemoryBudgetStore(clock=clock),
+            jitter=settings.budget_jitter,
+            share=1,
+            clock=clock,
+            sleep=asyncio.sleep,
+        ),
+        cache=RoomCache(
+            store=MemoryRoomStore(
+                clock=clock, max_age=settings.cache_ttl + settings.stale_ttl, max_rooms=settings.cache_max_rooms
+            ),
+            ttl=settings.cache_ttl,
+            stale_ttl=settings.stale_ttl,
+        ),
+        cooldowns=MemoryCooldownStore(clock=clock),
+        policy=Policy(
+            deadline=settings.deadline,
+            upstream_timeout=settings.upstream_timeout,
+            max_wait=settings.budget_max_wait,
+            attempts=settings.retry_attempts,
+            backoff=settings.retry_backoff,
+            backoff_max=settings.retry_backoff_max,
+            lockout=settings.lockout_seconds,
+            misconfig_cooldown=settings.misconfig_cooldown,
+        ),
+        clock=clock,
+        sleep=asyncio.sleep,
+        uniform=rng.uniform,
+    )
+    gateway = Gateway(directory=directory, service=service)
+
+    async def load_config() -> None:
+        if gateway.directory is None:
+            gateway.directory = load_directory(settings.config, env)
+
+    return Litestar(
+        route_handlers=ROUTES,
+        state=State({"gateway": gateway, "settings": settings}),
+        middleware=[edge_middleware],
+        exception_handlers={Exception: handle_error},
+        request_max_body_size=MAX_BODY,
+        on_startup=[load_config],
+        on_shutdown=[upstream.aclose],
+        openapi_config=openapi_config(),
+        debug=False,
+    )

@@ -1,0 +1,192 @@
+"""``gateway serve | demo | emulator | openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+
+import msgspec
+import uvicorn
+import uvloop
+import yaml
+from litestar import Litestar
+
+from gateway.emulator import Emulator, serve_emulator
+from gateway.errors import ConfigError
+from gateway.settings import Settings, settings_from_env
+from gateway.tenants import Caller, Directory, Secret, Tenant, hash_token, load_directory
+
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the demo's published token; the demo binds loopback
+DEMO_SDKAPPID = 1400000001
+DEMO_ROOMS = ("demo-room-1", "demo-room-2", "demo-room-3")
+
+
+def _server(app: object, settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        backlog=4096,
+    )
+    return uvicorn.Server(config)
+
+
+def _run(coro: object) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)  # type: ignore[arg-type]
+
+
+def serve(settings: Settings, env: Mapping[str, str]) -> int:
+    """Run the service; a bad config stops it here with a message naming the field."""
+    from gateway.app import create_app
+
+    try:
+        directory = load_directory(settings.config, env)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _run(_server(create_app(settings, env=env, directory=directory), settings).serve())
+    return 0
+
+
+def demo_directory(base_url: str, secret_key: str) -> Directory:
+    tenant = Tenant(
+        name="demo",
+        sdkappid=DEMO_SDKAPPID,
+        identifier="administrator",
+        secret_key=Secret(secret_key),
+        base_url=base_url,
+        qps=200,
+    )
+    caller = Caller(
+        name="demo",
+        token_sha256=bytes.fromhex(hash_token(DEMO_TOKEN)),
+        tenants=frozenset({"demo"}),
+        scopes=frozenset({"read", "write"}),
+    )
+    return Directory(tenants={"demo": tenant}, callers=(caller,))
+
+
+def seed_demo(emulator: Emulator, secret_key: str) -> None:
+    emulator.add_app(DEMO_SDKAPPID, secret_key, {"administrator"})
+    for n, room_id in enumerate(DEMO_ROOMS, start=1):
+        emulator.add_room(
+            DEMO_SDKAPPID,
+            room_id,
+            RoomName=f"Demo room {n}",
+            Owner_Account=f"14411523377572769{n}",
+            Category=[n],
+            ViewCount=10 * n,
+        )
+        emulator.apps[DEMO_SDKAPPID].metadata[room_id] = {"topic": f"demo {n}"}
+
+
+async def _demo(settings: Settings, env: Mapping[str, str]) -> None:
+    from gateway.app import create_app
+
+    secret_key = secrets.token_urlsafe(24)
+    emulator = Emulator()
+    seed_demo(emulator, secret_key)
+    async with serve_emulator(emulator) as base_url:
+        app = create_app(settings, env=env, directory=demo_directory(base_url, secret_key))
+        server = _server(app, settings)
+        base = f"http://{settings.host}:{settings.port}"
+        auth = f"-H 'Authorization: Bearer {DEMO_TOKEN}'"
+        print(
+            f"Live Room Gateway demo on {base} (emulated Tencent at {base_url}, in-process stores).\n"
+            f"Try:\n"
+            f"  curl -i {auth} {base}/v1/tenants/demo/rooms/demo-room-1\n"
+            f"  curl -i -X PATCH {auth} -H 'Content-Type: application/json' "
+            f'-d \'{{"room_name": "Renamed"}}\' {base}/v1/tenants/demo/rooms/demo-room-1\n'
+            f"  curl -i {auth} '{base}/v1/tenants/demo/rooms/demo-room-1/metadata'\n"
+            f"Press Ctrl+C to stop.",
+            flush=True,
+        )
+        await server.serve()
+
+
+def emulator_apps(emulator: Emulator, config: str | None, env: Mapping[str, str]) -> list[str]:
+    """Register the apps of a gateway config file (or one default app); describe them."""
+    if config is None:
+        key = env.get("EMULATOR_SECRET_KEY", "emulator-secret-key")
+        emulator.add_app(DEMO_SDKAPPID, key, {"administrator"})
+        return [f"sdkappid {DEMO_SDKAPPID}, admin 'administrator', key from EMULATOR_SECRET_KEY (or the default)"]
+    directory = load_directory(config, env)
+    described = []
+    for tenant in directory.tenants.values():
+        emulator.add_app(tenant.sdkappid, tenant.secret_key.reveal(), {tenant.identifier})
+        described.append(f"sdkappid {tenant.sdkappid}, admin {tenant.identifier!r} (tenant {tenant.name})")
+    return described
+
+
+async def _emulator(host: str, port: int, config: str | None, rooms: int, env: Mapping[str, str]) -> None:
+    emulator = Emulator()
+    described = emulator_apps(emulator, config, env)
+    for app in list(emulator.apps):
+        for n in range(1, rooms + 1):
+            emulator.add_room(app, f"room-{n}")
+    async with serve_emulator(emulator, host, port) as base_url:
+        print(f"Live Engine emulator on {base_url}; apps: " + "; ".join(described), flush=True)
+        await asyncio.Event().wait()
+
+
+def openapi(fmt: str) -> int:
+    from gateway.app import create_app
+
+    print(openapi_document(create_app(Settings(), env={}), fmt), end="")
+    return 0
+
+
+def openapi_document(app: Litestar, fmt: str = "yaml") -> str:
+    """The app's OpenAPI document as committed in ``openapi/openapi.yaml``."""
+    schema = json.loads(msgspec.json.encode(app.openapi_schema.to_schema()))
+    if fmt == "json":
+        return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return str(yaml.safe_dump(schema, sort_keys=True, allow_unicode=True))
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="gateway", description="Live Room Gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the service"), ("demo", "run on an embedded default with the emulator")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default=None)
+        sub.add_argument("--port", type=int, default=None)
+    emu = commands.add_parser("emulator", help="run the Live Engine emulator alone")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=9100)
+    emu.add_argument("--config", default=None, help="register the tenants of this gateway config")
+    emu.add_argument("--rooms", type=int, default=3, help="rooms room-1..room-N per app")
+    spec = commands.add_parser("openapi", help="print the OpenAPI document")
+    spec.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "openapi":
+            return openapi(args.format)
+        if args.command == "emulator":
+            _run(_emulator(args.host, args.port, args.config, args.rooms, env))
+            return 0
+        if args.command == "demo":
+            settings = settings_from_env(env, host=args.host or "127.0.0.1", port=args.port)
+            _run(_demo(settings, env))
+            return 0
+        return serve(settings_from_env(env, host=args.host, port=args.port), env)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,106 @@
+"""The emulator over real HTTP (aiohttp.web), with a small JSON control API for tests.
+
+Tencent's side: ``POST /v4/live_engine_http_srv/{command}?sdkappid=&identifier=&usersig=&random=&contenttype=json``.
+Control: ``GET /_emulator/stats``, ``POST /_emulator/faults``, ``POST /_emulator/fail_next``,
+``POST /_emulator/reset``, ``POST /_emulator/rooms`` (see the README's emulator section).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from gateway.emulator.state import Emulator
+
+EMULATOR = web.AppKey("emulator", Emulator)
+
+
+async def _tencent(request: web.Request) -> web.StreamResponse:
+    emu = request.app[EMULATOR]
+    api = request.match_info["command"]
+    query = dict(request.query)
+    emu.arrive(api, query)
+    raw = await request.read()
+    if emu.faults.latency:
+        await asyncio.sleep(emu.faults.latency)
+    fault = emu.fault_for(api)
+    if fault == -1:
+        assert request.transport is not None
+        request.transport.close()  # a dropped connection: no status line at all
+        return web.Response()
+    if fault == 0:
+        return web.Response(status=502, text="Bad Gateway")
+    try:
+        body: Any = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    reply = emu.handle(api, query, body, injected=fault)
+    return web.Response(body=json.dumps(reply).encode(), content_type="application/json")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EMULATOR].stats())
+
+
+async def _faults(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    spec = await request.json()
+    f = emu.faults
+    f.latency = float(spec.get("latency_ms", 0)) / 1000
+    f.error_rate = float(spec.get("error_rate", 0))
+    f.error_code = int(spec.get("error_code", 100001))
+    f.http_502_rate = float(spec.get("http_502_rate", 0))
+    f.drop_rate = float(spec.get("drop_rate", 0))
+    return web.json_response({"ok": True})
+
+
+async def _fail_next(request: web.Request) -> web.Response:
+    spec = await request.json()
+    request.app[EMULATOR].fail_next(str(spec["api"]), *[int(c) for c in spec["codes"]])
+    return web.json_response({"ok": True})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[EMULATOR].reset_counters()
+    return web.json_response({"ok": True})
+
+
+async def _rooms(request: web.Request) -> web.Response:
+    spec = await request.json()
+    room = request.app[EMULATOR].add_room(int(spec.pop("sdkappid")), str(spec.pop("RoomId")), **spec)
+    return web.json_response(room)
+
+
+def create_emulator_app(emulator: Emulator) -> web.Application:
+    app = web.Application(client_max_size=1 << 20)
+    app[EMULATOR] = emulator
+    app.router.add_post("/v4/live_engine_http_srv/{command}", _tencent)
+    app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_post("/_emulator/faults", _faults)
+    app.router.add_post("/_emulator/fail_next", _fail_next)
+    app.router.add_post("/_emulator/reset", _reset)
+    app.router.add_post("/_emulator/rooms", _rooms)
+    return app
+
+
+@asynccontextmanager
+async def serve_emulator(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run the emulator in the current event loop; yields its base URL."""
+    runner = web.AppRunner(create_emulator_app(emulator), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    bound = sock.getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()

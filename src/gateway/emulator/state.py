@@ -1,0 +1,391 @@
+"""The emulator's model of Tencent: apps, rooms, limits, faults and the counters tests read.
+
+Everything is in memory and synchronous; ``server.py`` puts it behind real HTTP. Replies are
+plain dicts in Tencent's wire format, including its quirks (``Owner_Account`` as a number when
+it looks like one, ``TakeSeatMode`` as 1 | 2 in get_room_info).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.emulator import usersig
+
+Reply = dict[str, Any]
+LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
+LOCKOUT_WINDOW = 60.0
+API_QPS = {"get_room_list": 10}
+DEFAULT_QPS = 200
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, info: str) -> None:
+        super().__init__(info)
+        self.code = code
+        self.info = info
+
+
+@dataclass
+class App:
+    sdkappid: int
+    key: str
+    admins: set[str]
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    sig_failures: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0
+
+
+@dataclass
+class Faults:
+    """Knobs: added latency, random or scripted ErrorCodes, HTTP 502s, dropped connections."""
+
+    latency: float = 0.0
+    error_rate: float = 0.0
+    error_code: int = 100001
+    http_502_rate: float = 0.0
+    drop_rate: float = 0.0
+    scripted: dict[str, deque[int]] = field(default_factory=dict)  # api -> codes (0 = 502, -1 = drop)
+
+
+class Emulator:
+    """Tencent's Live Engine REST API for the apps registered with ``add_app``."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        seed: int | None = None,
+    ) -> None:
+        self.clock = clock
+        self.wall = wall
+        self.rng = random.Random(seed)
+        self.apps: dict[int, App] = {}
+        self.faults = Faults()
+        self.enforce_rate_limit = True
+        self.calls: Counter[str] = Counter()
+        self.codes: Counter[int] = Counter()
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
+        self.usersigs: defaultdict[int, set[str]] = defaultdict(set)
+        self.randoms: list[int] = []
+        self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._seq = 0
+
+    # ------------------------------------------------------------------ set-up and knobs
+
+    def add_app(self, sdkappid: int, key: str, admins: set[str] | None = None) -> App:
+        app = self.apps[sdkappid] = App(sdkappid=sdkappid, key=key, admins=admins or {"administrator"})
+        return app
+
+    def add_room(self, sdkappid: int, room_id: str, **fields: Any) -> dict[str, Any]:
+        room = _new_room(room_id, fields.pop("Owner_Account", "administrator"), int(self.wall()))
+        room.update(fields)
+        self.apps[sdkappid].rooms[room_id] = room
+        self.apps[sdkappid].metadata.setdefault(room_id, {})
+        return room
+
+    def fail_next(self, api: str, *codes: int) -> None:
+        """The next calls to ``api`` answer these codes (0 = HTTP 502, -1 = dropped connection)."""
+        self.faults.scripted.setdefault(api, deque()).extend(codes)
+
+    def reset_counters(self) -> None:
+        self.calls.clear()
+        self.codes.clear()
+        self.arrivals.clear()
+        self.usersigs.clear()
+        self.randoms.clear()
+
+    def busiest_second(self, key: str) -> int:
+        """Most arrivals for ``"sdkappid:api"`` in any sliding one-second window."""
+        times = sorted(self.arrivals.get(key, []))
+        return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "codes": {str(k): v for k, v in self.codes.items()},
+            "busiest_second": {k: self.busiest_second(k) for k in self.arrivals},
+            "usersigs": {str(k): len(v) for k, v in self.usersigs.items()},
+        }
+
+    # ------------------------------------------------------------------ one request
+
+    def fault_for(self, api: str) -> int | None:
+        """The fault this call meets: an ErrorCode, 0 for HTTP 502, -1 for a drop, or None."""
+        scripted = self.faults.scripted.get(api)
+        if scripted:
+            return scripted.popleft()
+        roll = self.rng.random()
+        f = self.faults
+        if roll < f.drop_rate:
+            return -1
+        if roll < f.drop_rate + f.http_502_rate:
+            return 0
+        if roll < f.drop_rate + f.http_502_rate + f.error_rate:
+            return f.error_code
+        return None
+
+    def arrive(self, api: str, query: dict[str, str]) -> None:
+        self.calls[api] += 1
+        self.arrivals[f"{query.get('sdkappid', '?')}:{api}"].append(self.clock())
+
+    def handle(self, api: str, query: dict[str, str], body: Any, injected: int | None = None) -> Reply:
+        """Tencent's reply to one call whose fault (if any) is an ErrorCode."""
+        self._seq += 1
+        request_id = f"Id-emu{self._seq:08d}-O-Seq-{self._seq}"
+        try:
+            app = self._authenticate(api, query)
+            if injected:
+                raise ApiError(injected, "injected fault")
+            response = self._dispatch(app, api, body)
+        except ApiError as exc:
+            self.codes[exc.code] += 1
+            return {"ActionStatus": "FAIL", "ErrorCode": exc.code, "ErrorInfo": exc.info, "RequestId": request_id}
+        self.codes[0] += 1
+        reply: Reply = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0, "RequestId": request_id}
+        if response is not None:
+            reply["Response"] = response
+        return reply
+
+    def _authenticate(self, api: str, query: dict[str, str]) -> App:
+        if query.get("contenttype") != "json":
+            raise ApiError(60002, "contenttype must be json")
+        try:
+            sdkappid = int(query["sdkappid"])
+        except (KeyError, ValueError) as exc:
+            raise ApiError(60012, "SDKAppID missing from the URL") from exc
+        rnd = query.get("random", "")
+        if not rnd.isdigit() or int(rnd) > 4294967295:
+            raise ApiError(60002, "random must be a 32-bit unsigned integer")
+        self.randoms.append(int(rnd))
+        app = self.apps.get(sdkappid)
+        if app is None:
+            raise ApiError(70020, "SDKAppID not found")
+        now = self.clock()
+        if now < app.locked_until:
+            raise ApiError(70050, "too many UserSig failures; retry after 1 minute")
+        identifier = query.get("identifier", "")
+        try:
+            usersig.verify(
+                query.get("usersig", ""), sdkappid=sdkappid, identifier=identifier, key=app.key, now=self.wall()
+            )
+        except usersig.SigError as exc:
+            self._sig_failed(app, now)
+            raise ApiError(exc.code, exc.info) from exc
+        self.usersigs[sdkappid].add(query["usersig"])
+        if identifier not in app.admins:
+            raise ApiError(60010, "the request needs App admin rights")
+        self._rate_limit(f"{sdkappid}:{api}", API_QPS.get(api, DEFAULT_QPS), now)
+        return app
+
+    def _sig_failed(self, app: App, now: float) -> None:
+        app.sig_failures.append(now)
+        while app.sig_failures and app.sig_failures[0] < now - LOCKOUT_WINDOW:
+            app.sig_failures.popleft()
+        if len(app.sig_failures) >= LOCKOUT_FAILURES:
+            app.locked_until = now + LOCKOUT_WINDOW
+            app.sig_failures.clear()
+
+    def _rate_limit(self, key: str, qps: int, now: float) -> None:
+        admitted = self._admitted[key]
+        while admitted and admitted[0] <= now - 1.0:
+            admitted.popleft()
+        if self.enforce_rate_limit and len(admitted) >= qps:
+            raise ApiError(60007, "REST API call frequency over the limit")
+        admitted.append(now)
+
+    def _dispatch(self, app: App, api: str, body: Any) -> Reply | None:
+        if not isinstance(body, dict):
+            raise ApiError(60003, "request JSON could not be parsed")
+        handler = _HANDLERS.get(api)
+        if handler is None:
+            raise ApiError(60009, f"unknown command {api}")
+        return handler(self, app, body)
+
+
+# ---------------------------------------------------------------------- the APIs
+
+
+def _new_room(room_id: str, owner: str, now: int) -> dict[str, Any]:
+    return {
+        "RoomId": room_id,
+        "RoomName": room_id,
+        "RoomType": "Live",
+        "Owner_Account": owner,
+        "CreateTime": now,
+        "IsSeatEnabled": True,
+        "TakeSeatMode": "FreeToTake",
+        "MaxSeatCount": 8,
+        "MaxMemberCount": 300,
+        "IsMessageDisabled": False,
+        "CoverURL": "",
+        "Category": [],
+        "ActivityStatus": 0,
+        "ViewCount": 0,
+        "IsPublicVisible": True,
+    }
+
+
+def _room_id(body: dict[str, Any]) -> str:
+    room_id = body.get("RoomId")
+    if not isinstance(room_id, str) or not 1 <= len(room_id.encode()) <= 48:
+        raise ApiError(100002, "RoomId must be a string of 1-48 bytes")
+    return room_id
+
+
+def _room(app: App, body: dict[str, Any]) -> dict[str, Any]:
+    room = app.rooms.get(_room_id(body))
+    if room is None:
+        raise ApiError(100004, "room does not exist")
+    return room
+
+
+_UPDATABLE: dict[str, tuple[type, int | None]] = {
+    "RoomName": (str, 100),
+    "MaxMemberCount": (int, None),
+    "IsMessageDisabled": (bool, None),
+    "CoverURL": (str, 200),
+    "Category": (list, 3),
+    "ActivityStatus": (int, None),
+    "IsPublicVisible": (bool, None),
+    "TakeSeatMode": (str, None),
+}
+
+
+def _check_fields(info: dict[str, Any], allowed: dict[str, tuple[type, int | None]]) -> None:
+    for name, value in info.items():
+        if name == "RoomId" or name not in allowed:
+            continue
+        kind, limit = allowed[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ApiError(100002, f"{name} has the wrong type")
+        size = len(value.encode()) if isinstance(value, str) else len(value) if isinstance(value, list) else 0
+        if limit is not None and size > limit:
+            raise ApiError(100009 if name == "Category" else 100002, f"{name} is over its limit")
+        if name == "Category" and not all(isinstance(c, int) and not isinstance(c, bool) for c in info[name]):
+            raise ApiError(100002, "Category must hold integers")
+        if name == "TakeSeatMode" and value not in ("FreeToTake", "ApplyToTake"):
+            raise ApiError(100002, "TakeSeatMode must be FreeToTake or ApplyToTake")
+
+
+def create_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    info = body.get("RoomInfo")
+    if not isinstance(info, dict) or info.get("RoomType") != "Live":
+        raise ApiError(100002, "RoomInfo with RoomType Live is required")
+    room_id = _room_id(info)
+    if room_id in app.rooms:
+        raise ApiError(100003, "RoomId already exists")
+    _check_fields(info, _UPDATABLE)
+    room = _new_room(room_id, str(info.get("Owner_Account", "administrator")), int(emu.wall()))
+    room.update({k: v for k, v in info.items() if k in _UPDATABLE or k in ("IsSeatEnabled", "MaxSeatCount")})
+    app.rooms[room_id] = room
+    app.metadata[room_id] = {}
+    return None
+
+
+def destroy_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    room = _room(app, body)
+    del app.rooms[room["RoomId"]]
+    app.metadata.pop(room["RoomId"], None)
+    return None
+
+
+def get_room_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    nxt, count = body.get("Next", ""), body.get("Count", 20)
+    if not isinstance(nxt, str) or not isinstance(count, int) or not 1 <= count <= 20:
+        raise ApiError(100002, "Next must be a string and Count 1-20")
+    start = int(nxt) if nxt.isdigit() else 0
+    rooms = sorted((r for r in app.rooms.values() if r.get("IsPublicVisible")), key=lambda r: -r["ViewCount"])
+    page = rooms[start : start + count]
+    more = start + count < len(rooms)
+    keep = ("RoomName", "RoomId", "Owner_Account", "CoverURL", "Category", "CreateTime", "ActivityStatus", "ViewCount")
+    return {"Next": str(start + count) if more else "", "RoomList": [{k: r[k] for k in keep} for r in page]}
+
+
+def get_room_info(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    info = dict(_room(app, body))
+    owner = info["Owner_Account"]
+    if isinstance(owner, str) and owner.isdigit():
+        info["Owner_Account"] = int(owner)  # as in Tencent's sample reply
+    info["TakeSeatMode"] = 1 if info["TakeSeatMode"] == "FreeToTake" else 2
+    return {"RoomInfo": info}
+
+
+def update_room_info(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    info = body.get("RoomInfo")
+    if not isinstance(info, dict):
+        raise ApiError(100002, "RoomInfo is required")
+    room = _room(app, info)
+    _check_fields(info, _UPDATABLE)
+    room.update({k: v for k, v in info.items() if k in _UPDATABLE})
+    return None
+
+
+def _keys(body: dict[str, Any]) -> list[str]:
+    keys = body.get("Keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ApiError(100002, "Keys must be an array of strings")
+    return keys
+
+
+def get_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    room = _room(app, body)
+    stored = app.metadata[room["RoomId"]]
+    keys = _keys(body) or list(stored)
+    return {"Metadata": [{"Key": k, "Value": stored[k]} for k in keys if k in stored]}
+
+
+def set_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    room = _room(app, body)
+    items = body.get("Metadata")
+    if not isinstance(items, list) or not items:
+        raise ApiError(100002, "Metadata must be a non-empty array")
+    merged = dict(app.metadata[room["RoomId"]])
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("Key"), str) or not isinstance(item.get("Value"), str):
+            raise ApiError(100002, "each Metadata item needs string Key and Value")
+        if not 1 <= len(item["Key"].encode()) <= 50:
+            raise ApiError(100504, "a key is over 50 bytes")
+        if len(item["Value"].encode()) > 2048:
+            raise ApiError(100501, "a value is over 2KB")
+        merged[item["Key"]] = item["Value"]
+    if len(merged) > 10:
+        raise ApiError(100500, "more than 10 keys")
+    if sum(len(v.encode()) for v in merged.values()) > 16384:
+        raise ApiError(100502, "values total over 16KB")
+    app.metadata[room["RoomId"]] = merged
+    return None
+
+
+def del_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    room = _room(app, body)
+    keys = _keys(body)
+    stored = app.metadata[room["RoomId"]]
+    present = [k for k in keys if k in stored]
+    if not present:
+        raise ApiError(100503, "none of the keys exist")
+    for key in present:
+        del stored[key]
+    return None
+
+
+_HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = {
+    f.__name__: f
+    for f in (
+        create_room,
+        destroy_room,
+        get_room_list,
+        get_room_info,
+        update_room_info,
+        get_room_metadata,
+        set_room_metadata,
+        del_room_metadata,
+    )
+}

@@ -1,0 +1,216 @@
+"""The use cases: validate -> budget -> signed call (retried, cached where it reads) -> result.
+
+``_call`` is the one path to Tencent. Each attempt waits for its own budget slot, signs, and
+sends; transient failures back off exponentially with full jitter inside one total deadline; a
+rejected UserSig is dropped and the call re-signed once; "too frequent" pauses the shared
+schedule; a 70050 lock-out (or rejected credentials) pauses the tenant's calls altogether.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import msgspec
+
+from gateway import errors, validation
+from gateway.budget import Budget
+from gateway.cache import CacheResult, Filled, RoomCache
+from gateway.models import (
+    Envelope,
+    KeysRequest,
+    MetadataItem,
+    MetadataPatch,
+    MetadataReply,
+    RoomIdRequest,
+    RoomInfoReply,
+    RoomPatch,
+    SetMetadataRequest,
+    room_from_wire,
+    update_to_wire,
+)
+from gateway.signing import Signer
+from gateway.tenants import Tenant
+from gateway.upstream import Api, Upstream
+
+R = TypeVar("R", bound=Envelope)
+
+_encode = msgspec.json.Encoder().encode
+
+
+class CooldownStore(Protocol):
+    async def get(self, key: str) -> tuple[float, int, str] | None: ...
+
+    async def set(self, key: str, seconds: float, code: int, reason: str) -> None: ...
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """How hard to try: the numbers come from Settings."""
+
+    deadline: float
+    upstream_timeout: float
+    max_wait: float
+    attempts: int
+    backoff: float
+    backoff_max: float
+    lockout: float
+    misconfig_cooldown: float
+    rate_limit_pause: float = 1.0
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """A write's result: Tencent's RequestId for ``X-Upstream-Request-Id``."""
+
+    upstream_request_id: str | None
+
+
+class RoomService:
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        signer: Signer,
+        budget: Budget,
+        cache: RoomCache,
+        cooldowns: CooldownStore,
+        policy: Policy,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        uniform: Callable[[float, float], float],
+    ) -> None:
+        self._upstream = upstream
+        self._signer = signer
+        self._budget = budget
+        self._cache = cache
+        self._cooldowns = cooldowns
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._uniform = uniform
+
+    # ------------------------------------------------------------------ use cases
+
+    async def get_room(self, tenant: Tenant, room_id: str, *, bypass_cache: bool = False) -> CacheResult:
+        """The room as encoded JSON, from the shared cache or one coalesced upstream call."""
+        validation.room_id(room_id)
+
+        async def fetch() -> Filled:
+            reply = await self._call(tenant, "get_room_info", RoomIdRequest(RoomId=room_id), RoomInfoReply)
+            if reply.Response is None:
+                raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
+            return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
+
+        return await self._cache.read(_room_key(tenant, room_id), fetch, bypass=bypass_cache)
+
+    async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch) -> Outcome:
+        """Apply the patch, then invalidate the room everywhere before answering."""
+        validation.room_id(room_id)
+        validation.room_patch(patch)
+        reply = await self._call(tenant, "update_room_info", update_to_wire(room_id, patch), Envelope)
+        await self._cache.invalidate(_room_key(tenant, room_id))
+        return Outcome(reply.RequestId or None)
+
+    async def get_metadata(self, tenant: Tenant, room_id: str, keys: list[str]) -> tuple[dict[str, str], Outcome]:
+        """The room's metadata; all keys when ``keys`` is empty."""
+        validation.room_id(room_id)
+        wanted = validation.metadata_keys(keys, required=False)
+        reply = await self._call(tenant, "get_room_metadata", KeysRequest(RoomId=room_id, Keys=wanted), MetadataReply)
+        items = reply.Response.Metadata if reply.Response is not None else []
+        return {item.Key: item.Value for item in items}, Outcome(reply.RequestId or None)
+
+    async def set_metadata(self, tenant: Tenant, room_id: str, patch: MetadataPatch) -> Outcome:
+        """Upsert the given keys."""
+        validation.room_id(room_id)
+        validation.metadata_patch(patch)
+        items = [MetadataItem(Key=k, Value=v) for k, v in patch.metadata.items()]
+        reply = await self._call(
+            tenant, "set_room_metadata", SetMetadataRequest(RoomId=room_id, Metadata=items), Envelope
+        )
+        return Outcome(reply.RequestId or None)
+
+    async def delete_metadata(self, tenant: Tenant, room_id: str, keys: list[str]) -> Outcome:
+        """Delete the keys; a 100503 after an attempt that may have applied counts as done."""
+        validation.room_id(room_id)
+        wanted = validation.metadata_keys(keys, required=True)
+        request = KeysRequest(RoomId=room_id, Keys=wanted)
+        reply = await self._call(
+            tenant, "del_room_metadata", request, Envelope, done_if_retried=errors.MetadataKeysNotFound
+        )
+        return Outcome(reply.RequestId or None)
+
+    # ------------------------------------------------------------------ the one path to Tencent
+
+    async def _call(
+        self,
+        tenant: Tenant,
+        api: Api,
+        request: msgspec.Struct,
+        reply: type[R],
+        *,
+        done_if_retried: type[errors.GatewayError] | None = None,
+    ) -> R:
+        body = _encode(request)
+        policy = self._policy
+        deadline = self._clock() + policy.deadline
+        budget_key = f"{tenant.sdkappid}:{api}"
+        resigned = False
+        maybe_applied = False  # an earlier attempt may have reached Tencent and taken effect
+        last: errors.GatewayError | None = None
+        for attempt in range(1, policy.attempts + 1):
+            await self._check_cooldown(tenant)
+            try:
+                await self._budget.acquire(budget_key, tenant.qps, min(policy.max_wait, deadline - self._clock()))
+            except errors.RateLimited as refused:
+                raise (last if last is not None else refused) from None
+            usersig = await self._signer.get(tenant)
+            timeout = min(policy.upstream_timeout, deadline - self._clock())
+            try:
+                return await self._upstream.call(tenant, api, body=body, usersig=usersig, reply=reply, within=timeout)
+            except errors.SignatureRejected:
+                await self._signer.drop(tenant, usersig)
+                if resigned:
+                    await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice")
+                    raise
+                resigned = True
+                continue
+            except errors.UpstreamLockedOut as exc:
+                await self._pause(tenant, policy.lockout, "Tencent locked the app out (70050)", exc)
+                raise
+            except errors.UpstreamMisconfigured as exc:
+                await self._pause(tenant, policy.misconfig_cooldown, "Tencent rejected the credentials", exc)
+                raise
+            except errors.UpstreamRateLimited as exc:
+                await self._budget.defer(budget_key, policy.rate_limit_pause)
+                exc.retry_after = policy.rate_limit_pause
+                last = exc
+            except (errors.UpstreamUnavailable, errors.UpstreamTimeout) as exc:
+                maybe_applied = True
+                last = exc
+                delay = self._uniform(0, min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1)))
+                if attempt == policy.attempts or self._clock() + delay >= deadline:
+                    raise
+                await self._sleep(delay)
+            except errors.GatewayError as exc:
+                if done_if_retried is not None and isinstance(exc, done_if_retried) and maybe_applied:
+                    return reply(ErrorCode=0, RequestId=exc.upstream_request_id or "")
+                raise
+        assert last is not None  # the loop only falls through after a retried failure
+        raise last
+
+    async def _check_cooldown(self, tenant: Tenant) -> None:
+        paused = await self._cooldowns.get(str(tenant.sdkappid))
+        if paused is not None:
+            left, code, reason = paused
+            cls = errors.UpstreamLockedOut if code == 70050 else errors.UpstreamMisconfigured
+            raise cls(f"calls to Tencent for tenant '{tenant.name}' are paused: {reason}", retry_after=left)
+
+    async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
+        code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0
+        if seconds > 0:
+            await self._cooldowns.set(str(tenant.sdkappid), seconds, code, reason)
+        if exc is not None:
+            exc.retry_after = seconds
+
+
+def _room_key(tenant: Tenant, room_id: str) -> str:
+    return f"{tenant.sdkappid}:{room_id}"

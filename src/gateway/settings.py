@@ -1,0 +1,90 @@
+"""Process settings: one frozen value parsed once from a mapping (``os.environ`` is passed in).
+
+Every knob is an environment variable ``GATEWAY_<NAME>``; the README's configuration table and
+the Helm chart use these same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from gateway.errors import ConfigError
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service needs besides the tenant/caller file. Times are in seconds."""
+
+    config: str = "gateway.yaml"
+    redis_url: str | None = None
+    redis_prefix: str = "lrg:"
+    host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
+    port: int = 8080
+    log_level: LogLevel = "info"
+    # room cache
+    cache_ttl: float = 1.0
+    stale_ttl: float = 30.0
+    cache_max_rooms: int = 100_000
+    # budget
+    budget_max_wait: float = 2.0
+    budget_jitter: float = 0.01
+    max_replicas: int = 1
+    # upstream
+    upstream_timeout: float = 5.0
+    deadline: float = 10.0
+    retry_attempts: int = 4
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 2.0
+    lockout_seconds: float = 60.0
+    misconfig_cooldown: float = 5.0
+    upstream_connections: int = 256
+    # signatures
+    usersig_ttl: int = 7 * 86400
+    usersig_refresh_margin: int = 86400
+    # shutdown
+    drain_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "cache_ttl": self.cache_ttl > 0,
+            "stale_ttl": self.stale_ttl >= 0,
+            "budget_max_wait": self.budget_max_wait >= 0,
+            "budget_jitter": 0 <= self.budget_jitter < 1,
+            "max_replicas": self.max_replicas >= 1,
+            "upstream_timeout": self.upstream_timeout > 3.0,  # Tencent's own backend budget is 3 s
+            "deadline": self.deadline >= self.upstream_timeout,
+            "retry_attempts": self.retry_attempts >= 1,
+            "usersig_ttl": 3600 <= self.usersig_ttl <= 10 * 365 * 86400,
+            "usersig_refresh_margin": 0 < self.usersig_refresh_margin < self.usersig_ttl,
+            "port": 0 <= self.port <= 65535,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid setting GATEWAY_{bad[0].upper()} (see README: Configuration)")
+
+
+_PREFIX = "GATEWAY_"
+
+
+def settings_from_env(env: Mapping[str, str], **overrides: object) -> Settings:
+    """Parse ``GATEWAY_*`` variables (strings) into Settings; ``overrides`` win (CLI flags)."""
+    names = set(Settings.__struct_fields__)
+    raw: dict[str, object] = {}
+    for key, value in env.items():
+        if key.startswith(_PREFIX) and key[len(_PREFIX) :].lower() in names and value != "":
+            raw[key[len(_PREFIX) :].lower()] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {_env_name(str(exc))}") from exc
+
+
+def _env_name(message: str) -> str:
+    # msgspec says "... - at `$.cache_ttl`"; name the variable the operator actually sets.
+    head, sep, path = message.partition(" - at `$.")
+    return f"{head} - GATEWAY_{path.rstrip('`').upper()}" if sep else message

@@ -1,0 +1,112 @@
+"""In-process stores: the embedded single-replica mode, and the fallback of each replica."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway import budget
+from gateway.budget import Grant, Refusal
+from gateway.cache import Lookup
+from gateway.signing import Signature
+
+
+class MemoryBudgetStore:
+    """GCRA state in a dict; atomic because the event loop runs one coroutine at a time."""
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+
+    async def reserve(self, key: str, interval: float, max_wait: float) -> Grant | Refusal:
+        tat, decision = budget.reserve(self._tat.get(key, 0.0), self._clock(), interval, max_wait)
+        self._tat[key] = tat
+        return decision
+
+    async def defer(self, key: str, pause: float) -> None:
+        self._tat[key] = budget.defer(self._tat.get(key, 0.0), self._clock(), pause)
+
+
+class MemorySignatureStore:
+    def __init__(self) -> None:
+        self._sigs: dict[str, Signature] = {}
+
+    async def get(self, key: str) -> Signature | None:
+        return self._sigs.get(key)
+
+    async def put(self, key: str, sig: Signature, ttl: float) -> None:
+        self._sigs[key] = sig
+
+    async def drop(self, key: str, value: str) -> None:
+        if (current := self._sigs.get(key)) is not None and current.value == value:
+            del self._sigs[key]
+
+
+class MemoryRoomStore:
+    """Rooms with their store time, and a generation per invalidated room.
+
+    Bounded: past ``max_rooms`` the expired entries go first, then the oldest. Generations are
+    kept ``fence_seconds`` (longer than any fill may last) after the invalidation that set them.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float], max_age: float, max_rooms: int, fence_seconds: float = 120.0
+    ) -> None:
+        self._clock = clock
+        self._max_age = max_age
+        self._max_rooms = max_rooms
+        self._fence = fence_seconds
+        self._rooms: dict[str, tuple[bytes, float]] = {}
+        self._generations: dict[str, tuple[int, float]] = {}
+        self._counter = 0
+
+    async def get(self, key: str) -> Lookup:
+        generation = self._generations.get(key, (0, 0.0))[0]
+        entry = self._rooms.get(key)
+        if entry is None:
+            return Lookup(body=None, age=0.0, generation=generation)
+        return Lookup(body=entry[0], age=self._clock() - entry[1], generation=generation)
+
+    async def put(self, key: str, body: bytes, generation: int) -> bool:
+        if self._generations.get(key, (0, 0.0))[0] != generation:
+            return False  # a write invalidated the room while this fill was in flight
+        self._rooms.pop(key, None)  # re-insert at the end: dict order is store order
+        self._rooms[key] = (body, self._clock())
+        if len(self._rooms) > self._max_rooms:
+            self._prune()
+        return True
+
+    async def invalidate(self, key: str) -> None:
+        self._counter += 1
+        self._rooms.pop(key, None)
+        self._generations[key] = (self._counter, self._clock())
+        if len(self._generations) > self._max_rooms:
+            horizon = self._clock() - self._fence
+            self._generations = {k: v for k, v in self._generations.items() if v[1] > horizon}
+
+    def _prune(self) -> None:
+        horizon = self._clock() - self._max_age
+        self._rooms = {k: v for k, v in self._rooms.items() if v[1] > horizon}
+        while len(self._rooms) > self._max_rooms:
+            del self._rooms[next(iter(self._rooms))]
+
+
+class MemoryCooldownStore:
+    """Per-tenant pauses after Tencent locked us out or rejected our credentials."""
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._until: dict[str, tuple[float, int, str]] = {}
+
+    async def get(self, key: str) -> tuple[float, int, str] | None:
+        """Seconds left, the ErrorCode and the reason, while a pause is on."""
+        entry = self._until.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self._clock()
+        if left <= 0:
+            del self._until[key]
+            return None
+        return left, entry[1], entry[2]
+
+    async def set(self, key: str, seconds: float, code: int, reason: str) -> None:
+        self._until[key] = (self._clock() + seconds, code, reason)

@@ -1,0 +1,200 @@
+"""Tenants (Tencent apps) and callers (our clients) from the config file; resolving credentials.
+
+The file is YAML or JSON, decoded straight into typed Structs so that a typo or a wrong type
+stops start-up with a message naming the field. Secret keys are read from the environment or
+from a file (a mounted Kubernetes Secret) and kept in ``Secret`` so they never print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gateway.errors import ConfigError, Forbidden, TenantNotFound, Unauthenticated
+from gateway.models import Scope
+
+Region = Literal["china", "singapore", "usa", "jakarta", "seoul", "tokyo", "frankfurt", "mumbai"]
+
+REGION_DOMAINS: dict[str, str] = {
+    "china": "console.tim.qq.com",
+    "singapore": "adminapisgp.im.qcloud.com",
+    "usa": "adminapiusa.im.qcloud.com",
+    "jakarta": "adminapiidn.im.qcloud.com",
+    "seoul": "adminapikr.im.qcloud.com",
+    "tokyo": "adminapijpn.im.qcloud.com",
+    "frankfurt": "adminapiger.im.qcloud.com",
+    "mumbai": "adminapiind.im.qcloud.com",
+}
+
+_Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+_Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class TenantConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    sdkappid: Annotated[int, Meta(ge=1, le=2**32 - 1)]
+    identifier: Annotated[str, Meta(min_length=1, max_length=32)]
+    region: Region
+    secret_key_env: str | None = None
+    secret_key_file: str | None = None
+    base_url: Annotated[str, Meta(pattern=r"^https?://[^/?#]+$")] | None = None
+    qps: Annotated[int, Meta(ge=1, le=100_000)] = 200
+
+
+class CallerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    token_sha256: _Sha256
+    tenants: list[str]
+    scopes: list[Scope]
+
+
+class ConfigFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenants: dict[_Name, TenantConfig]
+    callers: dict[_Name, CallerConfig] = {}
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks, errors)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class Tenant(msgspec.Struct, frozen=True, kw_only=True):
+    """One Tencent app, resolved: credentials, where to call it and its per-API budget."""
+
+    name: str
+    sdkappid: int
+    identifier: str
+    secret_key: Secret
+    base_url: str
+    qps: int
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    token_sha256: bytes
+    tenants: frozenset[str]
+    scopes: frozenset[str]
+
+    def may(self, tenant: str, scope: str) -> bool:
+        return ("*" in self.tenants or tenant in self.tenants) and scope in self.scopes
+
+
+class Directory(msgspec.Struct, frozen=True, kw_only=True):
+    """The loaded config: tenants by name and callers; answers "who is this and may they?"."""
+
+    tenants: dict[str, Tenant]
+    callers: tuple[Caller, ...]
+
+    def authenticate(self, token: str | None) -> Caller:
+        """The caller whose token this is, compared in constant time against every caller."""
+        if not token:
+            raise Unauthenticated("send 'Authorization: Bearer <token>'")
+        digest = hashlib.sha256(token.encode()).digest()
+        found: Caller | None = None
+        for caller in self.callers:  # no early exit: the time taken does not depend on the match
+            if hmac.compare_digest(digest, caller.token_sha256):
+                found = caller
+        if found is None:
+            raise Unauthenticated("unknown bearer token")
+        return found
+
+    def authorize(self, caller: Caller, tenant: str, scope: str) -> Tenant:
+        """The tenant, if this caller may use it with this scope."""
+        if not caller.may(tenant, scope):
+            raise Forbidden(f"caller '{caller.name}' may not use scope '{scope}' on tenant '{tenant}'")
+        found = self.tenants.get(tenant)
+        if found is None:
+            raise TenantNotFound(f"no tenant named '{tenant}'")
+        return found
+
+
+def parse_config(text: bytes, *, source: str) -> ConfigFile:
+    """Decode the YAML or JSON config; the error names the offending field."""
+    try:
+        if source.endswith(".json"):
+            return msgspec.json.decode(text, type=ConfigFile)
+        return msgspec.yaml.decode(text, type=ConfigFile)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: malformed file: {exc}") from exc
+
+
+def load_directory(path: str, env: Mapping[str, str]) -> Directory:
+    """Read, parse and resolve the config file at ``path`` (secrets from ``env`` or files)."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r} (GATEWAY_CONFIG): {exc.strerror}") from exc
+    return resolve(parse_config(text, source=path), env)
+
+
+def resolve(config: ConfigFile, env: Mapping[str, str]) -> Directory:
+    tenants = {name: _tenant(name, t, env) for name, t in config.tenants.items()}
+    callers = tuple(_caller(name, c, tenants) for name, c in config.callers.items())
+    return Directory(tenants=tenants, callers=callers)
+
+
+def _tenant(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Tenant:
+    return Tenant(
+        name=name,
+        sdkappid=cfg.sdkappid,
+        identifier=cfg.identifier,
+        secret_key=Secret(_secret_key(name, cfg, env)),
+        base_url=cfg.base_url or f"https://{REGION_DOMAINS[cfg.region]}",
+        qps=cfg.qps,
+    )
+
+
+def _secret_key(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> str:
+    field = f"tenants.{name}"
+    if (cfg.secret_key_env is None) == (cfg.secret_key_file is None):
+        raise ConfigError(f"{field}: set exactly one of secret_key_env and secret_key_file")
+    if cfg.secret_key_env is not None:
+        value = env.get(cfg.secret_key_env, "")
+        if not value:
+            raise ConfigError(f"{field}.secret_key_env: environment variable {cfg.secret_key_env} is not set")
+        return value
+    assert cfg.secret_key_file is not None
+    try:
+        value = Path(cfg.secret_key_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{field}.secret_key_file: cannot read {cfg.secret_key_file}: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"{field}.secret_key_file: {cfg.secret_key_file} is empty")
+    return value
+
+
+def _caller(name: str, cfg: CallerConfig, tenants: Mapping[str, Tenant]) -> Caller:
+    unknown = [t for t in cfg.tenants if t != "*" and t not in tenants]
+    if unknown:
+        raise ConfigError(f"callers.{name}.tenants: unknown tenant {unknown[0]!r}")
+    if not cfg.scopes:
+        raise ConfigError(f"callers.{name}.scopes: give at least one of read, write")
+    return Caller(
+        name=name,
+        token_sha256=bytes.fromhex(cfg.token_sha256),
+        tenants=frozenset(cfg.tenants),
+        scopes=frozenset(cfg.scopes),
+    )
+
+
+def hash_token(token: str) -> str:
+    """The ``token_sha256`` value to put in the config for a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()

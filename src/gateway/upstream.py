@@ -1,0 +1,114 @@
+"""The only code that speaks HTTP to Tencent.
+
+One call = one signed POST to ``{base_url}/v4/live_engine_http_srv/{api}`` with a fresh 32-bit
+``random``; the reply's envelope is checked and every failure becomes a ``GatewayError``:
+transport errors and non-200 statuses as ``UpstreamUnavailable``, a missed deadline as
+``UpstreamTimeout``, and Tencent's ErrorCodes through ``ERROR_CODES``. Retrying is the
+service's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from gateway import errors
+from gateway.models import Envelope
+from gateway.tenants import Tenant
+
+Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
+R = TypeVar("R", bound=Envelope)
+
+_PATH = "/v4/live_engine_http_srv/"
+_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+
+# Tencent ErrorCode -> the error the caller gets (README: "Error mapping"). Unlisted codes become
+# UpstreamRejected (502, not retried), with the code in the problem's ``upstream_code``.
+ERROR_CODES: dict[int, type[errors.GatewayError]] = {
+    100002: errors.InvalidRequest,
+    100004: errors.RoomNotFound,
+    100006: errors.Forbidden,
+    100503: errors.MetadataKeysNotFound,
+    **dict.fromkeys((100500, 100501, 100502, 100504), errors.MetadataLimitExceeded),
+    **dict.fromkeys((60007, 60011, 60018, 60019, 100012), errors.UpstreamRateLimited),
+    **dict.fromkeys((70001, 70002, 70003, 70005, 70052, 60004, 60005), errors.SignatureRejected),
+    70050: errors.UpstreamLockedOut,
+    **dict.fromkeys(
+        (60006, 60010, 60016, 60017, 60020, 60021, 70009, 70013, 70014, 70016, 70020, 70051, 70114, 70403, 100007),
+        errors.UpstreamMisconfigured,
+    ),
+    **dict.fromkeys((100001, 60008, 60013, 60014, 70169, 70500), errors.UpstreamUnavailable),
+}
+
+
+class Upstream:
+    """Signed calls to Tencent over one pooled keep-alive client per base URL."""
+
+    def __init__(
+        self,
+        *,
+        transport_factory: Callable[[], httpx.AsyncBaseTransport],
+        random32: Callable[[], int],
+    ) -> None:
+        self._transport_factory = transport_factory
+        self._random32 = random32
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
+
+    def _client(self, base_url: str) -> httpx.AsyncClient:
+        client = self._clients.get(base_url)
+        if client is None:
+            client = httpx.AsyncClient(transport=self._transport_factory(), timeout=None)  # noqa: S113 - each call runs under asyncio.timeout
+            self._clients[base_url] = client
+        return client
+
+    def _decoder(self, reply: type[R]) -> msgspec.json.Decoder[R]:
+        decoder = self._decoders.get(reply)
+        if decoder is None:
+            decoder = self._decoders[reply] = msgspec.json.Decoder(reply)
+        return decoder  # type: ignore[return-value]
+
+    async def call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
+        """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError."""
+        url = (
+            f"{tenant.base_url}{_PATH}{api}?sdkappid={tenant.sdkappid}&identifier={quote(tenant.identifier, safe='')}"
+            f"&usersig={quote(usersig, safe='')}&random={self._random32()}&contenttype=json"
+        )
+        try:
+            async with asyncio.timeout(within):
+                response = await self._client(tenant.base_url).post(url, content=body, headers=_HEADERS)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
+        except httpx.TransportError as exc:
+            raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
+        if response.status_code != 200:
+            raise errors.UpstreamUnavailable(f"Tencent {api}: HTTP {response.status_code}")
+        try:
+            decoded = self._decoder(reply).decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise errors.UpstreamUnavailable(f"Tencent {api}: unreadable reply ({exc})") from exc
+        _check(decoded, api, usersig)
+        return decoded
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+def _check(reply: Envelope, api: str, usersig: str) -> None:
+    code = reply.ErrorCode
+    if code == 0 or (code is None and reply.ActionStatus == "OK"):
+        return
+    code = -1 if code is None else code
+    info = reply.ErrorInfo.replace(usersig, "***")[:300]
+    raise ERROR_CODES.get(code, errors.UpstreamRejected)(
+        f"Tencent {api} answered {code}: {info}".rstrip(": "),
+        upstream_code=code,
+        upstream_request_id=reply.RequestId or None,
+    )
