@@ -131,8 +131,11 @@ def emulator_apps(emulator: Emulator, config: str | None, env: Mapping[str, str]
     return described
 
 
-async def _emulator(host: str, port: int, config: str | None, rooms: int, env: Mapping[str, str]) -> None:
+async def _emulator(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     emulator = Emulator()
+    emulator.enforce_rate_limit = not args.no_rate_limit
+    emulator.faults.latency = args.latency_ms / 1000
+    host, port, config, rooms = args.host, args.port, args.config, args.rooms
     described = emulator_apps(emulator, config, env)
     for app in list(emulator.apps):
         for n in range(1, rooms + 1):
@@ -170,6 +173,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     emu.add_argument("--port", type=int, default=9100)
     emu.add_argument("--config", default=None, help="register the tenants of this gateway config")
     emu.add_argument("--rooms", type=int, default=3, help="rooms room-1..room-N per app")
+    emu.add_argument("--latency-ms", type=float, default=0.0, help="added to every call")
+    emu.add_argument("--no-rate-limit", action="store_true", help="do not answer 60007 (benchmarks)")
     spec = commands.add_parser("openapi", help="print the OpenAPI document")
     spec.add_argument("--format", choices=("yaml", "json"), default="yaml")
     args = parser.parse_args(argv)
@@ -178,7 +183,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "openapi":
             return openapi(args.format)
         if args.command == "emulator":
-            _run(_emulator(args.host, args.port, args.config, args.rooms, env))
+            _run(_emulator(args, env))
             return 0
         if args.command == "demo":
             settings = settings_from_env(env, host=args.host or "127.0.0.1", port=args.port)

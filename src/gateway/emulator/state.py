@@ -269,7 +269,7 @@ def _check_fields(info: dict[str, Any], allowed: dict[str, tuple[type, int | Non
         size = len(value.encode()) if isinstance(value, str) else len(value) if isinstance(value, list) else 0
         if limit is not None and size > limit:
             raise ApiError(100009 if name == "Category" else 100002, f"{name} is over its limit")
-        if name == "Category" and not all(isinstance(c, int) and not isinstance(c, bool) for c in info[name]):
+        if name == "Category" and not all(isinstance(c, int) and not isinstance(c, bool) for c in info[name]):  # noqa: PLR1733 - `value` is narrowed to object
             raise ApiError(100002, "Category must hold integers")
         if name == "TakeSeatMode" and value not in ("FreeToTake", "ApplyToTake"):
             raise ApiError(100002, "TakeSeatMode must be FreeToTake or ApplyToTake")

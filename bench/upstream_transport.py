@@ -1,0 +1,110 @@
+"""Which transport should the gateway's upstream httpx client use? Measured side by side.
+
+Each client sends get_room_info calls to the emulator (a separate process) at 1, 32 and 64
+requests in flight; rounds are interleaved and the median of the rounds is printed, with each
+client's ratio to raw aiohttp (the ceiling for a Python client here).
+
+    python bench/upstream_transport.py [--seconds 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import httpx
+from TLSSigAPIv2 import TLSSigAPIv2
+
+from bench._harness import GATEWAY, free_port, median, process
+from gateway.transport import AiohttpTransport
+
+KEY = "bench-secret-key"
+APP = 1400000001
+
+
+def _url(port: int) -> str:
+    sig = TLSSigAPIv2(APP, KEY).gen_sig("administrator", 86400)
+    return (
+        f"http://127.0.0.1:{port}/v4/live_engine_http_srv/get_room_info?sdkappid={APP}"
+        f"&identifier=administrator&usersig={sig}&random=1&contenttype=json"
+    )
+
+
+BODY = b'{"RoomId":"room-1"}'
+HEADERS = {"content-type": "application/json"}
+
+
+async def _drive(call: Callable[[], Awaitable[None]], inflight: int, seconds: float) -> float:
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await call()
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return done / (time.perf_counter() - start)
+
+
+async def _httpx(client: httpx.AsyncClient, url: str, inflight: int, seconds: float) -> float:
+    async def call() -> None:
+        response = await client.post(url, content=BODY, headers=HEADERS)
+        assert response.status_code == 200
+
+    return await _drive(call, inflight, seconds)
+
+
+async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
+    url = _url(port)
+    results: dict[str, float] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def raw() -> None:
+            async with session.post(url, data=BODY, headers=HEADERS) as response:
+                await response.read()
+
+        results["aiohttp (raw)"] = await _drive(raw, inflight, seconds)
+    clients = {
+        "httpx default pool": httpx.AsyncClient(),
+        "httpx pool 256": httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)),
+        "httpx + AiohttpTransport (gateway)": httpx.AsyncClient(transport=AiohttpTransport(connections=256)),
+    }
+    for name, client in clients.items():
+        async with client:
+            results[name] = await _httpx(client, url, inflight, seconds)
+    transport = AiohttpTransport(connections=256)
+
+    async def direct() -> None:
+        response = await transport.handle_async_request(httpx.Request("POST", url, content=BODY, headers=HEADERS))
+        assert response.status_code == 200
+
+    results["httpx.Request -> AiohttpTransport (no AsyncClient)"] = await _drive(direct, inflight, seconds)
+    await transport.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    port = free_port()
+    cmd = [*GATEWAY, "emulator", "--port", str(port), "--no-rate-limit", "--rooms", "1"]
+    with process(cmd, port=port, env={"EMULATOR_SECRET_KEY": KEY}):
+        for inflight in (1, 32, 64):
+            rounds = [asyncio.run(measure(port, inflight, args.seconds)) for _ in range(args.rounds)]
+            base = median([r["aiohttp (raw)"] for r in rounds])
+            print(f"\n{inflight} in flight (median of {args.rounds} rounds of {args.seconds:g} s)")
+            for name in rounds[0]:
+                value = median([r[name] for r in rounds])
+                print(f"  {name:52s} {value:8.0f} req/s   {value / base:5.2f} x raw aiohttp")
+
+
+if __name__ == "__main__":
+    main()
