@@ -10,7 +10,8 @@ import logging
 import math
 import re
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch
@@ -18,7 +19,8 @@ from litestar.datastructures import State
 from litestar.enums import MediaType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, Parameter
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
@@ -104,7 +106,12 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
 
 
 def edge_middleware(app: ASGIApp) -> ASGIApp:
-    """Request ids in and out, and refusal of paths that would decode into other routes."""
+    """Request ids in and out, and refusal of paths that would decode into other routes.
+
+    It wraps the app's ``asgi_handler`` (where Litestar itself puts CORS), not its middleware
+    stack: Litestar runs middleware only after routing, and these rules hold for every request,
+    an unmatched path included.
+    """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -134,6 +141,43 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
 # ---------------------------------------------------------------------- handlers
 
 _ROOM_PATH = "/v1/tenants/{tenant:str}/rooms/{room_id:str}"
+T = TypeVar("T")
+
+
+def _json_body(struct: type[msgspec.Struct]) -> type[Operation]:
+    """An Operation documenting ``struct`` as the JSON request body.
+
+    Bodies are decoded by the handlers themselves (``_decode``): strictly typed ("1" is not an
+    integer), in one pass, and with every malformed input a 400. Litestar's own body parsing is
+    lax and lets a RecursionError or UnicodeDecodeError escape as a 500.
+    """
+    _, components = msgspec.json.schema_components([struct], ref_template="#/components/schemas/{name}")
+    body = RequestBody(
+        content={"application/json": OpenAPIMediaType(schema=components[struct.__name__])}, required=True
+    )
+
+    @dataclass
+    class WithBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return WithBody
+
+
+_ROOM_PATCH = msgspec.json.Decoder(RoomPatch)
+_METADATA_PATCH = msgspec.json.Decoder(MetadataPatch)
+
+
+async def _decode(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T]) -> T:
+    raw = await request.body()
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise errors.InvalidRequest(f"invalid body: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise errors.InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
 _ERRORS = {
     status: ResponseSpec(data_container=Problem, media_type=PROBLEM_JSON, description=text, generate_examples=False)
     for status, text in {
@@ -179,9 +223,9 @@ def _no_content(outcome: Outcome) -> Response[None]:
 async def get_room(
     request: Request[Any, Any, Any],
     state: State,
-    tenant: str,
-    room_id: str,
-    cache_control: str | None = Parameter(header="cache-control", default=None, required=False),
+    tenant: FromPath[str],
+    room_id: FromPath[str],
+    cache_control: Annotated[str | None, HeaderParameter(name="cache-control", required=False)] = None,
 ) -> Response[bytes]:
     gateway = _gateway(state)
     resolved = _authorize(request, gateway, tenant, "read")
@@ -199,12 +243,14 @@ async def get_room(
     security=_SECURITY,
     tags=["rooms"],
     operation_id="updateRoom",
+    operation_class=_json_body(RoomPatch),
 )
 async def update_room(
-    request: Request[Any, Any, Any], state: State, tenant: str, room_id: str, data: JSONBody[RoomPatch]
+    request: Request[Any, Any, Any], state: State, tenant: FromPath[str], room_id: FromPath[str]
 ) -> Response[None]:
     gateway = _gateway(state)
     resolved = _authorize(request, gateway, tenant, "write")
+    data = await _decode(request, _ROOM_PATCH)
     return _no_content(await gateway.service.update_room(resolved, room_id, data))
 
 
@@ -222,9 +268,9 @@ async def update_room(
 async def get_metadata(
     request: Request[Any, Any, Any],
     state: State,
-    tenant: str,
-    room_id: str,
-    key: list[str] | None = Parameter(query="key", default=None, required=False),
+    tenant: FromPath[str],
+    room_id: FromPath[str],
+    key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
 ) -> Response[bytes]:
     gateway = _gateway(state)
     resolved = _authorize(request, gateway, tenant, "read")
@@ -241,12 +287,14 @@ async def get_metadata(
     security=_SECURITY,
     tags=["metadata"],
     operation_id="setRoomMetadata",
+    operation_class=_json_body(MetadataPatch),
 )
 async def set_metadata(
-    request: Request[Any, Any, Any], state: State, tenant: str, room_id: str, data: JSONBody[MetadataPatch]
+    request: Request[Any, Any, Any], state: State, tenant: FromPath[str], room_id: FromPath[str]
 ) -> Response[None]:
     gateway = _gateway(state)
     resolved = _authorize(request, gateway, tenant, "write")
+    data = await _decode(request, _METADATA_PATCH)
     return _no_content(await gateway.service.set_metadata(resolved, room_id, data))
 
 
@@ -262,9 +310,9 @@ async def set_metadata(
 async def delete_metadata(
     request: Request[Any, Any, Any],
     state: State,
-    tenant: str,
-    room_id: str,
-    key: list[str] | None = Parameter(query="key", default=None, required=False),
+    tenant: FromPath[str],
+    room_id: FromPath[str],
+    key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
 ) -> Response[None]:
     gateway = _gateway(state)
     resolved = _authorize(request, gateway, tenant, "write")

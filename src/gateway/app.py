@@ -89,6 +89,7 @@ def create_app(
             backoff_max=settings.retry_backoff_max,
             lockout=settings.lockout_seconds,
             misconfig_cooldown=settings.misconfig_cooldown,
+            rate_limit_pause=settings.rate_limit_pause,
         ),
         clock=clock,
         sleep=asyncio.sleep,
@@ -100,10 +101,9 @@ def create_app(
         if gateway.directory is None:
             gateway.directory = load_directory(settings.config, env)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         state=State({"gateway": gateway, "settings": settings}),
-        middleware=[edge_middleware],
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
         on_startup=[load_config],
@@ -111,3 +111,5 @@ def create_app(
         openapi_config=openapi_config(),
         debug=False,
     )
+    app.asgi_handler = edge_middleware(app.asgi_handler)
+    return app

@@ -55,7 +55,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     backoff_max: float
     lockout: float
     misconfig_cooldown: float
-    rate_limit_pause: float = 1.0
+    rate_limit_pause: float
 
 
 class Outcome(msgspec.Struct, frozen=True):

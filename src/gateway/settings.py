@@ -40,6 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_backoff: float = 0.1
     retry_backoff_max: float = 2.0
     lockout_seconds: float = 60.0
+    rate_limit_pause: float = 1.0
     misconfig_cooldown: float = 5.0
     upstream_connections: int = 256
     # signatures

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.emulator.state import Emulator
+from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, Emulator
 
 EMULATOR = web.AppKey("emulator", Emulator)
 
@@ -30,17 +30,18 @@ async def _tencent(request: web.Request) -> web.StreamResponse:
     if emu.faults.latency:
         await asyncio.sleep(emu.faults.latency)
     fault = emu.fault_for(api)
-    if fault == -1:
+    if fault == HTTP_502:
+        return web.Response(status=502, text="Bad Gateway")
+    if fault != DROP:
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        reply = emu.handle(api, query, body, injected=fault if fault and fault > 0 else None)
+    if fault in (DROP, APPLY_THEN_DROP):
         assert request.transport is not None
         request.transport.close()  # a dropped connection: no status line at all
         return web.Response()
-    if fault == 0:
-        return web.Response(status=502, text="Bad Gateway")
-    try:
-        body: Any = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    reply = emu.handle(api, query, body, injected=fault)
     return web.Response(body=json.dumps(reply).encode(), content_type="application/json")
 
 

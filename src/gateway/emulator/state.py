@@ -22,6 +22,9 @@ LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
 LOCKOUT_WINDOW = 60.0
 API_QPS = {"get_room_list": 10}
 DEFAULT_QPS = 200
+HTTP_502 = 0  # fault: answer HTTP 502
+DROP = -1  # fault: close the connection before doing anything
+APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
 
 
 class ApiError(Exception):
@@ -51,7 +54,8 @@ class Faults:
     error_code: int = 100001
     http_502_rate: float = 0.0
     drop_rate: float = 0.0
-    scripted: dict[str, deque[int]] = field(default_factory=dict)  # api -> codes (0 = 502, -1 = drop)
+    # api -> the next calls' faults: an ErrorCode, or HTTP_502 / DROP / APPLY_THEN_DROP
+    scripted: dict[str, deque[int]] = field(default_factory=dict)
 
 
 class Emulator:
@@ -92,7 +96,7 @@ class Emulator:
         return room
 
     def fail_next(self, api: str, *codes: int) -> None:
-        """The next calls to ``api`` answer these codes (0 = HTTP 502, -1 = dropped connection)."""
+        """The next calls to ``api`` meet these faults (ErrorCodes, HTTP_502, DROP, APPLY_THEN_DROP)."""
         self.faults.scripted.setdefault(api, deque()).extend(codes)
 
     def reset_counters(self) -> None:
@@ -118,16 +122,16 @@ class Emulator:
     # ------------------------------------------------------------------ one request
 
     def fault_for(self, api: str) -> int | None:
-        """The fault this call meets: an ErrorCode, 0 for HTTP 502, -1 for a drop, or None."""
+        """The fault this call meets: an ErrorCode, HTTP_502, DROP, APPLY_THEN_DROP, or None."""
         scripted = self.faults.scripted.get(api)
         if scripted:
             return scripted.popleft()
         roll = self.rng.random()
         f = self.faults
         if roll < f.drop_rate:
-            return -1
+            return DROP
         if roll < f.drop_rate + f.http_502_rate:
-            return 0
+            return HTTP_502
         if roll < f.drop_rate + f.http_502_rate + f.error_rate:
             return f.error_code
         return None

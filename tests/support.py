@@ -1,0 +1,164 @@
+"""Test plumbing: the emulator over real HTTP, the gateway under a real uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import uvicorn
+from litestar import Litestar
+
+from gateway.app import create_app
+from gateway.emulator import Emulator
+from gateway.settings import Settings
+from gateway.tenants import Directory, hash_token, parse_config, resolve
+
+APP_ID = 1400000001
+OTHER_APP_ID = 1400000002
+KEY = "test-secret-key-0123456789abcdef"
+OTHER_KEY = "other-secret-key-0123456789abcdef"
+TOKENS = {"rw": "token-rw", "ro": "token-ro", "other": "token-other", "star": "token-star", "wo": "token-wo"}
+ROOMS = ("room-1", "room-2", "room-3")
+
+# Settings that keep tests quick: tiny backoffs and pauses; everything else is the default.
+FAST = {"retry_backoff": 0.01, "retry_backoff_max": 0.05, "rate_limit_pause": 0.05, "misconfig_cooldown": 0.0}
+
+
+def config_yaml(base_url: str, qps: int = 200) -> str:
+    return f"""
+tenants:
+  acme:
+    sdkappid: {APP_ID}
+    identifier: administrator
+    secret_key_env: ACME_SECRET_KEY
+    region: singapore
+    base_url: {base_url}
+    qps: {qps}
+  globex:
+    sdkappid: {OTHER_APP_ID}
+    identifier: administrator
+    secret_key_env: GLOBEX_SECRET_KEY
+    region: china
+    base_url: {base_url}
+callers:
+  checkout:
+    token_sha256: {hash_token(TOKENS["rw"])}
+    tenants: [acme]
+    scopes: [read, write]
+  viewer:
+    token_sha256: {hash_token(TOKENS["ro"])}
+    tenants: [acme]
+    scopes: [read]
+  writer:
+    token_sha256: {hash_token(TOKENS["wo"])}
+    tenants: [acme]
+    scopes: [write]
+  globex-app:
+    token_sha256: {hash_token(TOKENS["other"])}
+    tenants: [globex]
+    scopes: [read, write]
+  ops:
+    token_sha256: {hash_token(TOKENS["star"])}
+    tenants: ["*"]
+    scopes: [read]
+"""
+
+
+SECRETS = {"ACME_SECRET_KEY": KEY, "GLOBEX_SECRET_KEY": OTHER_KEY}
+
+
+def directory(base_url: str, qps: int = 200) -> Directory:
+    return resolve(parse_config(config_yaml(base_url, qps).encode(), source="test.yaml"), SECRETS)
+
+
+def new_emulator() -> Emulator:
+    emulator = Emulator(seed=7)
+    emulator.add_app(APP_ID, KEY, {"administrator"})
+    emulator.add_app(OTHER_APP_ID, OTHER_KEY, {"administrator"})
+    for room_id in ROOMS:
+        emulator.add_room(APP_ID, room_id)
+        emulator.add_room(OTHER_APP_ID, room_id, RoomName="globex room")
+    return emulator
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(**{**FAST, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Litestar) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+class Gateway:
+    """A running gateway: its app (for internals), URL and an httpx client with a token."""
+
+    def __init__(self, app: Litestar, url: str, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.url = url
+        self.client = client
+
+    def as_(self, who: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {TOKENS[who]}"} if who else {}
+
+
+@contextlib.asynccontextmanager
+async def start_gateway(
+    upstream_url: str,
+    *,
+    transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    qps: int = 200,
+    **overrides: Any,
+) -> AsyncIterator[Gateway]:
+    app = create_app(
+        settings(**overrides), env={}, directory=directory(upstream_url, qps), transport_factory=transport_factory
+    )
+    async with serve_app(app) as url:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(
+            base_url=url, headers={"authorization": f"Bearer {TOKENS['rw']}"}, limits=limits, timeout=30
+        ) as client:
+            yield Gateway(app, url, client)
+
+
+async def blast(
+    url: str,
+    paths: list[str],
+    *,
+    token: str,
+    method: str = "GET",
+    json: Any = None,
+    spacing: float = 0.0,
+    headers: dict[str, str] | None = None,
+) -> list[int]:
+    """Send one request per path (optionally ``spacing`` seconds apart) with aiohttp; statuses in order."""
+    hdrs = {"authorization": f"Bearer {token}", **(headers or {})}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int, path: str) -> int:
+            await asyncio.sleep(i * spacing)
+            async with session.request(method, url + path, headers=hdrs, json=json) as response:
+                await response.read()
+                return response.status
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
