@@ -38,6 +38,8 @@ async def _tencent(request: web.Request) -> web.StreamResponse:
         except ValueError:
             body = None
         reply = emu.handle(api, query, body, injected=fault if fault and fault > 0 else None)
+    if emu.faults.reply_latency:
+        await asyncio.sleep(emu.faults.reply_latency)
     if fault in (DROP, APPLY_THEN_DROP):
         assert request.transport is not None
         request.transport.close()  # a dropped connection: no status line at all
@@ -54,6 +56,7 @@ async def _faults(request: web.Request) -> web.Response:
     spec = await request.json()
     f = emu.faults
     f.latency = float(spec.get("latency_ms", 0)) / 1000
+    f.reply_latency = float(spec.get("reply_latency_ms", 0)) / 1000
     f.error_rate = float(spec.get("error_rate", 0))
     f.error_code = int(spec.get("error_code", 100001))
     f.http_502_rate = float(spec.get("http_502_rate", 0))

@@ -49,7 +49,8 @@ class App:
 class Faults:
     """Knobs: added latency, random or scripted ErrorCodes, HTTP 502s, dropped connections."""
 
-    latency: float = 0.0
+    latency: float = 0.0  # before the call is handled
+    reply_latency: float = 0.0  # after it is handled: the answer is computed, then held back
     error_rate: float = 0.0
     error_code: int = 100001
     http_502_rate: float = 0.0

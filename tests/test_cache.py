@@ -1,0 +1,135 @@
+"""The room cache: TTL, X-Cache, no-cache, coalescing, invalidation, stale-if-error."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.cache import RoomCache
+from gateway.emulator import Emulator
+from gateway.emulator.state import HTTP_502
+from gateway.stores.memory import MemoryRoomStore
+from tests.support import APP_ID, TOKENS, Gateway, blast, start_gateway
+
+ROOM = "/v1/tenants/acme/rooms/room-1"
+
+
+async def test_second_read_is_a_hit(gateway: Gateway, emulator: Emulator) -> None:
+    """Within the TTL a read is served from the cache: X-Cache miss, then hit; one upstream call."""
+    first = await gateway.client.get(ROOM)
+    second = await gateway.client.get(ROOM)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert first.content == second.content
+    assert "x-upstream-request-id" in first.headers
+    assert "x-upstream-request-id" not in second.headers
+    assert emulator.calls["get_room_info"] == 1
+
+
+async def test_entries_expire_after_the_ttl(upstream_url: str, emulator: Emulator) -> None:
+    """After the TTL the next read goes upstream again."""
+    async with start_gateway(upstream_url, cache_ttl=0.2) as gateway:
+        await gateway.client.get(ROOM)
+        await asyncio.sleep(0.3)
+        assert (await gateway.client.get(ROOM)).headers["x-cache"] == "miss"
+    assert emulator.calls["get_room_info"] == 2
+
+
+async def test_no_cache_skips_the_cache(gateway: Gateway, emulator: Emulator) -> None:
+    """Cache-Control: no-cache goes upstream even when a fresh copy is cached."""
+    await gateway.client.get(ROOM)
+    response = await gateway.client.get(ROOM, headers={"cache-control": "no-cache"})
+    assert response.headers["x-cache"] == "miss"
+    assert emulator.calls["get_room_info"] == 2
+
+
+async def test_200_concurrent_identical_reads_make_one_upstream_call(gateway: Gateway, emulator: Emulator) -> None:
+    """Two hundred concurrent cold reads of one room cost Tencent exactly one call."""
+    emulator.faults.latency = 0.2  # keep the first call in flight while the others arrive
+    statuses = await blast(gateway.url, [ROOM] * 200, token=TOKENS["rw"])
+    assert statuses == [200] * 200
+    assert emulator.calls["get_room_info"] == 1
+
+
+async def test_concurrent_no_cache_reads_are_still_coalesced(gateway: Gateway, emulator: Emulator) -> None:
+    """no-cache reads skip the stored copy but still share one in-flight call."""
+    emulator.faults.latency = 0.2
+    statuses = await blast(gateway.url, [ROOM] * 50, token=TOKENS["rw"], headers={"cache-control": "no-cache"})
+    assert statuses == [200] * 50
+    assert emulator.calls["get_room_info"] == 1
+
+
+async def test_patch_invalidates_before_answering(gateway: Gateway) -> None:
+    """A read after a successful PATCH sees the write (read-your-writes)."""
+    assert (await gateway.client.get(ROOM)).json()["room_name"] == "room-1"
+    assert (await gateway.client.patch(ROOM, json={"room_name": "Fresh"})).status_code == 204
+    after = await gateway.client.get(ROOM)
+    assert after.headers["x-cache"] == "miss"
+    assert after.json()["room_name"] == "Fresh"
+
+
+async def test_a_read_in_flight_during_a_write_cannot_cache_the_old_room(gateway: Gateway, emulator: Emulator) -> None:
+    """A fill that started before a PATCH does not store its (older) answer afterwards."""
+    emulator.faults.reply_latency = 0.3  # Tencent reads the room now, answers 0.3 s later
+    slow_read = asyncio.create_task(gateway.client.get(ROOM))
+    await asyncio.sleep(0.1)
+    emulator.faults.reply_latency = 0.0
+    assert (await gateway.client.patch(ROOM, json={"room_name": "New"})).status_code == 204
+    assert (await slow_read).json()["room_name"] == "room-1"  # the old answer, delivered late
+    after = await gateway.client.get(ROOM)
+    assert after.headers["x-cache"] == "miss"
+    assert after.json()["room_name"] == "New"
+
+
+async def test_a_read_after_a_write_does_not_join_an_older_fill(gateway: Gateway, emulator: Emulator) -> None:
+    """A read that starts after a PATCH gets its own upstream call, not the pre-write one's result."""
+    emulator.faults.latency = 0.3
+    slow_read = asyncio.create_task(gateway.client.get(ROOM))
+    await asyncio.sleep(0.1)
+    emulator.faults.latency = 0.0
+    assert (await gateway.client.patch(ROOM, json={"room_name": "New"})).status_code == 204
+    after = await gateway.client.get(ROOM)
+    assert after.json()["room_name"] == "New"
+    await slow_read
+
+
+async def test_stale_copy_is_served_when_tencent_fails(upstream_url: str, emulator: Emulator) -> None:
+    """After the TTL, if Tencent fails, a copy within the stale bound is served with X-Cache: stale."""
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0, retry_attempts=2) as gateway:
+        await gateway.client.get(ROOM)
+        await asyncio.sleep(0.15)
+        emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
+        response = await gateway.client.get(ROOM)
+    assert response.status_code == 200
+    assert response.headers["x-cache"] == "stale"
+    assert response.json()["room_id"] == "room-1"
+
+
+async def test_no_stale_copy_past_the_bound(upstream_url: str, emulator: Emulator) -> None:
+    """Past TTL + stale bound, Tencent's failure is the caller's error."""
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=0.1, retry_attempts=2) as gateway:
+        await gateway.client.get(ROOM)
+        await asyncio.sleep(0.25)
+        emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
+        response = await gateway.client.get(ROOM)
+    assert response.status_code == 502
+
+
+async def test_room_not_found_is_not_served_stale(upstream_url: str, emulator: Emulator) -> None:
+    """A room Tencent says is gone (100004) is a 404 even with a stale copy around."""
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0) as gateway:
+        await gateway.client.get(ROOM)
+        await asyncio.sleep(0.15)
+        del emulator.apps[APP_ID].rooms["room-1"]
+        assert (await gateway.client.get(ROOM)).status_code == 404
+
+
+async def test_memory_store_stays_bounded() -> None:
+    """The in-process store keeps at most max_rooms entries, dropping the oldest."""
+    now = [0.0]
+    store = MemoryRoomStore(clock=lambda: now[0], max_age=10.0, max_rooms=3)
+    cache = RoomCache(store=store, ttl=1.0, stale_ttl=9.0)
+    for n in range(5):
+        assert await store.put(f"k{n}", b"x", 0)
+    assert [(await store.get(f"k{n}")).body for n in range(5)] == [None, None, b"x", b"x", b"x"]
+    await cache.invalidate("k4")
+    assert (await store.get("k4")).body is None
+    assert not await store.put("k4", b"y", 0), "a fill from before the invalidation is refused"
