@@ -29,30 +29,14 @@ EXPECTED: dict[int, tuple[int, str, int]] = {
     100501: (422, "metadata_limit_exceeded", 1),
     100502: (422, "metadata_limit_exceeded", 1),
     100504: (422, "metadata_limit_exceeded", 1),
-    **{c: (429, "rate_limited", ATTEMPTS) for c in (60007, 60011, 60018, 60019, 100012)},
-    **{c: (503, "upstream_misconfigured", 2) for c in (70001, 70002, 70003, 70005, 70052, 60004, 60005)},
+    **dict.fromkeys((60007, 60011, 60018, 60019, 100012), (429, "rate_limited", ATTEMPTS)),
+    **dict.fromkeys((70001, 70002, 70003, 70005, 70052, 60004, 60005), (503, "upstream_misconfigured", 2)),
     70050: (503, "upstream_misconfigured", 1),
-    **{
-        c: (503, "upstream_misconfigured", 1)
-        for c in (
-            60006,
-            60010,
-            60016,
-            60017,
-            60020,
-            60021,
-            70009,
-            70013,
-            70014,
-            70016,
-            70020,
-            70051,
-            70114,
-            70403,
-            100007,
-        )
-    },
-    **{c: (502, "upstream_unavailable", ATTEMPTS) for c in (100001, 60008, 60013, 60014, 70169, 70500)},
+    **dict.fromkeys(
+        (60006, 60010, 60016, 60017, 60020, 60021, 70009, 70013, 70014, 70016, 70020, 70051, 70114, 70403, 100007),
+        (503, "upstream_misconfigured", 1),
+    ),
+    **dict.fromkeys((100001, 60008, 60013, 60014, 70169, 70500), (502, "upstream_unavailable", ATTEMPTS)),
     100005: (502, "upstream_rejected", 1),  # an unmapped code
     60002: (502, "upstream_rejected", 1),
 }
