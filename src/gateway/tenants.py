@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -32,7 +33,7 @@ REGION_DOMAINS: dict[str, str] = {
     "mumbai": "adminapiind.im.qcloud.com",
 }
 
-_Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -53,8 +54,8 @@ class CallerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ConfigFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    tenants: dict[_Name, TenantConfig]
-    callers: dict[_Name, CallerConfig] = {}
+    tenants: dict[str, TenantConfig]
+    callers: dict[str, CallerConfig] = {}
 
 
 class Secret:
@@ -124,16 +125,50 @@ class Directory(msgspec.Struct, frozen=True, kw_only=True):
         return found
 
 
+T = TypeVar("T")
+
+
 def parse_config(text: bytes, *, source: str) -> ConfigFile:
-    """Decode the YAML or JSON config; the error names the offending field."""
+    """Decode the YAML or JSON config; the error names the offending field.
+
+    Each tenant and caller is converted on its own so that an error names it: msgspec's own
+    paths elide mapping keys (``$.tenants[...].region``).
+    """
     try:
-        if source.endswith(".json"):
-            return msgspec.json.decode(text, type=ConfigFile)
-        return msgspec.yaml.decode(text, type=ConfigFile)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+        raw = msgspec.json.decode(text) if source.endswith(".json") else msgspec.yaml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: malformed file: {exc}") from exc
+    top = _convert(raw, dict[str, Any], source, "$")
+    unknown = sorted(set(top) - {"tenants", "callers"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level field {unknown[0]!r}")
+    if "tenants" not in top:
+        raise ConfigError(f"{source}: missing required field 'tenants'")
+    tenants = _convert(top["tenants"], dict[str, Any], source, "tenants")
+    callers = _convert(top.get("callers") or {}, dict[str, Any], source, "callers")
+    return ConfigFile(
+        tenants={
+            _name(n, source, "tenants"): _convert(t, TenantConfig, source, f"tenants.{n}") for n, t in tenants.items()
+        },
+        callers={
+            _name(n, source, "callers"): _convert(c, CallerConfig, source, f"callers.{n}") for n, c in callers.items()
+        },
+    )
+
+
+def _convert(value: object, kind: type[T], source: str, where: str) -> T:
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        head, sep, path = str(exc).partition(" - at `$")
+        field = f"{where}{path.rstrip('`')}" if sep else where
+        raise ConfigError(f"{source}: {field}: {head}") from exc
+
+
+def _name(name: str, source: str, section: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(f"{source}: {section}.{name}: names are letters, digits, '_', '.' and '-' (max 63)")
+    return name
 
 
 def load_directory(path: str, env: Mapping[str, str]) -> Directory:

@@ -1,0 +1,123 @@
+"""Config file and settings: good ones load, bad ones stop start-up with the field named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import Settings, settings_from_env
+from gateway.tenants import REGION_DOMAINS, Secret, hash_token, load_directory
+from tests.support import SECRETS, config_yaml
+
+GOOD = config_yaml("http://127.0.0.1:9100")
+
+
+def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_config_loads(tmp_path: Path) -> None:
+    """Tenants resolve their keys from the environment and keep base_url overrides."""
+    directory = load_directory(write(tmp_path, GOOD), SECRETS)
+    acme = directory.tenants["acme"]
+    assert acme.sdkappid == 1400000001
+    assert acme.base_url == "http://127.0.0.1:9100"
+    assert acme.secret_key.reveal() == SECRETS["ACME_SECRET_KEY"]
+    assert acme.qps == 200
+    assert {c.name for c in directory.callers} == {"checkout", "viewer", "writer", "globex-app", "ops"}
+
+
+def test_json_config_loads(tmp_path: Path) -> None:
+    """A .json file is read as JSON."""
+    config = {
+        "tenants": {"t": {"sdkappid": 1, "identifier": "admin", "region": "china", "secret_key_env": "K"}},
+        "callers": {"c": {"token_sha256": hash_token("x"), "tenants": ["*"], "scopes": ["read"]}},
+    }
+    directory = load_directory(write(tmp_path, json.dumps(config), "g.json"), {"K": "secret"})
+    assert directory.tenants["t"].base_url == "https://console.tim.qq.com"
+
+
+@pytest.mark.parametrize(("region", "domain"), sorted(REGION_DOMAINS.items()))
+def test_regions_map_to_tencents_domains(tmp_path: Path, region: str, domain: str) -> None:
+    """Each region calls its documented domain over HTTPS."""
+    text = f"tenants:\n  t:\n    sdkappid: 1\n    identifier: admin\n    region: {region}\n    secret_key_env: K\n"
+    assert load_directory(write(tmp_path, text), {"K": "s"}).tenants["t"].base_url == f"https://{domain}"
+
+
+def test_secret_key_from_a_file(tmp_path: Path) -> None:
+    """secret_key_file reads a mounted secret, trailing newline stripped."""
+    (tmp_path / "key").write_text("from-file\n")
+    text = f"tenants:\n  t:\n    sdkappid: 1\n    identifier: a\n    region: usa\n    secret_key_file: {tmp_path / 'key'}\n"
+    assert load_directory(write(tmp_path, text), {}).tenants["t"].secret_key.reveal() == "from-file"
+
+
+BROKEN = [
+    (GOOD, {}, "tenants.acme.secret_key_env: environment variable ACME_SECRET_KEY is not set"),
+    (GOOD.replace("region: singapore", "region: mars"), SECRETS, "tenants.acme.region: Invalid enum value 'mars'"),
+    (
+        GOOD.replace("sdkappid: 1400000001", "sdkapid: 1400000001"),
+        SECRETS,
+        "tenants.acme: Object contains unknown field `sdkapid`",
+    ),
+    (GOOD.replace("sdkappid: 1400000001", "sdkappid: lots"), SECRETS, "tenants.acme.sdkappid: Expected `int`"),
+    (GOOD.replace("tenants: [acme]", "tenants: [nope]", 1), SECRETS, "callers.checkout.tenants: unknown tenant 'nope'"),
+    (GOOD.replace("scopes: [read]", "scopes: [admin]", 1), SECRETS, "callers.viewer.scopes[0]"),
+    (GOOD.replace(hash_token("token-rw"), "abc"), SECRETS, "callers.checkout.token_sha256"),
+    (GOOD.replace("base_url: http://127.0.0.1:9100", "base_url: ftp://x/y", 1), SECRETS, "tenants.acme.base_url"),
+    ("tenants: [oops", SECRETS, "malformed"),
+    ("tenants:\n  t:\n    sdkappid: 1\n    identifier: a\n    region: usa\n", {}, "set exactly one of"),
+    ("callers: {}\n", {}, "missing required field 'tenants'"),
+    ("tenants: {}\nextra: 1\n", {}, "unknown top-level field 'extra'"),
+    ("- a list\n", {}, "Expected `object`"),
+    ("tenants:\n  'bad name!': {}\n", {}, "tenants.bad name!: names are"),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "message"), BROKEN)
+def test_broken_config_names_the_field(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    """Every config error says which field is wrong."""
+    with pytest.raises(ConfigError) as error:
+        load_directory(write(tmp_path, text), env)
+    assert message in str(error.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A missing file names the path and the variable that sets it."""
+    with pytest.raises(ConfigError, match="GATEWAY_CONFIG"):
+        load_directory(str(tmp_path / "absent.yaml"), {})
+
+
+def test_secret_never_prints() -> None:
+    """A Secret's repr and str hide the value (tracebacks, logs, error messages)."""
+    secret = Secret("hunter2")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in repr([secret])
+
+
+def test_settings_from_env() -> None:
+    """GATEWAY_* variables are parsed into typed settings; unrelated variables are ignored."""
+    settings = settings_from_env({"GATEWAY_CACHE_TTL": "2.5", "GATEWAY_PORT": "9000", "HOME": "/root"})
+    assert settings.cache_ttl == 2.5
+    assert settings.port == 9000
+    assert settings_from_env({}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"GATEWAY_CACHE_TTL": "soon"}, "GATEWAY_CACHE_TTL"),
+        ({"GATEWAY_UPSTREAM_TIMEOUT": "2"}, "GATEWAY_UPSTREAM_TIMEOUT"),
+        ({"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_USERSIG_TTL": "60"}, "GATEWAY_USERSIG_TTL"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], name: str) -> None:
+    """A bad GATEWAY_* value stops start-up naming the variable."""
+    with pytest.raises(ConfigError, match=name):
+        settings_from_env(env)
