@@ -33,7 +33,7 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 def setup(extras: str) -> None:
     """Create .venv and install the project with ``extras`` unless already done for this pyproject."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may be started by an older python3
         sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
     if not PY.exists():
         venv.create(VENV, with_pip=True)

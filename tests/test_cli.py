@@ -127,6 +127,7 @@ def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     assert "tenants.acme.region" in result.stderr
@@ -136,7 +137,12 @@ def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
 def test_serve_refuses_a_bad_setting() -> None:
     """A bad GATEWAY_* value stops start-up naming the variable."""
     result = subprocess.run(
-        [*GATEWAY, "serve"], env={**os.environ, "GATEWAY_DEADLINE": "soon"}, capture_output=True, text=True, timeout=30
+        [*GATEWAY, "serve"],
+        env={**os.environ, "GATEWAY_DEADLINE": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     assert "GATEWAY_DEADLINE" in result.stderr

@@ -52,7 +52,8 @@ def test_regions_map_to_tencents_domains(tmp_path: Path, region: str, domain: st
 def test_secret_key_from_a_file(tmp_path: Path) -> None:
     """secret_key_file reads a mounted secret, trailing newline stripped."""
     (tmp_path / "key").write_text("from-file\n")
-    text = f"tenants:\n  t:\n    sdkappid: 1\n    identifier: a\n    region: usa\n    secret_key_file: {tmp_path / 'key'}\n"
+    text = "tenants:\n  t:\n    sdkappid: 1\n    identifier: a\n    region: usa\n"
+    text += f"    secret_key_file: {tmp_path / 'key'}\n"
     assert load_directory(write(tmp_path, text), {}).tenants["t"].secret_key.reveal() == "from-file"
 
 
