@@ -10,7 +10,7 @@ import pytest
 from gateway import budget
 from gateway.budget import Budget, Grant, Refusal
 from gateway.emulator import Emulator
-from gateway.errors import RateLimited
+from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.stores.memory import MemoryBudgetStore
 from tests.support import APP_ID, TOKENS, blast, start_gateway
 
@@ -80,35 +80,40 @@ def test_defer_pushes_the_schedule() -> None:
 async def test_acquire_paces_and_refuses_past_the_cap() -> None:
     """Callers wait their turn; one that would wait past the cap gets RateLimited with Retry-After."""
     t = FakeTime()
-    paced = Budget(store=MemoryBudgetStore(clock=t.clock), jitter=0.0, share=1, clock=t.clock, sleep=t.sleep)
-    waits = [await paced.acquire("k", qps=2, max_wait=10) for _ in range(3)]
+    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.0, clock=t.clock, sleep=t.sleep)
+    waits = [await paced.acquire("app", "api", qps=2, max_wait=10) for _ in range(3)]
     interval = budget.interval_for(2, 0.0)
     assert waits == pytest.approx([0.0, interval, interval])
     t.now -= 2 * interval  # three callers at once: the next would wait 3 intervals
     with pytest.raises(RateLimited) as refused:
-        await paced.acquire("k", qps=2, max_wait=0.5)
+        await paced.acquire("app", "api", qps=2, max_wait=0.5)
     assert refused.value.retry_after is not None
     assert refused.value.retry_after >= 1
 
 
 async def test_a_caller_woken_late_books_a_new_slot() -> None:
-    """Oversleeping past half the jitter forfeits the slot rather than crowd the next second."""
+    """Oversleeping past a quarter of the jitter forfeits the slot rather than crowd the next second."""
     t = FakeTime()
     store = MemoryBudgetStore(clock=t.clock)
-    paced = Budget(store=store, jitter=0.01, share=1, clock=t.clock, sleep=t.sleep)
-    await paced.acquire("k", qps=100, max_wait=10)
+    paced = Budget(local=store, jitter=0.02, clock=t.clock, sleep=t.sleep)
+    await paced.acquire("app", "api", qps=100, max_wait=10)
     t.overshoot = 0.02
-    await paced.acquire("k", qps=100, max_wait=10)  # sleeps, wakes 20 ms late, books again
-    interval = budget.interval_for(100, 0.01)
+    await paced.acquire("app", "api", qps=100, max_wait=10)  # sleeps, wakes 20 ms late, books again
+    interval = budget.interval_for(100, 0.02)
     # slot 1 at 1000, slot 2 at 1000+I forfeited (woken at 1000+I+0.02), re-booked right then
-    assert store._tat["k"] == pytest.approx(1000.0 + interval + 0.02 + interval)
+    assert store._tat[("app", "api")] == pytest.approx(1000.0 + interval + 0.02 + interval)
 
 
-async def test_degraded_share_splits_the_rate() -> None:
-    """With share=4 (Redis down, 4 replicas at most) each replica paces at a quarter of the budget."""
+async def test_a_paused_tenant_gets_no_slot() -> None:
+    """While a tenant is paused (70050) every acquire fails at once with the time left."""
     t = FakeTime()
-    paced = Budget(store=MemoryBudgetStore(clock=t.clock), jitter=0.01, share=4, clock=t.clock, sleep=t.sleep)
-    assert paced.interval(200) == budget.interval_for(50, 0.01)
+    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.01, clock=t.clock, sleep=t.sleep)
+    await paced.pause("app", 60.0, 70050, "locked out")
+    with pytest.raises(UpstreamLockedOut) as paused:
+        await paced.acquire("app", "any-api", qps=200, max_wait=10)
+    assert paused.value.retry_after == 60.0
+    t.now += 60.0
+    assert await paced.acquire("app", "any-api", qps=200, max_wait=10) == 0.0
 
 
 async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_url: str, emulator: Emulator) -> None:

@@ -114,7 +114,7 @@ def test_serve_with_a_config_file(tmp_path: Path) -> None:
         response = httpx.get(f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-1", headers=auth)
         assert response.status_code == 200
         assert response.json()["room_id"] == "room-1"
-        assert httpx.get(f"http://127.0.0.1:{gw_port}/readyz").json() == {"status": "ready"}
+        assert httpx.get(f"http://127.0.0.1:{gw_port}/readyz").json() == {"status": "ready", "mode": "embedded"}
 
 
 def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ async def test_health_endpoints_need_no_token(gateway: Gateway) -> None:
     """/livez and /readyz answer without a token; /readyz once config is loaded."""
     bare = {"authorization": ""}
     assert (await gateway.client.get("/livez", headers=bare)).json() == {"status": "ok"}
-    assert (await gateway.client.get("/readyz", headers=bare)).json() == {"status": "ready"}
+    assert (await gateway.client.get("/readyz", headers=bare)).json() == {"status": "ready", "mode": "embedded"}
 
 
 async def test_openapi_is_served(gateway: Gateway) -> None:

@@ -25,8 +25,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.cache import CacheResult
+from gateway.health import Breaker
 from gateway.models import Metadata, MetadataPatch, Problem, Room, RoomPatch
 from gateway.service import Outcome, RoomService
+from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
 
 log = logging.getLogger("gateway.api")
@@ -39,10 +41,25 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 class Gateway:
     """What the handlers need, held in app state; ``directory`` is swapped on config reload."""
 
-    def __init__(self, *, directory: Directory | None, service: RoomService) -> None:
+    def __init__(
+        self, *, directory: Directory | None, service: RoomService, breaker: Breaker, redis: Redis | None = None
+    ) -> None:
         self.directory = directory
         self.service = service
+        self.breaker = breaker
+        self.redis = redis
         self.draining = False
+
+    @property
+    def mode(self) -> str:
+        """``embedded`` (no Redis), ``shared`` (Redis answering) or ``degraded`` (Redis down)."""
+        if self.redis is None:
+            return "embedded"
+        return "degraded" if self.breaker.degraded else "shared"
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 def _gateway(state: State) -> Gateway:
@@ -319,8 +336,9 @@ async def delete_metadata(
     return _no_content(await gateway.service.delete_metadata(resolved, room_id, key or []))
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
+    mode: str | None = None
 
 
 @get("/livez", summary="Process is up", tags=["operations"], operation_id="livez")
@@ -330,7 +348,7 @@ async def livez() -> Health:
 
 @get(
     "/readyz",
-    summary="Ready for traffic: config loaded and not draining",
+    summary="Ready for traffic: config loaded and not draining (degraded Redis mode is still ready)",
     tags=["operations"],
     operation_id="readyz",
     responses={503: ResponseSpec(data_container=Health, description="Not ready", generate_examples=False)},
@@ -339,7 +357,7 @@ async def readyz(state: State) -> Response[Health]:
     gateway = _gateway(state)
     if gateway.directory is None or gateway.draining:
         return Response(Health(status="draining" if gateway.draining else "starting"), status_code=503)
-    return Response(Health(status="ready"))
+    return Response(Health(status="ready", mode=gateway.mode))
 
 
 ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz]

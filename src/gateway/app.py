@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import httpx
+import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -16,12 +17,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
 from gateway.api import ROUTES, Gateway, edge_middleware, handle_error
-from gateway.budget import Budget
-from gateway.cache import RoomCache
+from gateway.budget import Budget, BudgetStore
+from gateway.cache import RoomCache, RoomStore
+from gateway.errors import ConfigError
+from gateway.health import Breaker
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
-from gateway.signing import Signer
-from gateway.stores.memory import MemoryBudgetStore, MemoryCooldownStore, MemoryRoomStore, MemorySignatureStore
+from gateway.signing import SignatureStore, Signer
+from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
+from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
+from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Directory, load_directory
 from gateway.transport import AiohttpTransport
 from gateway.upstream import Upstream
@@ -39,6 +44,35 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
+class Stores(msgspec.Struct, frozen=True):
+    """The signature and room stores, and the shared budget store when Redis is configured."""
+
+    signatures: SignatureStore
+    rooms: RoomStore
+    budget: BudgetStore | None = None
+    redis: Redis | None = None
+
+
+def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float]) -> Stores:
+    """In-process stores (embedded mode), or Redis in front of them (several replicas)."""
+    signatures = MemorySignatureStore()
+    keep = settings.cache_ttl + settings.stale_ttl
+    rooms = MemoryRoomStore(clock=clock, max_age=keep, max_rooms=settings.cache_max_rooms)
+    if not settings.redis_url:
+        return Stores(signatures=signatures, rooms=rooms)
+    try:
+        client = connect(settings.redis_url, timeout=settings.redis_timeout)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    redis = Redis(client, prefix=settings.redis_prefix, timeout=settings.redis_timeout)
+    return Stores(
+        signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
+        rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep), local=rooms, breaker=breaker),
+        budget=RedisBudgetStore(redis),
+        redis=redis,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -53,6 +87,8 @@ def create_app(
     env = os.environ if env is None else env
     settings = settings or settings_from_env(env)
     rng = random.Random()
+    breaker = Breaker(cool_off=settings.redis_cool_off, clock=clock)
+    stores = build_stores(settings, breaker, clock)
     upstream = Upstream(
         transport_factory=transport_factory or (lambda: AiohttpTransport(connections=settings.upstream_connections)),
         random32=lambda: rng.getrandbits(32),
@@ -60,26 +96,23 @@ def create_app(
     service = RoomService(
         upstream=upstream,
         signer=Signer(
-            store=MemorySignatureStore(),
+            store=stores.signatures,
             ttl=settings.usersig_ttl,
             margin=settings.usersig_refresh_margin,
             wall_clock=wall_clock,
         ),
         budget=Budget(
-            store=MemoryBudgetStore(clock=clock),
+            local=MemoryBudgetStore(clock=clock),
+            shared=stores.budget,
+            breaker=breaker,
+            degraded_share=settings.max_replicas,
             jitter=settings.budget_jitter,
-            share=1,
             clock=clock,
             sleep=asyncio.sleep,
         ),
         cache=RoomCache(
-            store=MemoryRoomStore(
-                clock=clock, max_age=settings.cache_ttl + settings.stale_ttl, max_rooms=settings.cache_max_rooms
-            ),
-            ttl=settings.cache_ttl,
-            stale_ttl=settings.stale_ttl,
+            store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
         ),
-        cooldowns=MemoryCooldownStore(clock=clock),
         policy=Policy(
             deadline=settings.deadline,
             upstream_timeout=settings.upstream_timeout,
@@ -95,7 +128,7 @@ def create_app(
         sleep=asyncio.sleep,
         uniform=rng.uniform,
     )
-    gateway = Gateway(directory=directory, service=service)
+    gateway = Gateway(directory=directory, service=service, breaker=breaker, redis=stores.redis)
 
     async def load_config() -> None:
         if gateway.directory is None:
@@ -107,7 +140,7 @@ def create_app(
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
         on_startup=[load_config],
-        on_shutdown=[upstream.aclose],
+        on_shutdown=[upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         debug=False,
     )

@@ -4,10 +4,15 @@ A fill records the room's *generation* when it starts and stores its result only
 invalidated the room meanwhile; a read that starts after an invalidation never joins a fill
 that started before it. Together these give read-your-writes: once a PATCH has invalidated a
 room, no older copy can be served or stored again.
+
+Fills are coalesced twice: in process (singleflight), then across replicas by a fill lock in the
+store. A replica that finds the lock taken polls for the value the holder stores; if the holder
+dies, its lock expires after ``lock_ttl`` and a waiter takes over.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
@@ -23,11 +28,12 @@ _STALE_OK = (UpstreamUnavailable, UpstreamTimeout, RateLimited)
 
 
 class Lookup(msgspec.Struct, frozen=True):
-    """What the store holds for a room: its body and age (if any) and its generation."""
+    """What the store holds for a room: its body, age and store time (if any) and its generation."""
 
     body: bytes | None
     age: float
     generation: int
+    stored_at: float = 0.0
 
 
 class RoomStore(Protocol):
@@ -36,6 +42,12 @@ class RoomStore(Protocol):
     async def put(self, key: str, body: bytes, generation: int) -> bool: ...
 
     async def invalidate(self, key: str) -> None: ...
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        """A token when this caller now holds the room's fill lock, else None."""
+        ...
+
+    async def unlock(self, key: str, token: str) -> None: ...
 
 
 class Filled(msgspec.Struct, frozen=True):
@@ -55,10 +67,22 @@ class CacheResult(msgspec.Struct, frozen=True):
 class RoomCache:
     """Serves rooms from the store while fresh, else from one coalesced upstream fill."""
 
-    def __init__(self, *, store: RoomStore, ttl: float, stale_ttl: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: RoomStore,
+        ttl: float,
+        stale_ttl: float,
+        lock_ttl: float = 5.0,
+        poll: float = 0.01,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._store = store
         self._ttl = ttl
         self._stale_limit = ttl + stale_ttl
+        self._lock_ttl = lock_ttl
+        self._poll = poll
+        self._sleep = sleep
         self._flights: SingleFlight[Filled] = SingleFlight()
 
     async def read(self, key: str, fetch: Callable[[], Awaitable[Filled]], *, bypass: bool = False) -> CacheResult:
@@ -66,13 +90,8 @@ class RoomCache:
         if found.body is not None and not bypass and found.age < self._ttl:
             return CacheResult(body=found.body, status="hit")
 
-        async def fill() -> Filled:
-            filled = await fetch()
-            await self._store.put(key, filled.body, found.generation)
-            return filled
-
         try:
-            filled, joined = await self._flights.do((key, found.generation), fill)
+            filled, joined = await self._flights.do((key, found.generation), lambda: self._fill(key, found, fetch))
         except _STALE_OK:
             if found.body is not None and found.age < self._stale_limit:
                 return CacheResult(body=found.body, status="stale")
@@ -80,6 +99,23 @@ class RoomCache:
         return CacheResult(
             body=filled.body, status="miss", upstream_request_id=filled.upstream_request_id, coalesced=joined
         )
+
+    async def _fill(self, key: str, found: Lookup, fetch: Callable[[], Awaitable[Filled]]) -> Filled:
+        """Fetch under the fleet-wide fill lock, or wait for the replica that holds it."""
+        while True:
+            token = await self._store.lock(key, self._lock_ttl)
+            if token is not None:
+                try:
+                    filled = await fetch()
+                    await self._store.put(key, filled.body, found.generation)
+                    return filled
+                finally:
+                    await self._store.unlock(key, token)
+            await self._sleep(self._poll)
+            seen = await self._store.get(key)
+            newer = found.body is None or seen.stored_at > found.stored_at
+            if seen.body is not None and newer and seen.age < self._ttl and seen.generation == found.generation:
+                return Filled(body=seen.body, upstream_request_id="")  # another replica's fill
 
     async def invalidate(self, key: str) -> None:
         """Forget the room and fence off fills that started before now."""

@@ -9,7 +9,7 @@ schedule; a 70050 lock-out (or rejected credentials) pauses the tenant's calls a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -36,12 +36,6 @@ from gateway.upstream import Api, Upstream
 R = TypeVar("R", bound=Envelope)
 
 _encode = msgspec.json.Encoder().encode
-
-
-class CooldownStore(Protocol):
-    async def get(self, key: str) -> tuple[float, int, str] | None: ...
-
-    async def set(self, key: str, seconds: float, code: int, reason: str) -> None: ...
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +66,6 @@ class RoomService:
         signer: Signer,
         budget: Budget,
         cache: RoomCache,
-        cooldowns: CooldownStore,
         policy: Policy,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
@@ -82,7 +75,6 @@ class RoomService:
         self._signer = signer
         self._budget = budget
         self._cache = cache
-        self._cooldowns = cooldowns
         self._policy = policy
         self._clock = clock
         self._sleep = sleep
@@ -152,17 +144,17 @@ class RoomService:
         body = _encode(request)
         policy = self._policy
         deadline = self._clock() + policy.deadline
-        budget_key = f"{tenant.sdkappid}:{api}"
+        scope = str(tenant.sdkappid)
         resigned = False
         maybe_applied = False  # an earlier attempt may have reached Tencent and taken effect
         last: errors.GatewayError | None = None
         for attempt in range(1, policy.attempts + 1):
-            await self._check_cooldown(tenant)
+            # Sign first: the budget's on-time check must be the last thing before the send.
+            usersig = await self._signer.get(tenant)
             try:
-                await self._budget.acquire(budget_key, tenant.qps, min(policy.max_wait, deadline - self._clock()))
+                await self._budget.acquire(scope, api, tenant.qps, min(policy.max_wait, deadline - self._clock()))
             except errors.RateLimited as refused:
                 raise (last if last is not None else refused) from None
-            usersig = await self._signer.get(tenant)
             timeout = min(policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(tenant, api, body=body, usersig=usersig, reply=reply, within=timeout)
@@ -180,7 +172,7 @@ class RoomService:
                 await self._pause(tenant, policy.misconfig_cooldown, "Tencent rejected the credentials", exc)
                 raise
             except errors.UpstreamRateLimited as exc:
-                await self._budget.defer(budget_key, policy.rate_limit_pause)
+                await self._budget.defer(scope, api, policy.rate_limit_pause)
                 exc.retry_after = policy.rate_limit_pause
                 last = exc
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout) as exc:
@@ -197,17 +189,10 @@ class RoomService:
         assert last is not None  # the loop only falls through after a retried failure
         raise last
 
-    async def _check_cooldown(self, tenant: Tenant) -> None:
-        paused = await self._cooldowns.get(str(tenant.sdkappid))
-        if paused is not None:
-            left, code, reason = paused
-            cls = errors.UpstreamLockedOut if code == 70050 else errors.UpstreamMisconfigured
-            raise cls(f"calls to Tencent for tenant '{tenant.name}' are paused: {reason}", retry_after=left)
-
     async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
         code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0
         if seconds > 0:
-            await self._cooldowns.set(str(tenant.sdkappid), seconds, code, reason)
+            await self._budget.pause(str(tenant.sdkappid), seconds, code, reason)
         if exc is not None:
             exc.retry_after = seconds
 

@@ -22,6 +22,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     config: str = "gateway.yaml"
     redis_url: str | None = None
     redis_prefix: str = "lrg:"
+    redis_timeout: float = 0.25
+    redis_cool_off: float = 1.0
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: int = 8080
     log_level: LogLevel = "info"
@@ -29,9 +31,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cache_ttl: float = 1.0
     stale_ttl: float = 30.0
     cache_max_rooms: int = 100_000
+    fill_lock_ttl: float = 5.0
     # budget
     budget_max_wait: float = 2.0
-    budget_jitter: float = 0.01
+    budget_jitter: float = 0.02
     max_replicas: int = 1
     # upstream
     upstream_timeout: float = 5.0
@@ -52,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         checks = {
             "cache_ttl": self.cache_ttl > 0,
+            "redis_timeout": self.redis_timeout > 0,
+            "redis_cool_off": self.redis_cool_off > 0,
+            "fill_lock_ttl": self.fill_lock_ttl > 0,
             "stale_ttl": self.stale_ttl >= 0,
             "budget_max_wait": self.budget_max_wait >= 0,
             "budget_jitter": 0 <= self.budget_jitter < 1,

@@ -2,14 +2,16 @@
 
 A signature is reused until ``margin`` seconds before it expires, then replaced; the in-process
 tier answers without any I/O, the store (process memory, or Redis shared by the fleet) behind it
-makes one signature serve every replica. When Tencent rejects a signature it is dropped from both
-tiers so the next call signs afresh.
+makes one signature serve every replica. One replica issues under a lock in the store while the
+others keep using the old signature (or, with none, wait briefly for the new one). When Tencent
+rejects a signature it is dropped from both tiers; the other replicas notice within ``recheck``
+seconds, when their in-process copy is checked against the store again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -35,6 +37,10 @@ class SignatureStore(Protocol):
 
     async def drop(self, key: str, value: str) -> None: ...
 
+    async def lock(self, key: str, ttl: float) -> str | None: ...
+
+    async def unlock(self, key: str, token: str) -> None: ...
+
 
 def issue_usersig(tenant: Tenant, ttl: int) -> str:
     """A fresh admin UserSig for the tenant, valid ``ttl`` seconds from now."""
@@ -54,13 +60,19 @@ class Signer:
         margin: int,
         wall_clock: Callable[[], float],
         issue: Callable[[Tenant, int], str] = issue_usersig,
+        recheck: float = 5.0,
+        wait: float = 2.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._ttl = ttl
         self._margin = margin
         self._now = wall_clock
         self._issue = issue
-        self._local: dict[str, Signature] = {}
+        self._recheck = recheck
+        self._wait = wait
+        self._sleep = sleep
+        self._local: dict[str, tuple[Signature, float]] = {}  # signature, when last checked
         self._locks: dict[str, asyncio.Lock] = {}
         self.issued = 0
 
@@ -71,28 +83,58 @@ class Signer:
     def _usable(self, sig: Signature | None) -> bool:
         return sig is not None and sig.expires_at - self._margin > self._now()
 
+    def _cached(self, key: str) -> Signature | None:
+        entry = self._local.get(key)
+        if entry is None or not self._usable(entry[0]) or self._now() - entry[1] > self._recheck:
+            return None
+        return entry[0]
+
     async def get(self, tenant: Tenant) -> str:
         """A signature valid for at least the margin: from memory, else the store, else new."""
         key = self.key(tenant)
-        sig = self._local.get(key)
-        if sig is not None and self._usable(sig):
+        sig = self._cached(key)
+        if sig is not None:
             return sig.value
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # one issuer per key in this process
-            sig = self._local.get(key)
-            if not self._usable(sig):
-                sig = await self._store.get(key)
-            if sig is None or not self._usable(sig):
-                sig = Signature(value=self._issue(tenant, self._ttl), expires_at=self._now() + self._ttl)
-                self.issued += 1
-                await self._store.put(key, sig, ttl=self._ttl - self._margin)
-            self._local[key] = sig
+        async with self._locks.setdefault(key, asyncio.Lock()):  # one store visit per process
+            sig = self._cached(key) or await self._from_store(tenant, key)
+            self._local[key] = (sig, self._now())
             return sig.value
+
+    async def _from_store(self, tenant: Tenant, key: str) -> Signature:
+        stored = await self._store.get(key)
+        if stored is not None and self._usable(stored):
+            return stored
+        token = await self._store.lock(key, ttl=10.0)
+        if token is not None:
+            try:
+                return await self._renew(tenant, key)
+            finally:
+                await self._store.unlock(key, token)
+        # Another replica is issuing: keep using the old one while it is valid, else wait for theirs.
+        old = stored or (self._local[key][0] if key in self._local else None)
+        if old is not None and old.expires_at > self._now() + 60:
+            return old
+        give_up = self._now() + self._wait
+        while self._now() < give_up:
+            await self._sleep(0.02)
+            stored = await self._store.get(key)
+            if stored is not None and self._usable(stored):
+                return stored
+        return await self._renew(tenant, key)  # the issuer is gone; don't stall the call
+
+    async def _renew(self, tenant: Tenant, key: str) -> Signature:
+        stored = await self._store.get(key)  # someone may have finished just before our lock
+        if stored is not None and self._usable(stored):
+            return stored
+        sig = Signature(value=self._issue(tenant, self._ttl), expires_at=self._now() + self._ttl)
+        self.issued += 1
+        await self._store.put(key, sig, ttl=self._ttl - self._margin)
+        return sig
 
     async def drop(self, tenant: Tenant, value: str) -> None:
         """Forget a signature Tencent rejected (only that one: a newer one may be in place)."""
         key = self.key(tenant)
-        current = self._local.get(key)
-        if current is not None and current.value == value:
+        entry = self._local.get(key)
+        if entry is not None and entry[0].value == value:
             del self._local[key]
         await self._store.drop(key, value)

@@ -5,25 +5,36 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway import budget
-from gateway.budget import Grant, Refusal
+from gateway.budget import Decision, Paused
 from gateway.cache import Lookup
 from gateway.signing import Signature
 
 
 class MemoryBudgetStore:
-    """GCRA state in a dict; atomic because the event loop runs one coroutine at a time."""
+    """GCRA state and pauses in dicts; atomic because the event loop runs one coroutine at a time."""
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._tat: dict[str, float] = {}
+        self._tat: dict[tuple[str, str], float] = {}
+        self._paused: dict[str, tuple[float, int, str]] = {}
 
-    async def reserve(self, key: str, interval: float, max_wait: float) -> Grant | Refusal:
-        tat, decision = budget.reserve(self._tat.get(key, 0.0), self._clock(), interval, max_wait)
-        self._tat[key] = tat
+    async def reserve(self, scope: str, api: str, interval: float, max_wait: float) -> Decision:
+        now = self._clock()
+        paused = self._paused.get(scope)
+        if paused is not None and paused[0] > now:
+            return Paused(left=paused[0] - now, code=paused[1], reason=paused[2])
+        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait)
+        self._tat[(scope, api)] = tat
         return decision
 
-    async def defer(self, key: str, pause: float) -> None:
-        self._tat[key] = budget.defer(self._tat.get(key, 0.0), self._clock(), pause)
+    async def defer(self, scope: str, api: str, pause: float) -> None:
+        self._tat[(scope, api)] = budget.defer(self._tat.get((scope, api), 0.0), self._clock(), pause)
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
+        self._paused[scope] = (self._clock() + seconds, code, reason)
+
+    def ahead(self, scope: str, api: str) -> float:
+        return max(0.0, self._tat.get((scope, api), 0.0) - self._clock())
 
 
 class MemorySignatureStore:
@@ -39,6 +50,12 @@ class MemorySignatureStore:
     async def drop(self, key: str, value: str) -> None:
         if (current := self._sigs.get(key)) is not None and current.value == value:
             del self._sigs[key]
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return "local"  # one process: the Signer's own lock already makes one issuer
+
+    async def unlock(self, key: str, token: str) -> None:
+        return None
 
 
 class MemoryRoomStore:
@@ -64,7 +81,7 @@ class MemoryRoomStore:
         entry = self._rooms.get(key)
         if entry is None:
             return Lookup(body=None, age=0.0, generation=generation)
-        return Lookup(body=entry[0], age=self._clock() - entry[1], generation=generation)
+        return Lookup(body=entry[0], age=self._clock() - entry[1], generation=generation, stored_at=entry[1])
 
     async def put(self, key: str, body: bytes, generation: int) -> bool:
         if self._generations.get(key, (0, 0.0))[0] != generation:
@@ -83,30 +100,14 @@ class MemoryRoomStore:
             horizon = self._clock() - self._fence
             self._generations = {k: v for k, v in self._generations.items() if v[1] > horizon}
 
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return "local"  # one process: the in-process singleflight already makes one filler
+
+    async def unlock(self, key: str, token: str) -> None:
+        return None
+
     def _prune(self) -> None:
         horizon = self._clock() - self._max_age
         self._rooms = {k: v for k, v in self._rooms.items() if v[1] > horizon}
         while len(self._rooms) > self._max_rooms:
             del self._rooms[next(iter(self._rooms))]
-
-
-class MemoryCooldownStore:
-    """Per-tenant pauses after Tencent locked us out or rejected our credentials."""
-
-    def __init__(self, *, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._until: dict[str, tuple[float, int, str]] = {}
-
-    async def get(self, key: str) -> tuple[float, int, str] | None:
-        """Seconds left, the ErrorCode and the reason, while a pause is on."""
-        entry = self._until.get(key)
-        if entry is None:
-            return None
-        left = entry[0] - self._clock()
-        if left <= 0:
-            del self._until[key]
-            return None
-        return left, entry[1], entry[2]
-
-    async def set(self, key: str, seconds: float, code: int, reason: str) -> None:
-        self._until[key] = (self._clock() + seconds, code, reason)

@@ -1,0 +1,52 @@
+"""Redis health as the request path sees it: one circuit breaker and one "store unavailable" error.
+
+Every Redis store raises ``StoreUnavailable`` (never a redis-py error) when Redis is down, slow
+or refusing; the breaker then sends the process to its in-process stores for ``cool_off``
+seconds before one call tries Redis again. The state is in one place so ``/readyz``, logs and
+metrics can tell the degraded mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("gateway.health")
+
+
+class StoreUnavailable(Exception):
+    """The shared store could not answer in time; the caller falls back to in-process state."""
+
+
+class Breaker:
+    """Closed: use Redis. Open: don't, until ``cool_off`` has passed; then let calls try again."""
+
+    def __init__(self, *, cool_off: float, clock: Callable[[], float]) -> None:
+        self._cool_off = cool_off
+        self._clock = clock
+        self._open_until: float | None = None
+        self.trips = 0
+        self.recoveries = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self._open_until is not None
+
+    def allows(self) -> bool:
+        """Whether to try Redis now (always when closed; after the cool-off when open)."""
+        return self._open_until is None or self._clock() >= self._open_until
+
+    def failed(self, reason: str) -> None:
+        if self._open_until is None:
+            self.trips += 1
+            log.warning("redis unavailable, using in-process stores (degraded mode): %s", reason)
+        self._open_until = self._clock() + self._cool_off
+
+    def succeeded(self) -> bool:
+        """Record a good call; True when this call ended a degraded period."""
+        if self._open_until is None:
+            return False
+        self._open_until = None
+        self.recoveries += 1
+        log.warning("redis reachable again, shared state resumed")
+        return True

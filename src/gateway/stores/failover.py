@@ -1,0 +1,84 @@
+"""Shared store while Redis answers, in-process store while it does not.
+
+The budget does its own fail-over (it must also re-pace; see ``budget.py``); the room cache and
+the signatures use these. Writes that matter to every replica (invalidations, dropped
+signatures) go to both tiers so that a later degraded period cannot resurrect old state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gateway.cache import Lookup, RoomStore
+from gateway.health import Breaker, StoreUnavailable
+from gateway.signing import Signature, SignatureStore
+
+T = TypeVar("T")
+
+
+async def _either(breaker: Breaker, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+    if breaker.allows():
+        try:
+            result = await shared()
+        except StoreUnavailable as exc:
+            breaker.failed(str(exc))
+        else:
+            breaker.succeeded()
+            return result
+    return await local()
+
+
+class FailoverRoomStore:
+    def __init__(self, *, shared: RoomStore, local: RoomStore, breaker: Breaker) -> None:
+        self._shared = shared
+        self._local = local
+        self._breaker = breaker
+
+    async def get(self, key: str) -> Lookup:
+        return await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+
+    async def put(self, key: str, body: bytes, generation: int) -> bool:
+        return await _either(
+            self._breaker,
+            lambda: self._shared.put(key, body, generation),
+            lambda: self._local.put(key, body, generation),
+        )
+
+    async def invalidate(self, key: str) -> None:
+        await self._local.invalidate(key)
+        await _either(self._breaker, lambda: self._shared.invalidate(key), _nothing)
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return await _either(self._breaker, lambda: self._shared.lock(key, ttl), lambda: self._local.lock(key, ttl))
+
+    async def unlock(self, key: str, token: str) -> None:
+        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
+
+
+class FailoverSignatureStore:
+    def __init__(self, *, shared: SignatureStore, local: SignatureStore, breaker: Breaker) -> None:
+        self._shared = shared
+        self._local = local
+        self._breaker = breaker
+
+    async def get(self, key: str) -> Signature | None:
+        return await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+
+    async def put(self, key: str, sig: Signature, ttl: float) -> None:
+        await self._local.put(key, sig, ttl)
+        await _either(self._breaker, lambda: self._shared.put(key, sig, ttl), _nothing)
+
+    async def drop(self, key: str, value: str) -> None:
+        await self._local.drop(key, value)
+        await _either(self._breaker, lambda: self._shared.drop(key, value), _nothing)
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return await _either(self._breaker, lambda: self._shared.lock(key, ttl), lambda: self._local.lock(key, ttl))
+
+    async def unlock(self, key: str, token: str) -> None:
+        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
+
+
+async def _nothing() -> None:
+    return None

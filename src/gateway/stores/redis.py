@@ -1,0 +1,175 @@
+"""Redis-backed stores: the fleet's budget, pauses, UserSigs and room cache.
+
+Every call is bounded by a short timeout with no client-side retries, and every failure becomes
+``StoreUnavailable``: a slow or unreachable Redis costs a request at most ``timeout`` once, then
+the breaker sends the replica to its in-process stores (``failover.py``).
+
+Keys start with the configured prefix and carry a hash tag, so every script touches one slot of
+a Redis Cluster: a tenant's schedules and pause share ``{sdkappid}``, a room's body, generation
+and fill lock share ``{sdkappid:room_id}``, a signature and its issue lock share
+``{sdkappid:identifier}``. Scripts live in ``gateway/lua`` and run by EVALSHA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.budget import Decision, Grant, Paused, Refusal
+from gateway.cache import Lookup
+from gateway.health import StoreUnavailable
+from gateway.signing import Signature
+
+T = TypeVar("T")
+Client = aioredis.Redis | RedisCluster
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_US = 1_000_000
+
+
+def connect(url: str, *, timeout: float) -> Client:
+    """A client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` / ``rediss+cluster://``."""
+    scheme = urlsplit(url).scheme
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if scheme in CLUSTER_SCHEMES:
+        plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+        return RedisCluster.from_url(plain, retry=Retry(NoBackoff(), 2), **options)
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"GATEWAY_REDIS_URL: unsupported scheme {scheme!r}")
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+
+
+def _lua(name: str) -> str:
+    return resources.files("gateway").joinpath("lua", name).read_text()
+
+
+class Redis:
+    """One client, its registered scripts and the timeout that bounds every call."""
+
+    def __init__(self, client: Client, *, prefix: str, timeout: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._timeout = timeout
+        self.scripts = {
+            name: client.register_script(_lua(f"{name}.lua"))
+            for name in ("reserve", "defer", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
+        }
+        self.round_trips = 0
+
+    async def run(self, call: Awaitable[T]) -> T:
+        """Await one Redis call; any failure or a missed timeout is StoreUnavailable."""
+        self.round_trips += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self.run(self.scripts[name](keys=keys, args=args))
+
+    async def ping(self) -> bool:
+        return bool(await self.run(self.client.ping()))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RedisBudgetStore:
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+
+    def _keys(self, scope: str, api: str) -> list[str]:
+        return [f"{self._r.prefix}budget:{{{scope}}}:{api}", f"{self._r.prefix}pause:{{{scope}}}"]
+
+    async def reserve(self, scope: str, api: str, interval: float, max_wait: float) -> Decision:
+        reply = await self._r.script("reserve", self._keys(scope, api), [round(interval * _US), round(max_wait * _US)])
+        kind = int(reply[0])
+        if kind == 1:
+            return Grant(wait=int(reply[1]) / _US)
+        if kind == 0:
+            return Refusal(retry_after=int(reply[1]) / _US)
+        code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
+        return Paused(left=int(reply[1]) / 1000, code=int(code), reason=reason)
+
+    async def defer(self, scope: str, api: str, pause: float) -> None:
+        await self._r.script("defer", self._keys(scope, api)[:1], [round(pause * _US)])
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
+        key = self._keys(scope, "")[1]
+        await self._r.run(self._r.client.set(key, f"{code} {reason}", px=max(1, round(seconds * 1000))))
+
+
+class RedisSignatureStore:
+    """The fleet's admin UserSig per (SDKAppID, identifier), expiring before the sig does."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+        self._decode = msgspec.json.Decoder(Signature).decode
+
+    def _key(self, key: str, kind: str = "sig") -> str:
+        return f"{self._r.prefix}{kind}:{{{key}}}"
+
+    async def get(self, key: str) -> Signature | None:
+        raw = await self._r.run(self._r.client.get(self._key(key)))
+        return None if raw is None else self._decode(raw)
+
+    async def put(self, key: str, sig: Signature, ttl: float) -> None:
+        await self._r.run(self._r.client.set(self._key(key), msgspec.json.encode(sig), px=max(1, round(ttl * 1000))))
+
+    async def drop(self, key: str, value: str) -> None:
+        await self._r.script("sig_drop", [self._key(key)], [value])
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        token = secrets.token_hex(8)
+        took = await self._r.run(self._r.client.set(self._key(key, "siglock"), token, nx=True, px=round(ttl * 1000)))
+        return token if took else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._r.script("unlock", [self._key(key, "siglock")], [token])
+
+
+class RedisRoomStore:
+    """Rooms as hashes (store time, body) with a generation per room and a fill lock."""
+
+    def __init__(self, redis: Redis, *, keep: float, fence: float = 120.0) -> None:
+        self._r = redis
+        self._keep_ms = max(1, round(keep * 1000))
+        self._fence_ms = round(fence * 1000)
+
+    def _keys(self, key: str) -> list[str]:
+        p = self._r.prefix
+        return [f"{p}room:{{{key}}}", f"{p}gen:{{{key}}}"]
+
+    async def get(self, key: str) -> Lookup:
+        reply = await self._r.script("room_get", self._keys(key), [])
+        if len(reply) == 1:
+            return Lookup(body=None, age=0.0, generation=int(reply[0]))
+        return Lookup(
+            body=bytes(reply[2]), age=int(reply[1]) / _US, generation=int(reply[0]), stored_at=int(reply[3]) / _US
+        )
+
+    async def put(self, key: str, body: bytes, generation: int) -> bool:
+        return bool(await self._r.script("room_put", self._keys(key), [body, generation, self._keep_ms]))
+
+    async def invalidate(self, key: str) -> None:
+        await self._r.script("room_invalidate", self._keys(key), [self._fence_ms])
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        token = secrets.token_hex(8)
+        lock_key = f"{self._r.prefix}fill:{{{key}}}"
+        took = await self._r.run(self._r.client.set(lock_key, token, nx=True, px=max(1, round(ttl * 1000))))
+        return token if took else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._r.script("unlock", [f"{self._r.prefix}fill:{{{key}}}"], [token])
