@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -37,16 +38,24 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _US = 1_000_000
 
 
-def connect(url: str, *, timeout: float) -> Client:
-    """A client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` / ``rediss+cluster://``."""
+def connect(url: str, *, timeout: float, connections: int = 64) -> Client:
+    """A client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` / ``rediss+cluster://``.
+
+    Standalone clients share a *blocking* pool of ``connections``: a burst of concurrent calls
+    waits for a connection (within the call's timeout) instead of failing with "too many
+    connections", which would wrongly send a healthy replica into degraded mode.
+    """
     scheme = urlsplit(url).scheme
     options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if scheme in CLUSTER_SCHEMES:
         plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
-        return RedisCluster.from_url(plain, retry=Retry(NoBackoff(), 2), **options)
+        return RedisCluster.from_url(plain, retry=Retry(NoBackoff(), 2), max_connections=connections * 8, **options)
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"GATEWAY_REDIS_URL: unsupported scheme {scheme!r}")
-    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=timeout, retry=Retry(NoBackoff(), 0), **options
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def _lua(name: str) -> str:

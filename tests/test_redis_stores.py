@@ -1,0 +1,155 @@
+"""The Redis stores on real Redis, standalone and a 3-node cluster: the Lua scripts' contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.budget import Grant, Paused, Refusal
+from gateway.health import StoreUnavailable
+from gateway.signing import Signature
+from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
+from tests.redis_servers import RedisServer
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    """A Redis wrapper on a fresh key prefix, on the standalone server or the cluster."""
+    if request.param == "standalone":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+    else:
+        nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
+        url = f"redis+cluster://127.0.0.1:{nodes[0].port}"
+    wrapper = Redis(connect(url, timeout=2.0), prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=2.0)
+    try:
+        yield wrapper
+    finally:
+        await wrapper.aclose()
+
+
+async def test_reserve_admits_exactly_what_the_cap_allows(redis: Redis) -> None:
+    """300 concurrent callers, 0.5 s slots, 5 s cap: exactly 11 grants (waits 0, 0.5 .. 5 s), 289 refusals.
+
+    (Slots are long so that the few milliseconds Redis takes to run 300 scripts cannot open one more.)"""
+    store = RedisBudgetStore(redis)
+    decisions = await asyncio.gather(*(store.reserve("1400", "api", 0.5, 5.0) for _ in range(300)))
+    grants = sorted(d.wait for d in decisions if isinstance(d, Grant))
+    assert len(grants) == 11
+    assert sum(isinstance(d, Refusal) for d in decisions) == 289
+    # one slot each, 0.5 s apart in Redis's clock
+    assert grants[0] < 0.05
+    assert all(abs((b - a) - 0.5) < 0.05 for a, b in zip(grants, grants[1:], strict=False))
+
+
+async def test_a_refusal_books_nothing_in_redis(redis: Redis) -> None:
+    """Refused callers leave the schedule as it was: the next caller's wait is unchanged."""
+    store = RedisBudgetStore(redis)
+    first = await store.reserve("1400", "api", 0.5, 10.0)
+    assert isinstance(first, Grant)
+    for _ in range(20):
+        assert isinstance(await store.reserve("1400", "api", 0.5, 0.1), Refusal)
+    after = await store.reserve("1400", "api", 0.5, 10.0)
+    assert isinstance(after, Grant)
+    assert 0.4 < after.wait <= 0.5
+
+
+async def test_defer_pushes_every_replicas_schedule(redis: Redis) -> None:
+    """After "too frequent" the next slot is at least the pause away."""
+    store = RedisBudgetStore(redis)
+    await store.defer("1400", "api", 0.8)
+    nxt = await store.reserve("1400", "api", 0.01, 5.0)
+    assert isinstance(nxt, Grant)
+    assert 0.7 < nxt.wait <= 0.8
+
+
+async def test_pause_stops_every_api_of_the_tenant(redis: Redis) -> None:
+    """A paused tenant gets Paused (with the code and reason) on every API, until it expires."""
+    store = RedisBudgetStore(redis)
+    await store.pause("1400", 0.3, 70050, "locked out")
+    decision = await store.reserve("1400", "get_room_info", 0.01, 1.0)
+    assert isinstance(decision, Paused)
+    assert (decision.code, decision.reason) == (70050, "locked out")
+    assert 0.1 < decision.left <= 0.3
+    assert isinstance(await store.reserve("1401", "get_room_info", 0.01, 1.0), Grant), "other tenants run"
+    await asyncio.sleep(0.35)
+    assert isinstance(await store.reserve("1400", "set_room_metadata", 0.01, 1.0), Grant)
+
+
+async def test_room_cache_generation_fence(redis: Redis) -> None:
+    """put stores only at the current generation; invalidate removes the room and bumps it."""
+    rooms = RedisRoomStore(redis, keep=5.0)
+    found = await rooms.get("1400:r1")
+    assert (found.body, found.generation) == (None, 0)
+    assert await rooms.put("1400:r1", b'{"room_id":"r1"}', 0)
+    hit = await rooms.get("1400:r1")
+    assert hit.body == b'{"room_id":"r1"}'
+    assert 0 <= hit.age < 0.5
+    assert hit.stored_at > 0
+    await rooms.invalidate("1400:r1")
+    gone = await rooms.get("1400:r1")
+    assert (gone.body, gone.generation) == (None, 1)
+    assert not await rooms.put("1400:r1", b"old", 0), "a fill from before the write is refused"
+    assert await rooms.put("1400:r1", b"new", 1)
+
+
+async def test_room_keys_expire(redis: Redis) -> None:
+    """A room is kept TTL + stale bound, then gone."""
+    rooms = RedisRoomStore(redis, keep=0.2)
+    await rooms.put("1400:r2", b"x", 0)
+    await asyncio.sleep(0.3)
+    assert (await rooms.get("1400:r2")).body is None
+
+
+async def test_fill_lock_has_one_holder(redis: Redis) -> None:
+    """Of many concurrent lockers exactly one wins; only the holder's token unlocks."""
+    rooms = RedisRoomStore(redis, keep=5.0)
+    tokens = await asyncio.gather(*(rooms.lock("1400:r3", 5.0) for _ in range(50)))
+    held = [t for t in tokens if t is not None]
+    assert len(held) == 1
+    await rooms.unlock("1400:r3", "not-the-token")
+    assert await rooms.lock("1400:r3", 5.0) is None
+    await rooms.unlock("1400:r3", held[0])
+    assert await rooms.lock("1400:r3", 5.0) is not None
+
+
+async def test_signatures_are_shared_and_dropped_only_if_current(redis: Redis) -> None:
+    """The fleet's sig round-trips; dropping another value keeps it; dropping it removes it."""
+    sigs = RedisSignatureStore(redis)
+    sig = Signature(value="sig-1", expires_at=1_800_000_000.0)
+    await sigs.put("1400:admin", sig, ttl=60)
+    assert await sigs.get("1400:admin") == sig
+    await sigs.drop("1400:admin", "sig-0")
+    assert await sigs.get("1400:admin") == sig
+    await sigs.drop("1400:admin", "sig-1")
+    assert await sigs.get("1400:admin") is None
+    token = await sigs.lock("1400:admin", 5.0)
+    assert token is not None
+    assert await sigs.lock("1400:admin", 5.0) is None
+
+
+async def test_an_unreachable_redis_is_store_unavailable() -> None:
+    """Nothing listening: StoreUnavailable within the timeout, never a redis-py error."""
+    dead = Redis(connect("redis://127.0.0.1:1", timeout=0.2), prefix="x:", timeout=0.2)
+    with pytest.raises(StoreUnavailable):
+        await RedisBudgetStore(dead).reserve("1400", "api", 0.01, 1.0)
+    await dead.aclose()
+
+
+async def test_a_slow_redis_is_store_unavailable(redis_server: RedisServer) -> None:
+    """A Redis stuck for longer than the timeout (DEBUG SLEEP) costs one timeout, not a stall."""
+    slow = Redis(connect(redis_server.url, timeout=0.1), prefix="s:", timeout=0.1)
+    blocker = redis_server.client()
+    task = asyncio.get_running_loop().run_in_executor(None, blocker.execute_command, "DEBUG", "SLEEP", "0.5")
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StoreUnavailable):
+        await RedisBudgetStore(slow).reserve("1400", "api", 0.01, 1.0)
+    assert loop.time() - started < 0.3
+    await task
+    blocker.close()
+    await slow.aclose()
