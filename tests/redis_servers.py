@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -36,7 +36,7 @@ def redis_server_binary() -> str:
 
 
 def redis_major_version() -> int:
-    out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout  # noqa: S603
+    out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=True).stdout
     return int(out.split("v=")[1].split(".")[0])
 
 
@@ -67,7 +67,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, ready: Callable[[], redis.Redis] | None = None) -> None:
         args = [
             redis_server_binary(),
             "--port",
@@ -95,12 +95,24 @@ class RedisServer:
                 "--cluster-node-timeout",
                 "2000",
             ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
-        self.wait_ready()
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self.wait_ready(client=ready() if ready else None)
+        except RuntimeError:
+            self.kill()
+            raise
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
+    def start_tls(self, tls_port: int, ca: Path) -> None:
+        """Start with the plain port off and TLS on ``tls_port``; ready once a TLS PING answers."""
+        self.start(
+            ready=lambda: redis.Redis(
+                host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=0.5
+            )
+        )
+
+    def wait_ready(self, timeout: float = 10.0, client: redis.Redis | None = None) -> None:
         end = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        client = client or redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
         while time.monotonic() < end:
             with contextlib.suppress(redis.RedisError):
                 if client.ping():
@@ -116,7 +128,7 @@ class RedisServer:
             self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
     def close(self) -> None:
         self.kill()

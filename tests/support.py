@@ -162,3 +162,37 @@ async def blast(
                 return response.status
 
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
+
+
+async def drive(
+    urls: list[str],
+    paths: list[str],
+    *,
+    token: str,
+    rate: float,
+    seconds: float,
+    method: str = "GET",
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+) -> list[tuple[int, float]]:
+    """Offer ``rate`` requests/s for ``seconds``, round-robin over replicas and paths.
+
+    Returns (status, seconds taken) per request; status 0 means the connection failed."""
+    hdrs = {"authorization": f"Bearer {token}", **(headers or {})}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    total = int(rate * seconds)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int) -> tuple[int, float]:
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            began = loop.time()
+            url = urls[i % len(urls)] + paths[i % len(paths)]
+            try:
+                async with session.request(method, url, headers=hdrs, json=json) as response:
+                    await response.read()
+                    return response.status, loop.time() - began
+            except aiohttp.ClientError:
+                return 0, loop.time() - began
+
+        return list(await asyncio.gather(*(one(i) for i in range(total))))

@@ -131,3 +131,16 @@ async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_u
     assert set(statuses) <= {204, 429}
     assert statuses.count(204) == emulator.calls["update_room_info"]
     assert statuses.count(429) > 0
+
+
+def test_clock_sync_trusts_the_quickest_round_trip() -> None:
+    """The offset comes from the round trip with the least slack, so a slow reply can't skew it."""
+    sync = budget.ClockSync(window=10.0)
+    # Remote clock = ours + 500 s. A quick round trip (1 ms) and then a slow one whose
+    # decision happened right at the start of a 40 ms round trip.
+    sync.sample(sent=100.000, received=100.001, remote=600.0005)
+    sync.sample(sent=101.000, received=101.040, remote=601.000)
+    assert sync.local(600.0005) == pytest.approx(100.0005, abs=1e-6)
+    # Past the window even a worse sample replaces a stale best (clocks may step).
+    sync.sample(sent=112.000, received=112.004, remote=612.002)
+    assert sync.local(612.002) == pytest.approx(112.002, abs=1e-6)

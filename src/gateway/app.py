@@ -106,6 +106,7 @@ def create_app(
             shared=stores.budget,
             breaker=breaker,
             degraded_share=settings.max_replicas,
+            grace=settings.budget_max_wait + 2 * settings.redis_cool_off,
             jitter=settings.budget_jitter,
             clock=clock,
             sleep=asyncio.sleep,

@@ -19,9 +19,18 @@ stores make it atomic (a dict in process, one Lua script in Redis using Redis's 
 can also be *paused* (Tencent locked it out, or rejected its credentials): then no slot at all.
 
 With a shared (Redis) store the budget is the fleet's. While Redis is unreachable each replica
-paces on its own at ``limit // degraded_share`` (the fleet's maximum size), starting after the
-last shared slot it saw; on recovery it pushes the shared schedule past its own local slots, so
-neither side's booked slots crowd the other's.
+paces on its own at ``limit // degraded_share`` (the fleet's maximum size). Slots already granted
+by the shared schedule still go out, so the local schedule starts after them: the queue ahead of
+the shared schedule when this replica last booked (at most the wait cap), carried forward to the
+moment Redis failed. Replicas do not recover at the same instant, so for ``grace`` seconds
+after a degraded period a replica books shared slots at that same reduced rate (each booking
+takes ``degraded_share`` slots' time): shared and still-degraded replicas together then stay
+within the limit. It also pushes the shared schedule past its own local slots, so neither
+side's booked slots crowd the other's.
+
+Grant times are on the store's clock (Redis's); ``ClockSync`` maps them onto ours from the
+quickest round trips, so a slot's moment is known to within half a round trip and a slow reply
+is not mistaken for a late caller.
 """
 
 from __future__ import annotations
@@ -40,9 +49,11 @@ ON_TIME = 0.25  # the share of the jitter a caller may wake late and still use i
 
 
 class Grant(msgspec.Struct, frozen=True):
-    """A booked slot: wait this long, then call."""
+    """A booked slot: wait this long, then call. ``at`` is the store's clock when it decided
+    (Redis's for the shared store), so the slot's moment is ``at + wait`` on that clock."""
 
     wait: float
+    at: float | None = None
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -67,13 +78,15 @@ def interval_for(limit: int, jitter: float) -> float:
     return (1.0 + jitter) / (limit - 0.5)
 
 
-def reserve(tat: float, now: float, interval: float, max_wait: float) -> tuple[float, Grant | Refusal]:
+def reserve(
+    tat: float, now: float, interval: float, max_wait: float, *, at: float | None = None
+) -> tuple[float, Grant | Refusal]:
     """GCRA with reservation and no burst: the new TAT and the decision for one call."""
     start = max(tat, now)
     wait = start - now
     if wait > max_wait:
         return tat, Refusal(retry_after=wait - max_wait)
-    return start + interval, Grant(wait=wait)
+    return start + interval, Grant(wait=wait, at=at)
 
 
 def defer(tat: float, now: float, pause: float) -> float:
@@ -89,6 +102,30 @@ class BudgetStore(Protocol):
     async def defer(self, scope: str, api: str, pause: float) -> None: ...
 
     async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None: ...
+
+
+class ClockSync:
+    """Maps another clock (Redis's) onto ours, NTP-style, from the quickest round trips.
+
+    A grant says when the store decided, on the store's clock. The store decided somewhere
+    inside our round trip, so the offset is taken from the round trips with the least slack
+    (the best of the last ``window`` seconds): its error is at most half of that round trip.
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        self._window = window
+        self._offset = 0.0
+        self._best = float("inf")
+        self._best_at = float("-inf")
+
+    def sample(self, sent: float, received: float, remote: float) -> None:
+        rtt = received - sent
+        if rtt <= self._best or received - self._best_at > self._window:
+            self._offset = remote - (sent + received) / 2
+            self._best, self._best_at = rtt, received
+
+    def local(self, remote: float) -> float:
+        return remote - self._offset
 
 
 class LocalBudgetStore(BudgetStore, Protocol):
@@ -107,6 +144,7 @@ class Budget:
         shared: BudgetStore | None = None,
         breaker: Breaker | None = None,
         degraded_share: int = 1,
+        grace: float = 0.0,
         jitter: float,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
@@ -115,11 +153,13 @@ class Budget:
         self._shared = shared
         self._breaker = breaker
         self._share = degraded_share if shared is not None else 1
+        self._grace = grace
         self._jitter = jitter
         self._clock = clock
         self._sleep = sleep
-        self._seen: dict[tuple[str, str], float] = {}  # last shared TAT seen, on our clock
+        self._queue: dict[tuple[str, str], float] = {}  # how far ahead the shared schedule was booked
         self._local_only: set[tuple[str, str]] = set()  # keys booked locally while degraded
+        self._sync = ClockSync()
 
     async def acquire(self, scope: str, api: str, qps: int, max_wait: float) -> float:
         """Wait for a slot; return the seconds waited. RateLimited past ``max_wait``;
@@ -127,7 +167,7 @@ class Budget:
         began = self._clock()
         while True:
             asked = self._clock()
-            decision = await self._reserve(scope, api, qps, max(0.0, max_wait - (asked - began)))
+            decision, slot = await self._reserve(scope, api, qps, max(0.0, max_wait - (asked - began)))
             if isinstance(decision, Refusal):
                 raise RateLimited(
                     f"the request budget for {api} is exhausted; try again shortly",
@@ -136,32 +176,51 @@ class Budget:
             if isinstance(decision, Paused):
                 cls = UpstreamLockedOut if decision.code == LOCKOUT_CODE else UpstreamMisconfigured
                 raise cls(f"calls to Tencent for this tenant are paused: {decision.reason}", retry_after=decision.left)
-            if decision.wait > 0:
-                await self._sleep(decision.wait)
+            wake = slot - self._clock()
+            if wake > 0:
+                await self._sleep(wake)
             # Woken too late: the slot is gone, book another rather than crowd the next one.
-            if self._clock() - (asked + decision.wait) <= self._jitter * ON_TIME:
+            if self._clock() - slot <= self._jitter * ON_TIME:
                 return self._clock() - began
 
-    async def _reserve(self, scope: str, api: str, qps: int, max_wait: float) -> Decision:
+    async def _reserve(self, scope: str, api: str, qps: int, max_wait: float) -> tuple[Decision, float]:
+        """The decision and, for a grant, its slot on our clock."""
         key = (scope, api)
         if self._shared is not None and self._breaker is not None and self._breaker.allows():
-            interval = interval_for(qps, self._jitter)
+            recovered = self._breaker.recovered_at
+            in_grace = recovered is not None and self._clock() - recovered < self._grace
+            interval = self._degraded_interval(qps) if in_grace else interval_for(qps, self._jitter)
             try:
                 if key in self._local_only:  # first shared booking after a degraded period
                     await self._shared.defer(scope, api, self._local.ahead(scope, api))
                     self._local_only.discard(key)
+                sent = self._clock()
                 decision = await self._shared.reserve(scope, api, interval, max_wait)
+                received = self._clock()
             except StoreUnavailable as exc:
                 self._breaker.failed(str(exc))
             else:
                 self._breaker.succeeded()
-                if isinstance(decision, Grant):
-                    self._seen[key] = self._clock() + decision.wait + interval
-                return decision
-        if self._shared is not None:  # degraded: start after the last shared slot we saw
+                if not isinstance(decision, Grant):
+                    return decision, received
+                if decision.at is None:  # a store that does not say when it decided
+                    return decision, sent + decision.wait  # (the conservative reading)
+                self._sync.sample(sent, received, decision.at)
+                slot = self._sync.local(decision.at + decision.wait)
+                self._queue[key] = slot + interval - received
+                return decision, slot
+        if self._shared is not None and key not in self._local_only:
+            # The first local booking of a degraded period: start after the shared slots still out.
             self._local_only.add(key)
-            await self._local.defer(scope, api, max(0.0, self._seen.get(key, 0.0) - self._clock()))
-        return await self._local.reserve(scope, api, interval_for(max(1, qps // self._share), self._jitter), max_wait)
+            await self._local.defer(scope, api, max(0.0, self._queue.get(key, 0.0)))
+        now = self._clock()
+        decision = await self._local.reserve(scope, api, self._degraded_interval(qps), max_wait)
+        return decision, now + decision.wait if isinstance(decision, Grant) else now
+
+    def _degraded_interval(self, qps: int) -> float:
+        """A replica's slot spacing when it may only count on its share of the limit."""
+        share = max(1, qps // self._share)
+        return interval_for(share, self._jitter) if self._share > 1 else interval_for(qps, self._jitter)
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
         """Tencent said "too frequent": nobody gets a slot for ``pause`` seconds."""

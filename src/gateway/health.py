@@ -27,6 +27,7 @@ class Breaker:
         self._open_until: float | None = None
         self.trips = 0
         self.recoveries = 0
+        self.recovered_at: float | None = None
 
     @property
     def degraded(self) -> bool:
@@ -48,5 +49,6 @@ class Breaker:
             return False
         self._open_until = None
         self.recoveries += 1
+        self.recovered_at = self._clock()
         log.warning("redis reachable again, shared state resumed")
         return True

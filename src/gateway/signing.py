@@ -104,14 +104,14 @@ class Signer:
         stored = await self._store.get(key)
         if stored is not None and self._usable(stored):
             return stored
+        old = stored or (self._local[key][0] if key in self._local else None)
         token = await self._store.lock(key, ttl=10.0)
         if token is not None:
             try:
-                return await self._renew(tenant, key)
+                return await self._renew(tenant, key, old)
             finally:
                 await self._store.unlock(key, token)
         # Another replica is issuing: keep using the old one while it is valid, else wait for theirs.
-        old = stored or (self._local[key][0] if key in self._local else None)
         if old is not None and old.expires_at > self._now() + 60:
             return old
         give_up = self._now() + self._wait
@@ -120,15 +120,19 @@ class Signer:
             stored = await self._store.get(key)
             if stored is not None and self._usable(stored):
                 return stored
-        return await self._renew(tenant, key)  # the issuer is gone; don't stall the call
+        return await self._renew(tenant, key, None)  # the issuer is gone; don't stall the call
 
-    async def _renew(self, tenant: Tenant, key: str) -> Signature:
+    async def _renew(self, tenant: Tenant, key: str, ours: Signature | None) -> Signature:
+        """Under the issue lock: the store's sig, else ours put back (the store lost it), else a new one."""
         stored = await self._store.get(key)  # someone may have finished just before our lock
         if stored is not None and self._usable(stored):
             return stored
-        sig = Signature(value=self._issue(tenant, self._ttl), expires_at=self._now() + self._ttl)
-        self.issued += 1
-        await self._store.put(key, sig, ttl=self._ttl - self._margin)
+        if ours is not None and self._usable(ours):
+            sig = ours
+        else:
+            sig = Signature(value=self._issue(tenant, self._ttl), expires_at=self._now() + self._ttl)
+            self.issued += 1
+        await self._store.put(key, sig, ttl=sig.expires_at - self._now() - self._margin)
         return sig
 
     async def drop(self, tenant: Tenant, value: str) -> None:

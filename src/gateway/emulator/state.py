@@ -117,6 +117,7 @@ class Emulator:
             "calls": dict(self.calls),
             "codes": {str(k): v for k, v in self.codes.items()},
             "busiest_second": {k: self.busiest_second(k) for k in self.arrivals},
+            "arrivals": {k: {"count": len(v), "first": min(v), "last": max(v)} for k, v in self.arrivals.items() if v},
             "usersigs": {str(k): len(v) for k, v in self.usersigs.items()},
         }
 

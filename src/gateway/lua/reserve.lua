@@ -4,7 +4,7 @@
 --   KEYS[2]  the tenant's pause marker ("<ErrorCode> <reason>", expiring with the pause)
 --   ARGV[1]  slot interval, microseconds
 --   ARGV[2]  longest wait the caller accepts, microseconds
--- Returns  {1, wait_us}             granted: call after wait_us
+-- Returns  {1, wait_us, now_us}     granted: call after wait_us (now_us: Redis's clock, to map the slot)
 --          {0, retry_after_us}      refused: nothing was booked
 --          {2, left_ms, marker}     paused: no call for left_ms
 local left = redis.call('PTTL', KEYS[2])
@@ -21,4 +21,4 @@ if wait > tonumber(ARGV[2]) then
 end
 local booked = start + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], string.format('%.0f', booked), 'PX', math.ceil((booked - now) / 1000) + 1000)
-return {1, wait}
+return {1, wait, now}

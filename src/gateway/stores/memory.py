@@ -23,7 +23,7 @@ class MemoryBudgetStore:
         paused = self._paused.get(scope)
         if paused is not None and paused[0] > now:
             return Paused(left=paused[0] - now, code=paused[1], reason=paused[2])
-        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait)
+        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now)
         self._tat[(scope, api)] = tat
         return decision
 

@@ -13,6 +13,7 @@ and fill lock share ``{sdkappid:room_id}``, a signature and its issue lock share
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable
 from importlib import resources
@@ -25,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.budget import Decision, Grant, Paused, Refusal
@@ -82,7 +84,17 @@ class Redis:
             async with asyncio.timeout(self._timeout):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(exc, RedisConnectionError | OSError):
+                await self._reset()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+    async def _reset(self) -> None:
+        """Drop every pooled connection: after a Redis restart they are all dead, and finding
+        that out one failed call at a time would flap the breaker."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pool.disconnect()
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
@@ -105,7 +117,7 @@ class RedisBudgetStore:
         reply = await self._r.script("reserve", self._keys(scope, api), [round(interval * _US), round(max_wait * _US)])
         kind = int(reply[0])
         if kind == 1:
-            return Grant(wait=int(reply[1]) / _US)
+            return Grant(wait=int(reply[1]) / _US, at=int(reply[2]) / _US)
         if kind == 0:
             return Refusal(retry_after=int(reply[1]) / _US)
         code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")

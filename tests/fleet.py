@@ -1,0 +1,105 @@
+"""Several real gateway processes on one Redis and one emulator process, as in production."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.redis_servers import free_port
+from tests.support import SECRETS, config_yaml
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Fleet:
+    """An emulator process and ``replicas`` gateway processes sharing ``redis_url``."""
+
+    def __init__(self, tmp: Path, redis_url: str, replicas: int, **settings: Any) -> None:
+        self.emulator_url = f"http://127.0.0.1:{free_port()}"
+        config = tmp / "gateway.yaml"
+        config.write_text(config_yaml(self.emulator_url))
+        self.env = {
+            **os.environ,
+            **SECRETS,
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_REDIS_URL": redis_url,
+            "GATEWAY_MAX_REPLICAS": str(replicas),
+            "GATEWAY_LOG_LEVEL": "warning",
+            **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.config = config
+        self.replicas = replicas
+        self.urls: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        port = self.emulator_url.rsplit(":", 1)[1]
+        emulator = subprocess.Popen(
+            [*GATEWAY, "emulator", "--port", port, "--config", str(self.config), "--rooms", "20"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+        )
+        self.procs.append(emulator)
+        wait_http(f"{self.emulator_url}/_emulator/stats", emulator)
+        for _ in range(self.replicas):
+            gw_port = free_port()
+            proc = subprocess.Popen(
+                [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+            )
+            self.procs.append(proc)
+            self.urls.append(f"http://127.0.0.1:{gw_port}")
+            wait_http(f"http://127.0.0.1:{gw_port}/readyz", proc)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.emulator_url}/_emulator/stats").json()
+        return result
+
+    def reset(self, **faults: Any) -> None:
+        httpx.post(f"{self.emulator_url}/_emulator/reset")
+        httpx.post(f"{self.emulator_url}/_emulator/faults", json=faults)
+
+
+@contextlib.contextmanager
+def fleet(tmp: Path, redis_url: str, replicas: int = 3, **settings: Any) -> Iterator[Fleet]:
+    running = Fleet(tmp, redis_url, replicas, **settings)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.close()
