@@ -73,7 +73,7 @@ async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
     clients = {
         "httpx default pool": httpx.AsyncClient(),
         "httpx pool 256": httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)),
-        "httpx + AiohttpTransport (gateway)": httpx.AsyncClient(transport=AiohttpTransport(connections=256)),
+        "httpx.AsyncClient + AiohttpTransport": httpx.AsyncClient(transport=AiohttpTransport(connections=256)),
     }
     for name, client in clients.items():
         async with client:
@@ -84,7 +84,7 @@ async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
         response = await transport.handle_async_request(httpx.Request("POST", url, content=BODY, headers=HEADERS))
         assert response.status_code == 200
 
-    results["httpx.Request -> AiohttpTransport (no AsyncClient)"] = await _drive(direct, inflight, seconds)
+    results["httpx.Request -> AiohttpTransport (gateway)"] = await _drive(direct, inflight, seconds)
     await transport.aclose()
     return results
 
