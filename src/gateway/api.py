@@ -10,6 +10,7 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -22,16 +23,20 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import errors
 from gateway.cache import CacheResult
 from gateway.health import Breaker
+from gateway.metrics import Metrics
 from gateway.models import Metadata, MetadataPatch, Problem, Room, RoomPatch
 from gateway.service import Outcome, RoomService
 from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
 
 log = logging.getLogger("gateway.api")
+access = logging.getLogger("gateway.access")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 PROBLEM_JSON = "application/problem+json"
 _encode = msgspec.json.Encoder().encode
@@ -42,10 +47,17 @@ class Gateway:
     """What the handlers need, held in app state; ``directory`` is swapped on config reload."""
 
     def __init__(
-        self, *, directory: Directory | None, service: RoomService, breaker: Breaker, redis: Redis | None = None
+        self,
+        *,
+        directory: Directory | None,
+        service: RoomService,
+        breaker: Breaker,
+        metrics: Metrics,
+        redis: Redis | None = None,
     ) -> None:
         self.directory = directory
         self.service = service
+        self.metrics = metrics
         self.breaker = breaker
         self.redis = redis
         self.draining = False
@@ -116,14 +128,18 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
     else:
         log.error("unhandled error", exc_info=exc)
         mapped = errors.InternalError("the gateway failed to handle this request")
-    return problem_response(mapped, request.scope.get("state", {}).get("request_id"))
+    state = request.scope.setdefault("state", {})
+    if mapped.upstream_code is not None:
+        state["upstream_code"] = mapped.upstream_code
+    return problem_response(mapped, state.get("request_id"))
 
 
 # ---------------------------------------------------------------------- edge middleware
 
 
-def edge_middleware(app: ASGIApp) -> ASGIApp:
-    """Request ids in and out, and refusal of paths that would decode into other routes.
+def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float]) -> ASGIApp:
+    """Request ids in and out, refusal of paths that would decode into other routes, and the
+    request's metrics and access-log line.
 
     It wraps the app's ``asgi_handler`` (where Litestar itself puts CORS), not its middleware
     stack: Litestar runs middleware only after routing, and these rules hold for every request,
@@ -134,25 +150,55 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
+        started = clock()
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         request_id = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         rid = request_id.encode()
+        sent: dict[str, Any] = {"status": 500}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                sent["status"] = message["status"]
+                headers = message.get("headers", [])
+                sent["upstream"] = next((v for k, v in headers if k == b"x-upstream-request-id"), None)
+                message["headers"] = [*headers, (b"x-request-id", rid)]
             await send(message)
 
-        raw_path = scope.get("raw_path") or b""
-        if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
-            exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
-            response = problem_response(exc, request_id)
-            await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
-            return
-        await app(scope, receive, send_with_id)
+        try:
+            raw_path = scope.get("raw_path") or b""
+            if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+                exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
+                response = problem_response(exc, request_id)
+                await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
+            else:
+                await app(scope, receive, send_with_id)
+        finally:
+            _record(scope, state, sent, clock() - started, metrics)
 
     return middleware
+
+
+def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float, metrics: Metrics) -> None:
+    route = scope.get("path_template") or "unmatched"
+    method = scope.get("method", "GET") if scope.get("method") in _METHODS else "other"
+    status = int(sent["status"])
+    metrics.requests.labels(route=route, method=method, status=str(status)).inc()
+    metrics.request_seconds.labels(route=route, method=method).observe(elapsed)
+    if access.isEnabledFor(logging.INFO):
+        upstream = sent.get("upstream")
+        fields = {
+            "request_id": state.get("request_id"),
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "tenant": state.get("tenant"),
+            "upstream_code": state.get("upstream_code"),
+            "upstream_request_id": upstream.decode("latin-1") if upstream else None,
+        }
+        access.info("request", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
 
 # ---------------------------------------------------------------------- handlers
@@ -218,7 +264,9 @@ def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, s
         raise errors.InternalError("configuration not loaded")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
-    return gateway.directory.authorize(caller, tenant, scope)
+    resolved = gateway.directory.authorize(caller, tenant, scope)
+    request.scope.setdefault("state", {})["tenant"] = resolved.name  # a configured name: safe to log
+    return resolved
 
 
 def _upstream_header(request_id: str | None) -> dict[str, str]:
@@ -360,4 +408,15 @@ async def readyz(state: State) -> Response[Health]:
     return Response(Health(status="ready", mode=gateway.mode))
 
 
-ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz]
+@get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    tags=["operations"],
+    operation_id="metrics",
+    media_type=CONTENT_TYPE_LATEST,
+)
+async def metrics(state: State) -> Response[bytes]:
+    return Response(generate_latest(_gateway(state).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz, metrics]

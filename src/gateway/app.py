@@ -14,6 +14,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import ROUTES, Gateway, edge_middleware, handle_error
@@ -21,6 +22,7 @@ from gateway.budget import Budget, BudgetStore
 from gateway.cache import RoomCache, RoomStore
 from gateway.errors import ConfigError
 from gateway.health import Breaker
+from gateway.metrics import Metrics, StateCollector
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
 from gateway.signing import SignatureStore, Signer
@@ -89,18 +91,22 @@ def create_app(
     rng = random.Random()
     breaker = Breaker(cool_off=settings.redis_cool_off, clock=clock)
     stores = build_stores(settings, breaker, clock)
+    metrics = Metrics(CollectorRegistry())
     upstream = Upstream(
         transport_factory=transport_factory or (lambda: AiohttpTransport(connections=settings.upstream_connections)),
         random32=lambda: rng.getrandbits(32),
+        metrics=metrics,
+        clock=clock,
+    )
+    signer = Signer(
+        store=stores.signatures, ttl=settings.usersig_ttl, margin=settings.usersig_refresh_margin, wall_clock=wall_clock
+    )
+    cache = RoomCache(
+        store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
     )
     service = RoomService(
         upstream=upstream,
-        signer=Signer(
-            store=stores.signatures,
-            ttl=settings.usersig_ttl,
-            margin=settings.usersig_refresh_margin,
-            wall_clock=wall_clock,
-        ),
+        signer=signer,
         budget=Budget(
             local=MemoryBudgetStore(clock=clock),
             shared=stores.budget,
@@ -111,9 +117,7 @@ def create_app(
             clock=clock,
             sleep=asyncio.sleep,
         ),
-        cache=RoomCache(
-            store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
-        ),
+        cache=cache,
         policy=Policy(
             deadline=settings.deadline,
             upstream_timeout=settings.upstream_timeout,
@@ -125,15 +129,29 @@ def create_app(
             misconfig_cooldown=settings.misconfig_cooldown,
             rate_limit_pause=settings.rate_limit_pause,
         ),
+        metrics=metrics,
         clock=clock,
         sleep=asyncio.sleep,
         uniform=rng.uniform,
     )
-    gateway = Gateway(directory=directory, service=service, breaker=breaker, redis=stores.redis)
+    gateway = Gateway(directory=directory, service=service, breaker=breaker, metrics=metrics, redis=stores.redis)
+    redis = stores.redis
+    metrics.registry.register(
+        StateCollector(
+            lambda: {
+                "gateway_usersig_issued": signer.issued,
+                "gateway_room_cache_fill_waits": cache.fill_waits,
+                "gateway_redis_errors": breaker.failures,
+                "gateway_redis_round_trips": redis.round_trips if redis is not None else 0,
+                "gateway_redis_degraded": 1 if breaker.degraded else 0,
+            }
+        )
+    )
 
     async def load_config() -> None:
         if gateway.directory is None:
             gateway.directory = load_directory(settings.config, env)
+        metrics.set_limits((t.name, t.qps) for t in gateway.directory.tenants.values())
 
     app = Litestar(
         route_handlers=ROUTES,
@@ -145,5 +163,5 @@ def create_app(
         openapi_config=openapi_config(),
         debug=False,
     )
-    app.asgi_handler = edge_middleware(app.asgi_handler)
+    app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock)
     return app

@@ -84,6 +84,7 @@ class RoomCache:
         self._poll = poll
         self._sleep = sleep
         self._flights: SingleFlight[Filled] = SingleFlight()
+        self.fill_waits = 0
 
     async def read(self, key: str, fetch: Callable[[], Awaitable[Filled]], *, bypass: bool = False) -> CacheResult:
         found = await self._store.get(key)
@@ -102,6 +103,7 @@ class RoomCache:
 
     async def _fill(self, key: str, found: Lookup, fetch: Callable[[], Awaitable[Filled]]) -> Filled:
         """Fetch under the fleet-wide fill lock, or wait for the replica that holds it."""
+        waited = False
         while True:
             token = await self._store.lock(key, self._lock_ttl)
             if token is not None:
@@ -111,6 +113,9 @@ class RoomCache:
                     return filled
                 finally:
                     await self._store.unlock(key, token)
+            if not waited:
+                self.fill_waits += 1
+                waited = True
             await self._sleep(self._poll)
             seen = await self._store.get(key)
             newer = found.body is None or seen.stored_at > found.stored_at

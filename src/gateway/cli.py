@@ -16,6 +16,7 @@ import uvloop
 import yaml
 from litestar import Litestar
 
+from gateway import logs
 from gateway.emulator import Emulator, serve_emulator
 from gateway.errors import ConfigError
 from gateway.settings import Settings, settings_from_env
@@ -27,6 +28,7 @@ DEMO_ROOMS = ("demo-room-1", "demo-room-2", "demo-room-3")
 
 
 def _server(app: object, settings: Settings) -> uvicorn.Server:
+    logs.configure(settings.log_level)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
@@ -34,7 +36,8 @@ def _server(app: object, settings: Settings) -> uvicorn.Server:
         loop="none",
         http="httptools",
         lifespan="on",
-        access_log=False,
+        access_log=False,  # the gateway writes its own JSON access line per request
+        log_config=None,
         server_header=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_seconds),

@@ -26,6 +26,7 @@ class Breaker:
         self._clock = clock
         self._open_until: float | None = None
         self.trips = 0
+        self.failures = 0
         self.recoveries = 0
         self.recovered_at: float | None = None
 
@@ -38,6 +39,7 @@ class Breaker:
         return self._open_until is None or self._clock() >= self._open_until
 
     def failed(self, reason: str) -> None:
+        self.failures += 1
         if self._open_until is None:
             self.trips += 1
             log.warning("redis unavailable, using in-process stores (degraded mode): %s", reason)

@@ -16,6 +16,7 @@ import msgspec
 from gateway import errors, validation
 from gateway.budget import Budget
 from gateway.cache import CacheResult, Filled, RoomCache
+from gateway.metrics import Metrics
 from gateway.models import (
     Envelope,
     KeysRequest,
@@ -67,6 +68,7 @@ class RoomService:
         budget: Budget,
         cache: RoomCache,
         policy: Policy,
+        metrics: Metrics,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         uniform: Callable[[float, float], float],
@@ -76,6 +78,7 @@ class RoomService:
         self._budget = budget
         self._cache = cache
         self._policy = policy
+        self._metrics = metrics
         self._clock = clock
         self._sleep = sleep
         self._uniform = uniform
@@ -92,7 +95,11 @@ class RoomService:
                 raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
             return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
 
-        return await self._cache.read(_room_key(tenant, room_id), fetch, bypass=bypass_cache)
+        result = await self._cache.read(_room_key(tenant, room_id), fetch, bypass=bypass_cache)
+        self._metrics.cache_results.labels(
+            tenant=tenant.name, result="coalesced" if result.coalesced else result.status
+        ).inc()
+        return result
 
     async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch) -> Outcome:
         """Apply the patch, then invalidate the room everywhere before answering."""
@@ -144,21 +151,23 @@ class RoomService:
         body = _encode(request)
         policy = self._policy
         deadline = self._clock() + policy.deadline
-        scope = str(tenant.sdkappid)
         resigned = False
         maybe_applied = False  # an earlier attempt may have reached Tencent and taken effect
         last: errors.GatewayError | None = None
+        retry_reason = ""
+        m = self._metrics
         for attempt in range(1, policy.attempts + 1):
+            if attempt > 1:
+                m.upstream_retries.labels(tenant=tenant.name, api=api, reason=retry_reason).inc()
             # Sign first: the budget's on-time check must be the last thing before the send.
             usersig = await self._signer.get(tenant)
-            try:
-                await self._budget.acquire(scope, api, tenant.qps, min(policy.max_wait, deadline - self._clock()))
-            except errors.RateLimited as refused:
-                raise (last if last is not None else refused) from None
+            await self._slot(tenant, api, deadline, last)
             timeout = min(policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(tenant, api, body=body, usersig=usersig, reply=reply, within=timeout)
             except errors.SignatureRejected:
+                m.usersig_rejections.labels(tenant=tenant.name).inc()
+                retry_reason = "usersig"
                 await self._signer.drop(tenant, usersig)
                 if resigned:
                     await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice")
@@ -172,12 +181,14 @@ class RoomService:
                 await self._pause(tenant, policy.misconfig_cooldown, "Tencent rejected the credentials", exc)
                 raise
             except errors.UpstreamRateLimited as exc:
-                await self._budget.defer(scope, api, policy.rate_limit_pause)
+                await self._budget.defer(str(tenant.sdkappid), api, policy.rate_limit_pause)
                 exc.retry_after = policy.rate_limit_pause
                 last = exc
+                retry_reason = "rate_limited"
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout) as exc:
                 maybe_applied = True
                 last = exc
+                retry_reason = "transient"
                 delay = self._uniform(0, min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1)))
                 if attempt == policy.attempts or self._clock() + delay >= deadline:
                     raise
@@ -188,6 +199,18 @@ class RoomService:
                 raise
         assert last is not None  # the loop only falls through after a retried failure
         raise last
+
+    async def _slot(self, tenant: Tenant, api: Api, deadline: float, last: errors.GatewayError | None) -> None:
+        """Wait for this attempt's budget slot. Past the cap: the last attempt's error if there
+        was one (the caller learns why it failed, not merely that the retry found no slot)."""
+        max_wait = min(self._policy.max_wait, deadline - self._clock())
+        try:
+            waited = await self._budget.acquire(str(tenant.sdkappid), api, tenant.qps, max_wait)
+        except errors.RateLimited as refused:
+            self._metrics.budget_refusals.labels(tenant=tenant.name, api=api).inc()
+            raise (last if last is not None else refused) from None
+        self._metrics.budget_wait.labels(tenant=tenant.name, api=api).observe(waited)
+        self._metrics.budget_grants.labels(tenant=tenant.name, api=api).inc()
 
     async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
         code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0

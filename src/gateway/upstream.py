@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from gateway import errors
+from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
 
@@ -59,9 +60,13 @@ class Upstream:
         *,
         transport_factory: Callable[[], httpx.AsyncBaseTransport],
         random32: Callable[[], int],
+        metrics: Metrics,
+        clock: Callable[[], float],
     ) -> None:
         self._transport_factory = transport_factory
         self._random32 = random32
+        self._metrics = metrics
+        self._clock = clock
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
         self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
 
@@ -79,6 +84,18 @@ class Upstream:
 
     async def call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
         """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError."""
+        started = self._clock()
+        outcome = "0"
+        try:
+            return await self._call(tenant, api, body=body, usersig=usersig, reply=reply, within=within)
+        except errors.GatewayError as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            self._metrics.upstream_calls.labels(tenant=tenant.name, api=api, code=outcome).inc()
+            self._metrics.upstream_seconds.labels(api=api).observe(self._clock() - started)
+
+    async def _call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
         url = (
             f"{tenant.base_url}{_PATH}{api}?sdkappid={tenant.sdkappid}&identifier={quote(tenant.identifier, safe='')}"
             f"&usersig={quote(usersig, safe='')}&random={self._random32()}&contenttype=json"
@@ -105,6 +122,13 @@ class Upstream:
         for transport in self._transports.values():
             await transport.aclose()
         self._transports.clear()
+
+
+def _outcome(exc: errors.GatewayError) -> str:
+    """The metric label for a failed call: a known ErrorCode, or what went wrong on the way."""
+    if exc.upstream_code is not None:
+        return str(exc.upstream_code) if exc.upstream_code in ERROR_CODES else "other"
+    return "timeout" if isinstance(exc, errors.UpstreamTimeout) else "transport"
 
 
 def _check(reply: Envelope, api: str, usersig: str) -> None:

@@ -1,0 +1,45 @@
+"""JSON logs, one object per line, for the gateway and the libraries under it.
+
+Standard-library logging with a small msgspec formatter: uvicorn and redis-py log through
+``logging`` already, so every line the process writes is JSON without a second logging system.
+A record's ``fields`` (``extra={"fields": {...}}``) become top-level keys. Nothing secret is ever
+passed in: tokens, secret keys and UserSigs are not fields anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__  # the type only: messages may carry request data
+        return _encode(entry).decode()
+
+
+def configure(level: str) -> None:
+    """Send every logger's records to stderr as JSON at ``level`` (GATEWAY_LOG_LEVEL)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,137 @@
+"""Every Prometheus instrument, created on a registry passed in (tests build many apps).
+
+Names follow Prometheus conventions (``gateway_`` prefix, base units, ``_total``, ``_seconds``);
+labels come from small closed sets only: route templates, methods, status codes, Tencent API
+names, tenant names from the config, Tencent ErrorCodes the gateway knows, and fixed results.
+Room ids, keys, tokens and raw paths never become labels.
+
+Events on the request path are counted where they happen; numbers that components keep anyway
+(UserSigs issued, Redis trips and round trips, fill waits) are read at scrape time by
+``StateCollector``.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+
+APIS = ("get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata")
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WAIT = (0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    """The gateway's instruments."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_http_requests",
+            "Requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer a request",
+            ["route", "method"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream_calls = Counter(
+            "gateway_upstream_calls",
+            "Calls to Tencent by outcome: its ErrorCode, or a transport failure",
+            ["tenant", "api", "code"],
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "gateway_upstream_call_duration_seconds",
+            "Time of one call to Tencent",
+            ["api"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Calls to Tencent made again, by reason (transient, usersig, rate_limited)",
+            ["tenant", "api", "reason"],
+            registry=registry,
+        )
+        self.budget_wait = Histogram(
+            "gateway_budget_wait_seconds",
+            "Time a call waited for its budget slot",
+            ["tenant", "api"],
+            buckets=_WAIT,
+            registry=registry,
+        )
+        self.budget_grants = Counter(
+            "gateway_budget_grants",
+            "Budget slots used (one per call to Tencent, retries included)",
+            ["tenant", "api"],
+            registry=registry,
+        )
+        self.budget_refusals = Counter(
+            "gateway_budget_refusals",
+            "Calls refused with 429 because no slot was free within the wait cap",
+            ["tenant", "api"],
+            registry=registry,
+        )
+        self.budget_limit = Gauge(
+            "gateway_budget_limit_per_second",
+            "The configured budget per (tenant, API), for the whole fleet",
+            ["tenant", "api"],
+            registry=registry,
+        )
+        self.cache_results = Counter(
+            "gateway_room_cache_results",
+            "Room reads by result: hit, miss, stale, coalesced",
+            ["tenant", "result"],
+            registry=registry,
+        )
+        self.usersig_rejections = Counter(
+            "gateway_usersig_rejections",
+            "UserSigs Tencent rejected (dropped and re-signed)",
+            ["tenant"],
+            registry=registry,
+        )
+        info = Gauge("gateway_build_info", "Build information", ["version", "python"], registry=registry)
+        info.labels(version=__version__, python=platform.python_version()).set(1)
+
+    def set_limits(self, limits: Iterable[tuple[str, int]]) -> None:
+        """Publish each tenant's per-API budget (on start-up and on config reload)."""
+        self.budget_limit.clear()
+        for tenant, qps in limits:
+            for api in APIS:
+                self.budget_limit.labels(tenant=tenant, api=api).set(qps)
+
+
+class StateCollector(Collector):
+    """Counters and gauges read from the components at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._read()
+        counters = {
+            "gateway_usersig_issued": "Admin UserSigs this process issued",
+            "gateway_room_cache_fill_waits": "Room reads that waited for another replica's fill",
+            "gateway_redis_errors": "Redis calls that failed or timed out",
+            "gateway_redis_round_trips": "Round trips to Redis",
+        }
+        for name, text in counters.items():
+            yield CounterMetricFamily(name, text, value=state.get(name, 0))
+        yield GaugeMetricFamily(
+            "gateway_redis_degraded",
+            "1 while Redis is unreachable and in-process state is used",
+            value=state.get("gateway_redis_degraded", 0),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
