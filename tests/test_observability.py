@@ -179,9 +179,9 @@ def _known_names(gateway: Gateway) -> set[str]:
 async def test_dashboard_and_alerts_use_real_metric_names(gateway: Gateway) -> None:
     """Every metric the Grafana dashboard and the alert rules query exists in the gateway."""
     known = _known_names(gateway)
-    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    dashboard = json.loads((ROOT / "helm" / "live-room-gateway" / "files" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    rules = yaml.safe_load((ROOT / "deploy" / "prometheus-rules.yaml").read_text())
+    rules = yaml.safe_load((ROOT / "helm" / "live-room-gateway" / "files" / "prometheus-rules.yaml").read_text())
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     used = set().union(*(_metric_names(e) for e in exprs))
     assert used

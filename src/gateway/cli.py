@@ -7,8 +7,10 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 
 import msgspec
 import uvicorn
@@ -27,10 +29,27 @@ DEMO_SDKAPPID = 1400000001
 DEMO_ROOMS = ("demo-room-1", "demo-room-2", "demo-room-3")
 
 
-def _server(app: object, settings: Settings) -> uvicorn.Server:
+class GatewayServer(uvicorn.Server):
+    """uvicorn, draining the way a Kubernetes pod should on SIGTERM: readiness turns false first,
+    the listener closes, in-flight requests finish (at most ``GATEWAY_DRAIN_SECONDS``), the
+    lifespan shuts down, and the process exits 0 (uvicorn itself re-raises the signal)."""
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._app.state.gateway.draining = True
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
+
+
+def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
     logs.configure(settings.log_level)
     config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=settings.host,
         port=settings.port,
         loop="none",
@@ -43,7 +62,7 @@ def _server(app: object, settings: Settings) -> uvicorn.Server:
         timeout_graceful_shutdown=int(settings.drain_seconds),
         backlog=4096,
     )
-    return uvicorn.Server(config)
+    return GatewayServer(config, app)
 
 
 def _run(coro: object) -> None:
