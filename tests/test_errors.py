@@ -11,7 +11,7 @@ import pytest
 from gateway.emulator import Emulator
 from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from gateway.emulator.usersig import mint
-from gateway.signing import Signature
+from gateway.signing import Signature, Signer
 from gateway.upstream import ERROR_CODES
 from tests.support import APP_ID, KEY, Gateway, start_gateway
 
@@ -98,8 +98,9 @@ async def test_expired_usersig_is_refreshed_and_retried_once(gateway: Gateway, e
     now = int(time.time())
     expired = mint(APP_ID, KEY, "administrator", issued=now - 7200, expire=3600)
     # The cache believes it is valid for three more days (past the refresh margin): only Tencent knows better.
+    tenant = gateway.app.state.gateway.directory.tenants["acme"]
     await gateway.app.state.gateway.service._signer._store.put(
-        f"{APP_ID}:administrator", Signature(value=expired, expires_at=now + 3 * 86400), ttl=86400
+        Signer.key(tenant), Signature(value=expired, expires_at=now + 3 * 86400), ttl=86400
     )
     response = await gateway.client.get(ROOM)
     assert response.status_code == 200

@@ -23,6 +23,7 @@ from gateway.cache import RoomCache, RoomStore
 from gateway.errors import ConfigError
 from gateway.health import Breaker
 from gateway.metrics import Metrics, StateCollector
+from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
 from gateway.signing import SignatureStore, Signer
@@ -148,10 +149,28 @@ def create_app(
         )
     )
 
+    def apply(new: Directory) -> None:
+        gateway.directory = new
+        metrics.set_limits((t.name, t.qps) for t in new.tenants.values())
+
+    tasks: list[asyncio.Task[None]] = []
+
     async def load_config() -> None:
-        if gateway.directory is None:
-            gateway.directory = load_directory(settings.config, env)
-        metrics.set_limits((t.name, t.qps) for t in gateway.directory.tenants.values())
+        current = gateway.directory or load_directory(settings.config, env)
+        apply(current)
+        if settings.config_reload_interval > 0 and current.sources:  # read from files: watch them
+            watcher = ConfigWatcher(
+                path=current.sources[0],
+                env=env,
+                current=current,
+                apply=apply,
+                interval=settings.config_reload_interval,
+            )
+            tasks.append(asyncio.create_task(watcher.run()))
+
+    async def stop_watching() -> None:
+        for task in tasks:
+            task.cancel()
 
     app = Litestar(
         route_handlers=ROUTES,
@@ -159,7 +178,7 @@ def create_app(
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
         on_startup=[load_config],
-        on_shutdown=[upstream.aclose, gateway.aclose],
+        on_shutdown=[stop_watching, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         debug=False,
     )

@@ -44,13 +44,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_backoff_max: float = 2.0
     lockout_seconds: float = 60.0
     rate_limit_pause: float = 1.0
-    misconfig_cooldown: float = 5.0
+    misconfig_cooldown: float = 15.0
     upstream_connections: int = 256
     # signatures
     usersig_ttl: int = 7 * 86400
     usersig_refresh_margin: int = 86400
-    # shutdown
+    # shutdown and reload
     drain_seconds: float = 20.0
+    config_reload_interval: float = 5.0
 
     def __post_init__(self) -> None:
         checks = {

@@ -78,7 +78,9 @@ class Signer:
 
     @staticmethod
     def key(tenant: Tenant) -> str:
-        return f"{tenant.sdkappid}:{tenant.identifier}"
+        # The key's fingerprint is part of it: after a key rotation (config reload) the old
+        # signature, which Tencent now rejects as 70009, is simply never looked up again.
+        return f"{tenant.sdkappid}:{tenant.identifier}:{tenant.secret_key.fingerprint}"
 
     def _usable(self, sig: Signature | None) -> bool:
         return sig is not None and sig.expires_at - self._margin > self._now()

@@ -69,6 +69,11 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    @property
+    def fingerprint(self) -> str:
+        """A short one-way digest: tells two keys apart without showing either."""
+        return hashlib.sha256(self._value.encode()).hexdigest()[:16]
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -101,6 +106,7 @@ class Directory(msgspec.Struct, frozen=True, kw_only=True):
 
     tenants: dict[str, Tenant]
     callers: tuple[Caller, ...]
+    sources: tuple[str, ...] = ()  # the files it was read from (config, secret-key files)
 
     def authenticate(self, token: str | None) -> Caller:
         """The caller whose token this is, compared in constant time against every caller."""
@@ -177,13 +183,15 @@ def load_directory(path: str, env: Mapping[str, str]) -> Directory:
         text = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r} (GATEWAY_CONFIG): {exc.strerror}") from exc
-    return resolve(parse_config(text, source=path), env)
+    config = parse_config(text, source=path)
+    secret_files = tuple(t.secret_key_file for t in config.tenants.values() if t.secret_key_file)
+    return resolve(config, env, sources=(path, *secret_files))
 
 
-def resolve(config: ConfigFile, env: Mapping[str, str]) -> Directory:
+def resolve(config: ConfigFile, env: Mapping[str, str], *, sources: tuple[str, ...] = ()) -> Directory:
     tenants = {name: _tenant(name, t, env) for name, t in config.tenants.items()}
     callers = tuple(_caller(name, c, tenants) for name, c in config.callers.items())
-    return Directory(tenants=tenants, callers=callers)
+    return Directory(tenants=tenants, callers=callers, sources=sources)
 
 
 def _tenant(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Tenant:

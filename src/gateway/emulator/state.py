@@ -22,6 +22,7 @@ LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
 LOCKOUT_WINDOW = 60.0
 API_QPS = {"get_room_list": 10}
 DEFAULT_QPS = 200
+WRITES = frozenset({"create_room", "destroy_room", "update_room_info", "set_room_metadata", "del_room_metadata"})
 HTTP_502 = 0  # fault: answer HTTP 502
 DROP = -1  # fault: close the connection before doing anything
 APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
@@ -80,6 +81,7 @@ class Emulator:
         self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
         self.usersigs: defaultdict[int, set[str]] = defaultdict(set)
         self.randoms: list[int] = []
+        self.applied: list[tuple[str, Any]] = []  # (api, request body) of every write that took effect
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
         self._seq = 0
 
@@ -106,6 +108,7 @@ class Emulator:
         self.arrivals.clear()
         self.usersigs.clear()
         self.randoms.clear()
+        self.applied.clear()
 
     def busiest_second(self, key: str) -> int:
         """Most arrivals for ``"sdkappid:api"`` in any sliding one-second window."""
@@ -151,6 +154,8 @@ class Emulator:
             if injected:
                 raise ApiError(injected, "injected fault")
             response = self._dispatch(app, api, body)
+            if api in WRITES:
+                self.applied.append((api, body))
         except ApiError as exc:
             self.codes[exc.code] += 1
             return {"ActionStatus": "FAIL", "ErrorCode": exc.code, "ErrorInfo": exc.info, "RequestId": request_id}
