@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from gateway.emulator import Emulator, serve_emulator
+from gateway.logs import JsonFormatter
 from tests.redis_servers import RedisServer, cluster, standalone
-from tests.support import Gateway, new_emulator, start_gateway
+from tests.support import KEY, OTHER_KEY, TOKENS, Gateway, new_emulator, start_gateway
+
+SEEN_USERSIGS: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_leaks() -> Iterator[None]:
+    """After the whole suite: no log record any test produced holds a secret key, a bearer token
+    or a UserSig that any emulator saw. (Records are kept and formatted only at the end, so the
+    timing-sensitive tests do not pay for it.)"""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(level)
+    formatter = JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in records)
+    assert records, "the suite logged nothing at all?"
+    for secret in (KEY, OTHER_KEY, *TOKENS.values(), *SEEN_USERSIGS):
+        assert secret not in text, "a secret reached the logs"
 
 
 @pytest.fixture
-def emulator() -> Emulator:
+def emulator() -> Iterator[Emulator]:
     """Tencent, emulated: apps acme (1400000001) and globex (1400000002), rooms room-1..3 each."""
-    return new_emulator()
+    emulator = new_emulator()
+    yield emulator
+    for sigs in emulator.usersigs.values():
+        SEEN_USERSIGS.update(sigs)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.redis_servers import free_port
-from tests.support import SECRETS, config_yaml
+from tests.support import SECRETS, TOKENS, config_yaml
 
 GATEWAY = [sys.executable, "-m", "gateway"]
 
@@ -81,6 +81,17 @@ class Fleet:
             self.procs.append(proc)
             self.urls.append(f"http://127.0.0.1:{gw_port}")
             wait_http(f"http://127.0.0.1:{gw_port}/readyz", proc)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Open each replica's Redis and upstream pools, load the scripts and sign once, as in a
+        fleet that has been running: measurements start from steady state."""
+        auth = {"authorization": f"Bearer {TOKENS['rw']}", "cache-control": "no-cache"}
+        with httpx.Client(headers=auth, timeout=10) as client:
+            for url in self.urls:
+                for n in range(1, 4):
+                    client.get(f"{url}/v1/tenants/acme/rooms/room-{n}")
+                    client.patch(f"{url}/v1/tenants/acme/rooms/room-{n}", json={"activity_status": 0})
 
     def close(self) -> None:
         for proc in self.procs:

@@ -118,3 +118,44 @@ async def test_redis_restart_mid_run(tmp_path: Path) -> None:
     assert busiest <= 200
     assert stats["codes"].get("60007", 0) == 0
     assert after == [{"status": "ready", "mode": "shared"}] * 3
+
+
+async def test_slow_redis_mid_run(tmp_path: Path) -> None:
+    """Redis stuck for 2 s (DEBUG SLEEP) during steady 3x-budget load: no 5xx, no request waits
+    longer than its budget wait cap plus two Redis timeouts, Tencent never sees more than 200 in a
+    sliding second, and the replicas go back to shared state."""
+    max_wait, redis_timeout = 1.0, 0.25
+    with (
+        standalone() as redis,
+        fleet(tmp_path, redis.url, replicas=3, budget_max_wait=max_wait, redis_timeout=redis_timeout) as running,
+    ):
+        running.reset()
+        load = asyncio.create_task(
+            drive(
+                running.urls,
+                [room(1)],
+                token=TOKENS["rw"],
+                rate=600,
+                seconds=7,
+                method="PATCH",
+                json={"activity_status": 5},
+            )
+        )
+        await asyncio.sleep(2.0)
+        blocker = redis.client()
+        await asyncio.to_thread(blocker.execute_command, "DEBUG", "SLEEP", "2")
+        blocker.close()
+        results = await load
+        await asyncio.sleep(1.5)
+        async with httpx.AsyncClient() as client:
+            after = [(await client.get(url + "/readyz")).json() for url in running.urls]
+        stats = running.stats()
+    statuses = [status for status, _ in results]
+    slowest = max(seconds for _, seconds in results)
+    busiest = stats["busiest_second"][f"{APP_ID}:update_room_info"]
+    print(f"busiest second {busiest}, slowest request {slowest:.2f} s, statuses {sorted(set(statuses))}")
+    assert set(statuses) <= {204, 429}
+    assert slowest < max_wait + 2 * redis_timeout + 0.5
+    assert busiest <= 200
+    assert stats["codes"].get("60007", 0) == 0
+    assert after == [{"status": "ready", "mode": "shared"}] * 3

@@ -180,6 +180,7 @@ def create_app(
         on_startup=[load_config],
         on_shutdown=[stop_watching, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
+        logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,
     )
     app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,7 +31,11 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, dict):
             entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
-            entry["error"] = record.exc_info[0].__name__  # the type only: messages may carry request data
+            # The type and where it was raised, never the message: messages may carry request data
+            # (an HTTP client's error can quote the signed URL).
+            entry["error"] = record.exc_info[0].__name__
+            frames = traceback.extract_tb(record.exc_info[2])[-8:]
+            entry["where"] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
         return _encode(entry).decode()
 
 

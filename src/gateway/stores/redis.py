@@ -87,14 +87,20 @@ class Redis:
             if isinstance(exc, RedisConnectionError | OSError):
                 await self._reset()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}"[:200]) from exc
+        except Exception as exc:  # the boundary with redis-py: see below
+            # A connection torn down under a command (a Redis restart mid-call) can surface from
+            # redis-py's internals as e.g. AttributeError; for the caller it is Redis failing,
+            # never a 500. (CancelledError is a BaseException and still propagates.)
+            raise StoreUnavailable(f"{type(exc).__name__} in the Redis client") from exc
 
     async def _reset(self) -> None:
-        """Drop every pooled connection: after a Redis restart they are all dead, and finding
-        that out one failed call at a time would flap the breaker."""
+        """Drop the idle pooled connections: after a Redis restart they are all dead, and finding
+        that out one failed call at a time would flap the breaker. Connections in use are left to
+        their own commands, which fail and discard them."""
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             with contextlib.suppress(RedisError, OSError):
-                await pool.disconnect()
+                await pool.disconnect(inuse_connections=False)
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
