@@ -5,7 +5,15 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHES = {"upstream_transport": "bench.upstream_transport", "budget_fleet": "bench.budget_fleet"}
+BENCHES = {
+    "upstream_transport": "bench.upstream_transport",
+    "cache_hits": "bench.cache_hits",
+    "forwarding": "bench.forwarding",
+    "budget_fleet": "bench.budget_fleet",
+    "fixed_window": "bench.fixed_window",
+    "coalescing": "bench.coalescing",
+    "cost": "bench.cost",
+}
 
 
 def main() -> None:

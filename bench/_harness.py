@@ -48,3 +48,36 @@ def process(args: list[str], *, port: int, env: dict[str, str] | None = None) ->
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def load(
+    urls: list[str],
+    *,
+    concurrency: int,
+    seconds: float,
+    method: str = "GET",
+    body: str = "",
+    headers: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """Run bench/load.py in its own process and return its JSON result."""
+    import json
+
+    args = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        *urls,
+        "--concurrency",
+        str(concurrency),
+        "--seconds",
+        str(seconds),
+        "--method",
+        method,
+    ]
+    if body:
+        args += ["--body", body]
+    for key, value in (headers or {}).items():
+        args += ["-H", f"{key}: {value}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result

@@ -44,7 +44,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class Fleet:
     """An emulator process and ``replicas`` gateway processes sharing ``redis_url``."""
 
-    def __init__(self, tmp: Path, redis_url: str, replicas: int, **settings: Any) -> None:
+    def __init__(self, tmp: Path, redis_url: str, replicas: int, rooms: int = 20, **settings: Any) -> None:
         self.emulator_url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "gateway.yaml"
         config.write_text(config_yaml(self.emulator_url))
@@ -59,13 +59,14 @@ class Fleet:
         }
         self.config = config
         self.replicas = replicas
+        self.rooms = rooms
         self.urls: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         port = self.emulator_url.rsplit(":", 1)[1]
         emulator = subprocess.Popen(
-            [*GATEWAY, "emulator", "--port", port, "--config", str(self.config), "--rooms", "20"],
+            [*GATEWAY, "emulator", "--port", port, "--config", str(self.config), "--rooms", str(self.rooms)],
             env=self.env,
             stdout=subprocess.DEVNULL,
         )
@@ -107,8 +108,8 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, redis_url: str, replicas: int = 3, **settings: Any) -> Iterator[Fleet]:
-    running = Fleet(tmp, redis_url, replicas, **settings)
+def fleet(tmp: Path, redis_url: str, replicas: int = 3, rooms: int = 20, **settings: Any) -> Iterator[Fleet]:
+    running = Fleet(tmp, redis_url, replicas, rooms, **settings)
     try:
         running.start()
         yield running

@@ -1,0 +1,77 @@
+"""Cost per forwarded request on the steady path, and memory per replica under load.
+
+Metadata writes (no room cache involved) through 2 replicas on one Redis: Redis round trips per
+call to Tencent, from the replicas' own counters (issue bar: <= 1 for budget and signature
+together), and each replica's RSS at the end of the load (issue bar: <= 150 MB).
+
+    python -m bench cost
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from tests.fleet import fleet
+from tests.redis_servers import standalone
+from tests.support import TOKENS
+
+from bench._harness import load
+
+
+def counter(urls: list[str], name: str) -> float:
+    total = 0.0
+    for url in urls:
+        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+            total += sum(s.value for s in family.samples if s.name == name)
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    with standalone() as redis, fleet(Path(tempfile.mkdtemp()), redis.url, replicas=2) as running:
+        running.reset()
+        trips0 = counter(running.urls, "gateway_redis_round_trips_total")
+        calls0 = counter(running.urls, "gateway_upstream_calls_total")
+        urls = [f"{u}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3) for u in running.urls]
+        peak: dict[int, float] = {}
+
+        def sample(stop: threading.Event) -> None:
+            while not stop.wait(0.5):
+                for proc in running.procs[1:]:
+                    peak[proc.pid] = max(peak.get(proc.pid, 0.0), rss_mb(proc.pid))
+
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample, args=(stop,))
+        sampler.start()
+        result = load(
+            urls,
+            concurrency=32,
+            seconds=8,
+            method="PATCH",
+            body=json.dumps({"metadata": {"k": "v"}}),
+            headers={"Authorization": f"Bearer {TOKENS['rw']}"},
+        )
+        stop.set()
+        sampler.join()
+        trips = counter(running.urls, "gateway_redis_round_trips_total") - trips0
+        calls = counter(running.urls, "gateway_upstream_calls_total") - calls0
+    print(
+        f"{result['requests']} metadata writes ({result['rps']} req/s, statuses {result['statuses']}): "
+        f"{calls:.0f} calls to Tencent, {trips:.0f} Redis round trips = {trips / max(calls, 1):.3f} per call"
+    )
+    print("peak RSS per replica under load: " + ", ".join(f"{mb:.0f} MB" for mb in peak.values()))
+
+
+if __name__ == "__main__":
+    main()
