@@ -154,3 +154,24 @@ async def test_a_slow_redis_is_store_unavailable(redis_server: RedisServer) -> N
     await task
     blocker.close()
     await slow.aclose()
+
+
+def test_breaker_opens_after_repeated_failures_only() -> None:
+    """One late reply costs that call; three failures within a second mean Redis is down."""
+    from gateway.health import Breaker
+
+    now = [0.0]
+    breaker = Breaker(cool_off=1.0, clock=lambda: now[0], threshold=3, window=1.0)
+    breaker.failed("slow")
+    now[0] += 0.6
+    breaker.failed("slow")
+    now[0] += 0.6  # the first failure is now out of the window
+    breaker.failed("slow")
+    assert not breaker.degraded
+    breaker.failed("down")
+    assert breaker.degraded
+    assert not breaker.allows()
+    now[0] += 1.0
+    assert breaker.allows()
+    assert breaker.succeeded() is True
+    assert not breaker.degraded

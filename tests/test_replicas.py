@@ -36,7 +36,9 @@ def room(n: int) -> str:
 
 async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
     """600 writes/s offered for 6 s over 3 replicas: Tencent never sees more than 200 in a sliding
-    second, never answers 60007, and the fleet uses at least 97% of the budget."""
+    second, never answers 60007, and the fleet uses at least 97% of the budget in steady state (the
+    whole seconds between the first and the last: the first holds the load generator's ramp-up,
+    the last is partial)."""
     replicas.reset()
     results = await drive(
         replicas.urls, [room(1)], token=TOKENS["rw"], rate=600, seconds=6, method="PATCH", json={"activity_status": 3}
@@ -48,9 +50,11 @@ async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
     assert stats["busiest_second"][key] <= 200
     assert stats["codes"].get("60007", 0) == 0
     arrivals = stats["arrivals"][key]
-    used = (arrivals["count"] - 1) / (arrivals["last"] - arrivals["first"]) / 200
-    print(f"busiest second {stats['busiest_second'][key]}, budget used {used:.3f}")
-    assert used >= 0.97, f"budget used {used:.3f}"
+    steady = arrivals["per_second"][1:-1]
+    used = sum(steady) / len(steady) / 200
+    print(f"busiest second {stats['busiest_second'][key]}, budget used {used:.3f} per second {arrivals['per_second']}")
+    assert len(steady) >= 4
+    assert used >= 0.97, f"budget used {used:.3f}: {arrivals['per_second']}"
 
 
 async def test_one_upstream_call_for_concurrent_cold_reads_across_replicas(replicas: Fleet) -> None:

@@ -102,25 +102,40 @@ class RoomCache:
         )
 
     async def _fill(self, key: str, found: Lookup, fetch: Callable[[], Awaitable[Filled]]) -> Filled:
-        """Fetch under the fleet-wide fill lock, or wait for the replica that holds it."""
+        """Fetch under the fleet-wide fill lock, or wait for the replica that holds it (at most
+        ``lock_ttl``: then fetch anyway, whatever the lock says)."""
         waited = False
+        give_up = asyncio.get_running_loop().time() + self._lock_ttl
         while True:
             token = await self._store.lock(key, self._lock_ttl)
+            if token is None and asyncio.get_running_loop().time() >= give_up:
+                token = ""  # waited long enough: fill without the fleet's lock
             if token is not None:
                 try:
+                    if token:  # double-check: the previous holder may have filled it meanwhile
+                        seen = await self._store.get(key)
+                        if self._filled_since(found, seen):
+                            assert seen.body is not None
+                            return Filled(body=seen.body, upstream_request_id="")
                     filled = await fetch()
                     await self._store.put(key, filled.body, found.generation)
                     return filled
                 finally:
-                    await self._store.unlock(key, token)
+                    if token:
+                        await self._store.unlock(key, token)
             if not waited:
                 self.fill_waits += 1
                 waited = True
             await self._sleep(self._poll)
             seen = await self._store.get(key)
-            newer = found.body is None or seen.stored_at > found.stored_at
-            if seen.body is not None and newer and seen.age < self._ttl and seen.generation == found.generation:
+            if self._filled_since(found, seen):
+                assert seen.body is not None
                 return Filled(body=seen.body, upstream_request_id="")  # another replica's fill
+
+    def _filled_since(self, found: Lookup, seen: Lookup) -> bool:
+        """Whether ``seen`` is a fresh fill stored after ``found`` was read, with no write between."""
+        newer = found.body is None or seen.stored_at > found.stored_at
+        return seen.body is not None and newer and seen.age < self._ttl and seen.generation == found.generation
 
     async def invalidate(self, key: str) -> None:
         """Forget the room and fence off fills that started before now."""

@@ -9,6 +9,7 @@ metrics can tell the degraded mode.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("gateway.health")
@@ -19,11 +20,19 @@ class StoreUnavailable(Exception):
 
 
 class Breaker:
-    """Closed: use Redis. Open: don't, until ``cool_off`` has passed; then let calls try again."""
+    """Closed: use Redis. Open: don't, until ``cool_off`` has passed; then let calls try again.
 
-    def __init__(self, *, cool_off: float, clock: Callable[[], float]) -> None:
+    It opens after ``threshold`` failures within ``window`` seconds: an outage produces them at
+    once, while one late reply under a burst (an event loop too busy to read it in time) should
+    cost that one call, not send the whole replica into degraded mode.
+    """
+
+    def __init__(self, *, cool_off: float, clock: Callable[[], float], threshold: int = 3, window: float = 1.0) -> None:
         self._cool_off = cool_off
         self._clock = clock
+        self._threshold = threshold
+        self._window = window
+        self._recent: deque[float] = deque()
         self._open_until: float | None = None
         self.trips = 0
         self.failures = 0
@@ -40,10 +49,18 @@ class Breaker:
 
     def failed(self, reason: str) -> None:
         self.failures += 1
-        if self._open_until is None:
+        now = self._clock()
+        if self._open_until is not None:  # already degraded: a failed retry extends it
+            self._open_until = now + self._cool_off
+            return
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - self._window:
+            self._recent.popleft()
+        if len(self._recent) >= self._threshold:
+            self._recent.clear()
             self.trips += 1
+            self._open_until = now + self._cool_off
             log.warning("redis unavailable, using in-process stores (degraded mode): %s", reason)
-        self._open_until = self._clock() + self._cool_off
 
     def succeeded(self) -> bool:
         """Record a good call; True when this call ended a degraded period."""

@@ -22,7 +22,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     config: str = "gateway.yaml"
     redis_url: str | None = None
     redis_prefix: str = "lrg:"
-    redis_timeout: float = 0.25
+    redis_timeout: float = 0.5
     redis_cool_off: float = 1.0
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: int = 8080

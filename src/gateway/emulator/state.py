@@ -120,7 +120,11 @@ class Emulator:
             "calls": dict(self.calls),
             "codes": {str(k): v for k, v in self.codes.items()},
             "busiest_second": {k: self.busiest_second(k) for k in self.arrivals},
-            "arrivals": {k: {"count": len(v), "first": min(v), "last": max(v)} for k, v in self.arrivals.items() if v},
+            "arrivals": {
+                k: {"count": len(v), "first": min(v), "last": max(v), "per_second": _per_second(v)}
+                for k, v in self.arrivals.items()
+                if v
+            },
             "usersigs": {str(k): len(v) for k, v in self.usersigs.items()},
         }
 
@@ -219,6 +223,15 @@ class Emulator:
         if handler is None:
             raise ApiError(60009, f"unknown command {api}")
         return handler(self, app, body)
+
+
+def _per_second(times: list[float]) -> list[int]:
+    """Arrivals in each whole second since the first one."""
+    first = min(times)
+    counts = [0] * (int(max(times) - first) + 1)
+    for t in times:
+        counts[int(t - first)] += 1
+    return counts
 
 
 # ---------------------------------------------------------------------- the APIs

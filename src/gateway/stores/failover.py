@@ -50,7 +50,20 @@ class FailoverRoomStore:
         await _either(self._breaker, lambda: self._shared.invalidate(key), _nothing)
 
     async def lock(self, key: str, ttl: float) -> str | None:
-        return await _either(self._breaker, lambda: self._shared.lock(key, ttl), lambda: self._local.lock(key, ttl))
+        """The fleet's fill lock. If Redis missed this one call but is not down, another replica
+        may hold the lock: answer "not yours" so the cache waits for the value (and retries)
+        rather than fill from here and make a second upstream call."""
+        if self._breaker.allows():
+            try:
+                token = await self._shared.lock(key, ttl)
+            except StoreUnavailable as exc:
+                self._breaker.failed(str(exc))
+                if not self._breaker.degraded:
+                    return None
+            else:
+                self._breaker.succeeded()
+                return token
+        return await self._local.lock(key, ttl)
 
     async def unlock(self, key: str, token: str) -> None:
         await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
