@@ -13,14 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.redis_servers import free_port  # noqa: F401 - one free-port helper for tests and benches
+
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

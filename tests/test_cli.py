@@ -22,16 +22,11 @@ from TLSSigAPIv2 import TLSSigAPIv2
 from gateway.app import create_app
 from gateway.cli import openapi_document
 from gateway.settings import Settings
+from tests.redis_servers import free_port
 from tests.support import SECRETS, TOKENS, config_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:

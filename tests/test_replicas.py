@@ -87,33 +87,40 @@ def test_read_your_writes_across_replicas(replicas: Fleet) -> None:
         assert after.json()["room_name"] == f"renamed {n}"
 
 
+def steady_writes(running: Fleet, seconds: float) -> asyncio.Task[list[tuple[int, float]]]:
+    """3x the budget of writes over every replica, for ``seconds``, in the background."""
+    return asyncio.create_task(
+        drive(
+            running.urls,
+            [room(1)],
+            token=TOKENS["rw"],
+            rate=600,
+            seconds=seconds,
+            method="PATCH",
+            json={"activity_status": 4},
+        )
+    )
+
+
+async def readiness(running: Fleet) -> list[dict[str, str]]:
+    async with httpx.AsyncClient() as client:
+        return [(await client.get(url + "/readyz")).json() for url in running.urls]
+
+
 async def test_redis_restart_mid_run(tmp_path: Path) -> None:
     """Redis killed for 3 s and restarted during steady 3x-budget load: no 5xx, readiness stays up
     (degraded), Tencent never sees more than 200 in a sliding second, shared state resumes."""
     with standalone() as redis, fleet(tmp_path, redis.url, replicas=3, budget_max_wait=1.0) as running:
         running.reset()
-        load = asyncio.create_task(
-            drive(
-                running.urls,
-                [room(1)],
-                token=TOKENS["rw"],
-                rate=600,
-                seconds=9,
-                method="PATCH",
-                json={"activity_status": 4},
-            )
-        )
+        load = steady_writes(running, seconds=9)
         await asyncio.sleep(2.5)
         redis.kill()
         await asyncio.sleep(1.5)
-        async with httpx.AsyncClient() as client:
-            ready = [(await client.get(url + "/readyz")).json() for url in running.urls]
-        assert ready == [{"status": "ready", "mode": "degraded"}] * 3
+        assert await readiness(running) == [{"status": "ready", "mode": "degraded"}] * 3
         await asyncio.sleep(1.5)
         redis.start()
         results = await load
-        async with httpx.AsyncClient() as client:
-            after = [(await client.get(url + "/readyz")).json() for url in running.urls]
+        after = await readiness(running)
         stats = running.stats()
     statuses = [status for status, _ in results]
     assert set(statuses) <= {204, 429}, {s: statuses.count(s) for s in set(statuses)}
@@ -134,25 +141,14 @@ async def test_slow_redis_mid_run(tmp_path: Path) -> None:
         fleet(tmp_path, redis.url, replicas=3, budget_max_wait=max_wait, redis_timeout=redis_timeout) as running,
     ):
         running.reset()
-        load = asyncio.create_task(
-            drive(
-                running.urls,
-                [room(1)],
-                token=TOKENS["rw"],
-                rate=600,
-                seconds=7,
-                method="PATCH",
-                json={"activity_status": 5},
-            )
-        )
+        load = steady_writes(running, seconds=7)
         await asyncio.sleep(2.0)
         blocker = redis.client()
         await asyncio.to_thread(blocker.execute_command, "DEBUG", "SLEEP", "2")
         blocker.close()
         results = await load
         await asyncio.sleep(1.5)
-        async with httpx.AsyncClient() as client:
-            after = [(await client.get(url + "/readyz")).json() for url in running.urls]
+        after = await readiness(running)
         stats = running.stats()
     statuses = [status for status, _ in results]
     slowest = max(seconds for _, seconds in results)

@@ -34,9 +34,7 @@ class Breaker:
         self._window = window
         self._recent: deque[float] = deque()
         self._open_until: float | None = None
-        self.trips = 0
         self.failures = 0
-        self.recoveries = 0
         self.recovered_at: float | None = None
 
     @property
@@ -58,7 +56,6 @@ class Breaker:
             self._recent.popleft()
         if len(self._recent) >= self._threshold:
             self._recent.clear()
-            self.trips += 1
             self._open_until = now + self._cool_off
             log.warning("redis unavailable, using in-process stores (degraded mode): %s", reason)
 
@@ -67,7 +64,6 @@ class Breaker:
         if self._open_until is None:
             return False
         self._open_until = None
-        self.recoveries += 1
         self.recovered_at = self._clock()
         log.warning("redis reachable again, shared state resumed")
         return True
