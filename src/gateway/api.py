@@ -167,8 +167,8 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             await send(message)
 
         try:
-            raw_path = scope.get("raw_path") or b""
-            if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+            raw_path = (scope.get("raw_path") or b"").lower()
+            if b"%2f" in raw_path or b"%5c" in raw_path:
                 exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
                 response = problem_response(exc, request_id)
                 await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
@@ -182,7 +182,9 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
 
 def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float, metrics: Metrics) -> None:
     route = scope.get("path_template") or "unmatched"
-    method = scope.get("method", "GET") if scope.get("method") in _METHODS else "other"
+    method = scope.get("method", "")
+    if method not in _METHODS:
+        method = "other"
     status = int(sent["status"])
     metrics.requests.labels(route=route, method=method, status=str(status)).inc()
     metrics.request_seconds.labels(route=route, method=method).observe(elapsed)

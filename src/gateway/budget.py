@@ -219,8 +219,7 @@ class Budget:
 
     def _degraded_interval(self, qps: int) -> float:
         """A replica's slot spacing when it may only count on its share of the limit."""
-        share = max(1, qps // self._share)
-        return interval_for(share, self._jitter) if self._share > 1 else interval_for(qps, self._jitter)
+        return interval_for(max(1, qps // self._share), self._jitter)
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
         """Tencent said "too frequent": nobody gets a slot for ``pause`` seconds."""

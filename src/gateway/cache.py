@@ -113,10 +113,9 @@ class RoomCache:
             if token is not None:
                 try:
                     if token:  # double-check: the previous holder may have filled it meanwhile
-                        seen = await self._store.get(key)
-                        if self._filled_since(found, seen):
-                            assert seen.body is not None
-                            return Filled(body=seen.body, upstream_request_id="")
+                        body = self._filled_since(found, await self._store.get(key))
+                        if body is not None:
+                            return Filled(body=body, upstream_request_id="")
                     filled = await fetch()
                     await self._store.put(key, filled.body, found.generation)
                     return filled
@@ -127,15 +126,16 @@ class RoomCache:
                 self.fill_waits += 1
                 waited = True
             await self._sleep(self._poll)
-            seen = await self._store.get(key)
-            if self._filled_since(found, seen):
-                assert seen.body is not None
-                return Filled(body=seen.body, upstream_request_id="")  # another replica's fill
+            body = self._filled_since(found, await self._store.get(key))
+            if body is not None:
+                return Filled(body=body, upstream_request_id="")  # another replica's fill
 
-    def _filled_since(self, found: Lookup, seen: Lookup) -> bool:
-        """Whether ``seen`` is a fresh fill stored after ``found`` was read, with no write between."""
+    def _filled_since(self, found: Lookup, seen: Lookup) -> bytes | None:
+        """``seen``'s body if it is a fresh fill stored after ``found`` was read, with no write between."""
         newer = found.body is None or seen.stored_at > found.stored_at
-        return seen.body is not None and newer and seen.age < self._ttl and seen.generation == found.generation
+        if seen.body is not None and newer and seen.age < self._ttl and seen.generation == found.generation:
+            return seen.body
+        return None
 
     async def invalidate(self, key: str) -> None:
         """Forget the room and fence off fills that started before now."""

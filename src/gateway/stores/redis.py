@@ -105,6 +105,16 @@ class Redis:
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
 
+    async def lock(self, key: str, ttl: float) -> str | None:
+        """Take ``key`` as a lock for ``ttl`` seconds; the holder's token, or None if it is held."""
+        token = secrets.token_hex(8)
+        took = await self.run(self.client.set(key, token, nx=True, px=max(1, round(ttl * 1000))))
+        return token if took else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Release ``key`` if ``token`` still holds it (a lock that expired and was retaken is left alone)."""
+        await self.script("unlock", [key], [token])
+
     async def ping(self) -> bool:
         return bool(await self.run(self.client.ping()))
 
@@ -158,12 +168,10 @@ class RedisSignatureStore:
         await self._r.script("sig_drop", [self._key(key)], [value])
 
     async def lock(self, key: str, ttl: float) -> str | None:
-        token = secrets.token_hex(8)
-        took = await self._r.run(self._r.client.set(self._key(key, "siglock"), token, nx=True, px=round(ttl * 1000)))
-        return token if took else None
+        return await self._r.lock(self._key(key, "siglock"), ttl)
 
     async def unlock(self, key: str, token: str) -> None:
-        await self._r.script("unlock", [self._key(key, "siglock")], [token])
+        await self._r.unlock(self._key(key, "siglock"), token)
 
 
 class RedisRoomStore:
@@ -193,10 +201,7 @@ class RedisRoomStore:
         await self._r.script("room_invalidate", self._keys(key), [self._fence_ms])
 
     async def lock(self, key: str, ttl: float) -> str | None:
-        token = secrets.token_hex(8)
-        lock_key = f"{self._r.prefix}fill:{{{key}}}"
-        took = await self._r.run(self._r.client.set(lock_key, token, nx=True, px=max(1, round(ttl * 1000))))
-        return token if took else None
+        return await self._r.lock(f"{self._r.prefix}fill:{{{key}}}", ttl)
 
     async def unlock(self, key: str, token: str) -> None:
-        await self._r.script("unlock", [f"{self._r.prefix}fill:{{{key}}}"], [token])
+        await self._r.unlock(f"{self._r.prefix}fill:{{{key}}}", token)
