@@ -26,6 +26,7 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
         nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
         url = f"redis+cluster://127.0.0.1:{nodes[0].port}"
     wrapper = Redis(connect(url, timeout=2.0), prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=2.0)
+    await wrapper.start()  # as the app does at start-up
     try:
         yield wrapper
     finally:

@@ -155,6 +155,10 @@ def create_app(
 
     tasks: list[asyncio.Task[None]] = []
 
+    async def start_redis() -> None:
+        if stores.redis is not None:
+            await stores.redis.start()
+
     async def load_config() -> None:
         current = gateway.directory or load_directory(settings.config, env)
         apply(current)
@@ -177,7 +181,7 @@ def create_app(
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
-        on_startup=[load_config],
+        on_startup=[load_config, start_redis],
         on_shutdown=[stop_watching, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         logging_config=None,  # logging is the process's (gateway.logs), not each app's

@@ -105,6 +105,14 @@ class Redis:
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
 
+    async def start(self) -> None:
+        """Before serving: a cluster client loads its slot map and node connections now. Left lazy,
+        a burst of first calls races that start inside redis-py and fails (seen in the tests);
+        if Redis is down now, the client stays lazy and the breaker handles it."""
+        if isinstance(self.client, RedisCluster):
+            with contextlib.suppress(StoreUnavailable):
+                await self.run(self.client.initialize())
+
     async def lock(self, key: str, ttl: float) -> str | None:
         """Take ``key`` as a lock for ``ttl`` seconds; the holder's token, or None if it is held."""
         token = secrets.token_hex(8)
