@@ -19,7 +19,33 @@ import httpx
 from TLSSigAPIv2 import TLSSigAPIv2
 
 from bench._harness import GATEWAY, free_port, median, process
-from gateway.transport import AiohttpTransport
+from gateway.transport import PooledTransport
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """The gateway's transport until 2026-11-22 (an httpx transport over aiohttp's pool), kept
+    here as a point of comparison."""
+
+    def __init__(self, *, connections: int) -> None:
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("host", "content-length")]
+        async with self._session.request(
+            request.method, str(request.url), data=request.content, headers=headers, allow_redirects=False
+        ) as response:
+            content = await response.read()
+            raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+            return httpx.Response(status_code=response.status, headers=raw, content=content, request=request)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
 
 KEY = "bench-secret-key"
 APP = 1400000001
@@ -74,6 +100,7 @@ async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
         "httpx default pool": httpx.AsyncClient(),
         "httpx pool 256": httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)),
         "httpx.AsyncClient + AiohttpTransport": httpx.AsyncClient(transport=AiohttpTransport(connections=256)),
+        "httpx.AsyncClient + PooledTransport": httpx.AsyncClient(transport=PooledTransport(connections=256)),
     }
     for name, client in clients.items():
         async with client:
@@ -84,8 +111,17 @@ async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
         response = await transport.handle_async_request(httpx.Request("POST", url, content=BODY, headers=HEADERS))
         assert response.status_code == 200
 
-    results["httpx.Request -> AiohttpTransport (gateway)"] = await _drive(direct, inflight, seconds)
+    results["httpx.Request -> AiohttpTransport (until 11-22)"] = await _drive(direct, inflight, seconds)
     await transport.aclose()
+    pooled = PooledTransport(connections=256)
+    origin, target = url.split("/v4/", 1)
+
+    async def post() -> None:
+        reply = await pooled.post(origin, "/v4/" + target, BODY)
+        assert reply.status == 200
+
+    results["PooledTransport.post (the gateway)"] = await _drive(post, inflight, seconds)
+    await pooled.aclose()
     return results
 
 
@@ -103,7 +139,7 @@ def main() -> None:
             print(f"\n{inflight} in flight (median of {args.rounds} rounds of {args.seconds:g} s)")
             for name in rounds[0]:
                 value = median([r[name] for r in rounds])
-                print(f"  {name:52s} {value:8.0f} req/s   {value / base:5.2f} x raw aiohttp")
+                print(f"  {name:50s} {value:8.0f} req/s   {value / base:5.2f} x raw aiohttp")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ their own. Every error, the gateway's or Litestar's, leaves through ``problem_re
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -39,6 +40,7 @@ access = logging.getLogger("gateway.access")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 PROBLEM_JSON = "application/problem+json"
+MAX_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -144,7 +146,11 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
     It wraps the app's ``asgi_handler`` (where Litestar itself puts CORS), not its middleware
     stack: Litestar runs middleware only after routing, and these rules hold for every request,
     an unmatched path included.
+
+    Request ids the gateway makes are 32 hex digits: a random per-process half and a counter
+    (unique across replicas without a system call per request, unlike ``uuid4``).
     """
+    prefix, counter = secrets.token_hex(8), itertools.count(1)
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -152,7 +158,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             return
         started = clock()
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        request_id = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given.decode() if _REQUEST_ID.match(given) else f"{prefix}{next(counter):016x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         rid = request_id.encode()
@@ -186,8 +192,8 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
     if method not in _METHODS:
         method = "other"
     status = int(sent["status"])
-    metrics.requests.labels(route=route, method=method, status=str(status)).inc()
-    metrics.request_seconds.labels(route=route, method=method).observe(elapsed)
+    metrics.child(metrics.requests, route, method, str(status)).inc()
+    metrics.child(metrics.request_seconds, route, method).observe(elapsed)
     if access.isEnabledFor(logging.INFO):
         upstream = sent.get("upstream")
         fields = {
@@ -200,7 +206,10 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
             "upstream_code": state.get("upstream_code"),
             "upstream_request_id": upstream.decode("latin-1") if upstream else None,
         }
-        access.info("request", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+        # makeRecord + handle is what ``access.info`` does, less the stack walk for a caller's
+        # file and line, which the JSON lines do not carry.
+        extra = {"fields": {k: v for k, v in fields.items() if v is not None}}
+        access.handle(access.makeRecord(access.name, logging.INFO, "", 0, "request", (), None, extra=extra))
 
 
 # ---------------------------------------------------------------------- handlers
@@ -233,8 +242,26 @@ _ROOM_PATCH = msgspec.json.Decoder(RoomPatch)
 _METADATA_PATCH = msgspec.json.Decoder(MetadataPatch)
 
 
+async def _body(request: Request[Any, Any, Any]) -> bytes:
+    """The body, read from ASGI ``receive`` (``Request.body`` cost ~7% of a forwarded write's
+    CPU); over MAX_BODY bytes is a 413, checked as the chunks arrive."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise errors.InvalidRequest("the client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # an http.request message
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.PayloadTooLarge(f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 async def _decode(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T]) -> T:
-    raw = await request.body()
+    raw = await _body(request)
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -264,7 +291,9 @@ _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> Tenant:
     if gateway.directory is None:
         raise errors.InternalError("configuration not loaded")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # Read from the raw ASGI headers: ``request.headers`` builds a mapping of all of them first.
+    raw = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"")
+    scheme, _, token = raw.decode("latin-1").partition(" ")
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
     resolved = gateway.directory.authorize(caller, tenant, scope)
     request.scope.setdefault("state", {})["tenant"] = resolved.name  # a configured name: safe to log

@@ -17,7 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import ROUTES, Gateway, edge_middleware, handle_error
+from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error
 from gateway.budget import Budget, BudgetStore
 from gateway.cache import RoomCache, RoomStore
 from gateway.errors import ConfigError
@@ -31,10 +31,8 @@ from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
 from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Directory, load_directory
-from gateway.transport import AiohttpTransport
+from gateway.transport import PooledTransport
 from gateway.upstream import Upstream
-
-MAX_BODY = 64 * 1024
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -94,7 +92,7 @@ def create_app(
     stores = build_stores(settings, breaker, clock)
     metrics = Metrics(CollectorRegistry())
     upstream = Upstream(
-        transport_factory=transport_factory or (lambda: AiohttpTransport(connections=settings.upstream_connections)),
+        transport_factory=transport_factory or (lambda: PooledTransport(connections=settings.upstream_connections)),
         random32=lambda: rng.getrandbits(32),
         metrics=metrics,
         clock=clock,

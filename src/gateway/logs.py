@@ -41,6 +41,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str) -> None:
     """Send every logger's records to stderr as JSON at ``level`` (GATEWAY_LOG_LEVEL)."""
+    # Records need no thread or process names: the JSON lines do not carry them.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

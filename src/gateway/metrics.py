@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from gateway import __version__
 
 APIS = ("get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata")
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+M = TypeVar("M", bound=MetricWrapperBase)
 _WAIT = (0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -31,6 +34,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         self.requests = Counter(
             "gateway_http_requests",
             "Requests answered, by route template, method and status",
@@ -102,6 +106,15 @@ class Metrics:
         )
         info = Gauge("gateway_build_info", "Build information", ["version", "python"], registry=registry)
         info.labels(version=__version__, python=platform.python_version()).set(1)
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, remembered: prometheus-client validates the values and takes
+        a lock on every ``labels`` call, and on the request path a dict lookup is enough."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
 
     def set_limits(self, limits: Iterable[tuple[str, int]]) -> None:
         """Publish each tenant's per-API budget (on start-up and on config reload)."""

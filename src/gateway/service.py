@@ -96,9 +96,8 @@ class RoomService:
             return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
 
         result = await self._cache.read(_room_key(tenant, room_id), fetch, bypass=bypass_cache)
-        self._metrics.cache_results.labels(
-            tenant=tenant.name, result="coalesced" if result.coalesced else result.status
-        ).inc()
+        m = self._metrics
+        m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
         return result
 
     async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch) -> Outcome:
@@ -209,8 +208,9 @@ class RoomService:
         except errors.RateLimited as refused:
             self._metrics.budget_refusals.labels(tenant=tenant.name, api=api).inc()
             raise (last if last is not None else refused) from None
-        self._metrics.budget_wait.labels(tenant=tenant.name, api=api).observe(waited)
-        self._metrics.budget_grants.labels(tenant=tenant.name, api=api).inc()
+        m = self._metrics
+        m.child(m.budget_wait, tenant.name, api).observe(waited)
+        m.child(m.budget_grants, tenant.name, api).inc()
 
     async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
         code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0

@@ -1,68 +1,305 @@
-"""An httpx transport over aiohttp's connection pool.
+"""The upstream HTTP/1.1 client: a keep-alive connection pool on asyncio protocols, with
+httptools (llhttp, Node.js's parser) reading the replies.
 
-httpx's own pool (httpcore) degrades sharply as requests in flight grow (BENCHMARKS.md,
-"Upstream transport"); aiohttp's connector does not. The gateway keeps httpx as its client API
-and its test seam (``httpx.MockTransport``) and puts this transport under it. aiohttp errors map
-to httpx's exception tree exactly: a refused connection is a ``ConnectError``, a connection lost
-mid-request a ``RemoteProtocolError``. Timeouts are the caller's (``asyncio.timeout``).
+Why not a library's pool: httpx's own (httpcore) collapses as calls in flight grow, and
+aiohttp's client costs ~240 µs of CPU a call, a quarter of all the gateway did per forwarded
+request (BENCHMARKS.md, "Upstream transport"). Calls to Tencent are one shape only (a POST with a
+small JSON body, a JSON reply), so the client needs little: write the request in one piece, parse
+the reply with llhttp, keep the socket. It is still an httpx transport (``handle_async_request``),
+so ``httpx.MockTransport`` stays the test seam; ``Upstream`` calls ``post`` to skip building an
+``httpx.Request`` (re-parsing a URL with a 300-character UserSig costs ~100 µs).
+
+Errors are httpx's: a refused or failed connection is a ``ConnectError``, a connection lost or a
+reply llhttp rejects a ``RemoteProtocolError``. Timeouts are the caller's (``asyncio.timeout``):
+a call cancelled mid-exchange closes its socket, since its reply may still arrive.
 """
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import ssl
+import zlib
+from collections import deque
+from typing import NamedTuple, cast
+from urllib.parse import urlsplit
+
+import httptools
 import httpx
 
-_SKIP = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+_USER_AGENT = b"live-room-gateway"
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Keep-alive pool of at most ``connections`` sockets, created in the running event loop."""
+class Reply(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+
+
+class _Origin(NamedTuple):
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    head: bytes  # the request headers every call to this origin shares
+
+
+def _origin(url: str) -> _Origin:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) origin: {url!r}")
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    port = parts.port or (443 if tls else 80)
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname:  # IPv6 literal
+        host = f"[{parts.hostname}]" if parts.port is None else f"[{parts.hostname}]:{port}"
+    head = (
+        b"Host: " + host.encode("idna") + b"\r\nUser-Agent: " + _USER_AGENT + b"\r\n"
+        b"Content-Type: application/json\r\nAccept: application/json\r\nAccept-Encoding: identity\r\n"
+    )
+    return _Origin(parts.hostname, port, tls, head)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: one exchange at a time, the reply parsed as it arrives."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.keep_alive = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._headers_done = False
+        self._until_eof = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(f"unreadable reply ({exc})")
+
+    def eof_received(self) -> bool:
+        if self._until_eof and self._waiter is not None:  # a body delimited by the connection's end
+            self.keep_alive = False
+            self._complete()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail("connection closed before the reply was complete")
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers, self._body, self._size, self._headers_done = [], [], 0, False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self._headers_done = True
+        names = {name.lower() for name, _ in self._headers}
+        self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > MAX_REPLY_BYTES:
+            self._fail(f"reply over {MAX_REPLY_BYTES} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:  # an interim reply (100 Continue): the real one follows
+            return
+        self.keep_alive = self._parser.should_keep_alive()
+        self._until_eof = False
+        self._complete()
+
+    # exchanges
+    async def exchange(self, request: bytes) -> Reply:
+        if self.closed or self.transport is None:
+            raise httpx.RemoteProtocolError("connection closed")
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            return await self._waiter
+        finally:
+            self._waiter = None
+
+    def _complete(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self._fail("a reply nobody asked for")
+            return
+        waiter.set_result(Reply(self._status, self._headers, b"".join(self._body)))
+
+    def _fail(self, reason: str) -> None:
+        waiter, self.keep_alive = self._waiter, False
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(httpx.RemoteProtocolError(reason))
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Pool:
+    """At most ``limit`` sockets to one origin; idle ones are reused newest first."""
+
+    def __init__(self, origin: _Origin, *, limit: int, keepalive: float) -> None:
+        self._origin = origin
+        self._limit = limit
+        self._keepalive = keepalive
+        self._idle: list[_Connection] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.open = 0
+
+    async def acquire(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and now - conn.idle_since < self._keepalive:
+                    return conn
+                self._discard(conn)
+            if self.open < self._limit:
+                return await self._connect()
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if not waiter.cancelled():  # woken, then cancelled: pass the wake-up on
+                    self._wake()
+                raise
+
+    async def _connect(self) -> _Connection:
+        origin = self._origin
+        self.open += 1
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _Connection,
+                origin.host,
+                origin.port,
+                ssl=origin.tls,
+                server_hostname=origin.host if origin.tls else None,
+            )
+        except OSError as exc:
+            self.open -= 1
+            self._wake()
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.open -= 1
+            self._wake()
+            raise
+        return conn
+
+    def release(self, conn: _Connection, *, reuse: bool) -> None:
+        if reuse and not conn.closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+            if self._idle[0].closed:  # sweep one dead socket per release, oldest first
+                self._discard(self._idle.pop(0))
+        else:
+            self._discard(conn)
+        self._wake()
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self.open -= 1
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self.open -= len(self._idle)
+        self._idle.clear()
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """Keep-alive pools of at most ``connections`` sockets per origin."""
 
     def __init__(self, *, connections: int, keepalive: float = 15.0) -> None:
         self._connections = connections
         self._keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._connections, limit_per_host=0, keepalive_timeout=self._keepalive, ttl_dns_cache=60
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True
-        )
-        return self._session
+        self._pools: dict[str, _Pool] = {}
 
     @property
     def open_connections(self) -> int:
-        """Sockets the pool holds now (idle or busy); tests use it to find leaks."""
-        connector = self._session.connector if self._session is not None else None
-        if connector is None:
-            return 0
-        idle = sum(len(conns) for conns in connector._conns.values())  # noqa: SLF001 - no public view
-        return idle + len(connector._acquired)  # noqa: SLF001
+        """Sockets the pools hold now (idle or busy); tests use it to find leaks."""
+        return sum(pool.open for pool in self._pools.values())
+
+    def _pool(self, origin: str) -> _Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool(_origin(origin), limit=self._connections, keepalive=self._keepalive)
+        return pool
+
+    async def post(self, origin: str, target: str, body: bytes) -> Reply:
+        """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``."""
+        pool = self._pool(origin)
+        request = b"".join(
+            (
+                b"POST ",
+                target.encode("ascii"),
+                b" HTTP/1.1\r\n",
+                pool._origin.head,  # noqa: SLF001 - the pool's own origin, built once
+                b"Content-Length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+                body,
+            )
+        )
+        conn = await pool.acquire()
+        reuse = False
+        try:
+            reply = await conn.exchange(request)
+            reuse = conn.keep_alive
+        finally:
+            pool.release(conn, reuse=reuse)
+        return _decoded(reply)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
-        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _SKIP]
-        try:
-            async with session.request(
-                request.method, str(request.url), data=request.content, headers=headers, allow_redirects=False
-            ) as response:
-                content = await response.read()
-                return httpx.Response(
-                    status_code=response.status,
-                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
-                    content=content,
-                    request=request,
-                )
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(type(exc).__name__, request=request) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
-            raise httpx.RemoteProtocolError(type(exc).__name__, request=request) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.NetworkError(type(exc).__name__, request=request) from exc
+        if request.method != "POST":
+            raise httpx.UnsupportedProtocol(f"this transport only POSTs, not {request.method}")
+        url = request.url
+        origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
+        reply = await self.post(origin, url.raw_path.decode("ascii"), await request.aread())
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
+        return httpx.Response(reply.status, headers=headers, content=reply.content, request=request)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def _decoded(reply: Reply) -> Reply:
+    """The reply with a gzip or deflate body decompressed (servers may compress regardless)."""
+    encoding = next((v.lower() for k, v in reply.headers if k.lower() == b"content-encoding"), b"identity")
+    if encoding in (b"identity", b""):
+        return reply
+    if encoding not in (b"gzip", b"deflate"):
+        raise httpx.RemoteProtocolError(f"unsupported content-encoding {encoding.decode('latin-1')}")
+    try:
+        content = zlib.decompress(reply.content, 47 if encoding == b"gzip" else 15)
+    except zlib.error as exc:
+        raise httpx.RemoteProtocolError(f"bad {encoding.decode()} body") from exc
+    return reply._replace(content=content)

@@ -10,7 +10,7 @@ service's business, not this module's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 from urllib.parse import quote
 
@@ -21,9 +21,11 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
+from gateway.transport import PooledTransport
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
+Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]  # (path and query, body) -> (status, body)
 
 _PATH = "/v4/live_engine_http_srv/"
 _HEADERS = {"content-type": "application/json", "accept": "application/json"}
@@ -50,9 +52,9 @@ ERROR_CODES: dict[int, type[errors.GatewayError]] = {
 class Upstream:
     """Signed calls to Tencent over one pooled keep-alive transport per base URL.
 
-    Requests go straight to the transport (``httpx.Request`` in, ``httpx.Response`` out): the
-    ``AsyncClient`` layer (redirects, cookies, auth, hooks) costs more than a third of the
-    throughput at 32-64 calls in flight and does nothing here (BENCHMARKS.md).
+    Our ``PooledTransport`` is called through its ``post`` (no ``httpx.Request`` to build); any
+    other httpx transport (``httpx.MockTransport`` in tests) through ``handle_async_request``.
+    The ``AsyncClient`` layer (redirects, cookies, auth, hooks) is skipped: it does nothing here.
     """
 
     def __init__(
@@ -68,13 +70,29 @@ class Upstream:
         self._metrics = metrics
         self._clock = clock
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
+        self._senders: dict[str, Send] = {}
+        self._queries: dict[tuple[int, str, str], str] = {}
         self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
 
-    def _transport(self, base_url: str) -> httpx.AsyncBaseTransport:
-        transport = self._transports.get(base_url)
-        if transport is None:
+    def _sender(self, base_url: str) -> Send:
+        send = self._senders.get(base_url)
+        if send is None:
             transport = self._transports[base_url] = self._transport_factory()
-        return transport
+            send = self._senders[base_url] = _sender(transport, base_url)
+        return send
+
+    def _query(self, tenant: Tenant, usersig: str) -> str:
+        """The signed part of the query string, quoted once per UserSig (a UserSig lives for days)."""
+        key = (tenant.sdkappid, tenant.identifier, usersig)
+        query = self._queries.get(key)
+        if query is None:
+            if len(self._queries) >= 1024:
+                self._queries.clear()
+            query = self._queries[key] = (
+                f"sdkappid={tenant.sdkappid}&identifier={quote(tenant.identifier, safe='')}"
+                f"&usersig={quote(usersig, safe='')}"
+            )
+        return query
 
     def _decoder(self, reply: type[R]) -> msgspec.json.Decoder[R]:
         decoder = self._decoders.get(reply)
@@ -92,25 +110,22 @@ class Upstream:
             outcome = _outcome(exc)
             raise
         finally:
-            self._metrics.upstream_calls.labels(tenant=tenant.name, api=api, code=outcome).inc()
-            self._metrics.upstream_seconds.labels(api=api).observe(self._clock() - started)
+            m = self._metrics
+            m.child(m.upstream_calls, tenant.name, api, outcome).inc()
+            m.child(m.upstream_seconds, api).observe(self._clock() - started)
 
     async def _call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
-        url = (
-            f"{tenant.base_url}{_PATH}{api}?sdkappid={tenant.sdkappid}&identifier={quote(tenant.identifier, safe='')}"
-            f"&usersig={quote(usersig, safe='')}&random={self._random32()}&contenttype=json"
-        )
+        target = f"{_PATH}{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
+        send = self._sender(tenant.base_url)
         try:
             async with asyncio.timeout(within):
-                request = httpx.Request("POST", url, content=body, headers=_HEADERS)
-                response = await self._transport(tenant.base_url).handle_async_request(request)
-                content = await response.aread()
+                status, content = await send(target, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
         except httpx.TransportError as exc:
             raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
-        if response.status_code != 200:
-            raise errors.UpstreamUnavailable(f"Tencent {api}: HTTP {response.status_code}")
+        if status != 200:
+            raise errors.UpstreamUnavailable(f"Tencent {api}: HTTP {status}")
         try:
             decoded = self._decoder(reply).decode(content)
         except msgspec.DecodeError as exc:
@@ -122,6 +137,24 @@ class Upstream:
         for transport in self._transports.values():
             await transport.aclose()
         self._transports.clear()
+        self._senders.clear()
+
+
+def _sender(transport: httpx.AsyncBaseTransport, base_url: str) -> Send:
+    if isinstance(transport, PooledTransport):
+
+        async def post(target: str, body: bytes) -> tuple[int, bytes]:
+            reply = await transport.post(base_url, target, body)
+            return reply.status, reply.content
+
+        return post
+
+    async def handle(target: str, body: bytes) -> tuple[int, bytes]:
+        request = httpx.Request("POST", base_url + target, content=body, headers=_HEADERS)
+        response = await transport.handle_async_request(request)
+        return response.status_code, await response.aread()
+
+    return handle
 
 
 def _outcome(exc: errors.GatewayError) -> str:

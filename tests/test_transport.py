@@ -1,0 +1,296 @@
+"""The upstream HTTP/1.1 client against a scripted server over real loopback sockets, on both
+event loops the gateway runs on (asyncio's and uvloop's): replies of every framing, keep-alive
+reuse, the pool's bound, and every failure as the httpx error ``Upstream`` maps."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import uvloop
+
+from gateway.transport import PooledTransport
+
+Reply = Callable[[bytes], bytes | None]  # request body -> raw reply bytes (None: close at once)
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok": 1}\r\n'
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+def run(kind: str, main: Callable[[], Awaitable[None]]) -> None:
+    if kind == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+class Server:
+    """Reads each request (head and Content-Length body) and answers with ``reply(body)``."""
+
+    def __init__(self, reply: Reply, *, close_after: bool = False) -> None:
+        self.reply = reply
+        self.close_after = close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.origin = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            body = await reader.readexactly(length)
+            self.requests.append(head + body)
+            answer = self.reply(body)
+            if answer is None:
+                return
+            writer.write(answer)
+            await writer.drain()
+            if self.close_after:
+                return
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def listen(handle: Handler) -> AsyncIterator[str]:
+    """Serve ``handle`` on a free loopback port; on exit close every connection and wait for
+    every handler, so nothing outlives the event loop."""
+    tasks: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        writers.append(writer)
+        try:
+            await handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    finally:
+        listener.close()
+        for writer in writers:
+            writer.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await listener.wait_closed()
+
+
+@asynccontextmanager
+async def serving(reply: Reply, *, close_after: bool = False) -> AsyncIterator[Server]:
+    server = Server(reply, close_after=close_after)
+    async with listen(server.handle) as origin:
+        server.origin = origin
+        yield server
+
+
+def test_posts_and_reuses_one_connection(loop_kind: str) -> None:
+    """Sequential calls share one keep-alive socket; the request carries Host, the JSON content
+    type and the exact Content-Length."""
+
+    async def main() -> None:
+        async with serving(lambda body: OK) as server:
+            transport = PooledTransport(connections=8)
+            for _ in range(3):
+                reply = await transport.post(server.origin, "/v4/x?a=1", b'{"RoomId":"r"}')
+                assert (reply.status, reply.content) == (200, b'{"ok": 1}\r\n')
+            assert server.connections == 1
+            assert transport.open_connections == 1
+            first = server.requests[0].decode()
+            assert first.startswith("POST /v4/x?a=1 HTTP/1.1\r\n")
+            assert f"Host: {server.origin.removeprefix('http://')}\r\n" in first
+            assert "Content-Type: application/json\r\nAccept: application/json\r\n" in first
+            assert "Content-Length: 14\r\n\r\n{" in first
+            await transport.aclose()
+            assert transport.open_connections == 0
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize(
+    ("raw", "content"),
+    [
+        (
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n',
+            b'{"a": 1}',
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"{}"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(gzip.compress(b'{"z": 1}')), gzip.compress(b'{"z": 1}')),
+            b'{"z": 1}',
+        ),
+    ],
+    ids=["chunked", "interim-100", "gzip"],
+)
+def test_reply_framings(loop_kind: str, raw: bytes, content: bytes) -> None:
+    """Chunked bodies, an interim 100 before the reply, and gzip bodies all arrive whole."""
+
+    async def main() -> None:
+        async with serving(lambda body: raw) as server:
+            transport = PooledTransport(connections=2)
+            reply = await transport.post(server.origin, "/", b"{}")
+            assert (reply.status, reply.content) == (200, content)
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_body_until_the_connection_closes(loop_kind: str) -> None:
+    """A reply with neither Content-Length nor chunking ends where the connection does, and that
+    socket is not reused."""
+    raw = b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"eof": true}'
+
+    async def main() -> None:
+        async with serving(lambda body: raw, close_after=True) as server:
+            transport = PooledTransport(connections=2)
+            for _ in range(2):
+                result = await transport.post(server.origin, "/", b"{}")
+                assert result.content == b'{"eof": true}'
+            assert transport.open_connections == 0
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_failures_are_httpx_errors_and_close_the_socket(loop_kind: str) -> None:
+    """A refused connection is a ConnectError; a connection dropped mid-exchange or a reply llhttp
+    rejects is a RemoteProtocolError; neither socket stays in the pool."""
+
+    async def main() -> None:
+        transport = PooledTransport(connections=2)
+        async with serving(lambda body: OK) as server:
+            origin = server.origin
+        with pytest.raises(httpx.ConnectError):
+            await transport.post(origin, "/", b"{}")
+        async with serving(lambda body: None) as server:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await transport.post(server.origin, "/", b"{}")
+        short = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}"
+        async with serving(lambda body: short, close_after=True) as server:
+            with pytest.raises(httpx.RemoteProtocolError):  # two bytes of five, then the close
+                await transport.post(server.origin, "/", b"{}")
+        async with serving(lambda body: b"NOT HTTP AT ALL\r\n\r\n") as server:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await transport.post(server.origin, "/", b"{}")
+        assert transport.open_connections == 0
+        await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_cancelled_call_closes_its_socket(loop_kind: str) -> None:
+    """A call cut off by its deadline closes the socket (the late reply must not reach the next
+    call) and the pool opens a fresh one."""
+
+    async def main() -> None:
+        slow = True
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal slow
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                if slow:
+                    slow = False
+                    await asyncio.sleep(0.2)
+                writer.write(OK)
+
+        async with listen(handle) as origin:
+            transport = PooledTransport(connections=2)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await transport.post(origin, "/", b"{}")
+            assert transport.open_connections == 0
+            reply = await transport.post(origin, "/", b"{}")
+            assert reply.content == b'{"ok": 1}\r\n'
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_the_pool_never_opens_more_than_its_limit(loop_kind: str) -> None:
+    """50 concurrent calls through a pool of 4 use at most 4 sockets and all succeed."""
+
+    async def main() -> None:
+        async def slow_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal peak, live
+            live += 1
+            peak = max(peak, live)
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(2)
+                    await asyncio.sleep(0.005)
+                    writer.write(OK)
+            finally:
+                live -= 1
+
+        peak = live = 0
+        async with listen(slow_ok) as origin:
+            transport = PooledTransport(connections=4)
+            replies = await asyncio.gather(*(transport.post(origin, "/", b"{}") for _ in range(50)))
+            assert all(r.status == 200 for r in replies)
+            assert peak <= 4
+            assert transport.open_connections <= 4
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_an_idle_socket_the_server_closed_is_not_reused(loop_kind: str) -> None:
+    """When the server closes a kept-alive socket between calls, the next call opens a new one
+    instead of failing on the dead one."""
+
+    async def main() -> None:
+        async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(OK)
+            await writer.drain()
+            writer.close()  # keep-alive advertised, then closed anyway
+
+        async with listen(once) as origin:
+            transport = PooledTransport(connections=2)
+            await transport.post(origin, "/", b"{}")
+            await asyncio.sleep(0.05)
+            reply = await transport.post(origin, "/", b"{}")
+            assert reply.status == 200
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_it_is_an_httpx_transport(loop_kind: str) -> None:
+    """Under ``httpx.AsyncClient`` it posts and answers like any httpx transport."""
+
+    async def main() -> None:
+        async with serving(lambda body: OK) as server:
+            async with httpx.AsyncClient(transport=PooledTransport(connections=2)) as client:
+                response = await client.post(server.origin + "/v4/y?q=1", content=b"{}")
+            assert response.status_code == 200
+            assert response.json() == {"ok": 1}
+            assert server.requests[0].startswith(b"POST /v4/y?q=1 HTTP/1.1\r\n")
+
+    run(loop_kind, main)
