@@ -2,7 +2,10 @@
 
 GET room answered from the cache (auth, validation, cache lookup, metrics, access log) against a
 route that returns the same constant bytes (metrics and access log too: the edge wraps both).
-Embedded mode (in-process cache) and Redis mode (one Redis round trip per hit).
+Embedded mode (in-process cache) and Redis mode (hits made in one event-loop turn share a
+pipeline, and one call per room); reads of one hot room, and spread over 100 rooms. With the
+default 1 s TTL each room is refilled from the emulator once a second: the 100-room run with a
+60 s TTL is all hits, the one with 1 s includes ~100 misses (fills) a second.
 
     python -m bench cache_hits        (env: ROUNDS=3 SECONDS=4 CONCURRENCY=64)
 """
@@ -20,14 +23,17 @@ from bench._harness import GATEWAY, free_port, load, median, process
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
 
-def measure(env: dict[str, str], rounds: int, seconds: float, concurrency: int) -> list[tuple[float, float]]:
+def measure(
+    env: dict[str, str], rounds: int, seconds: float, concurrency: int, rooms: int
+) -> list[tuple[float, float]]:
     port = free_port()
     with process([sys.executable, "-m", "bench.apps", str(port)], port=port, env=env):
         base = f"http://127.0.0.1:{port}"
-        load([f"{base}/v1/tenants/acme/rooms/room-1"], concurrency=4, seconds=1, headers=AUTH)  # warm
+        reads = [f"{base}/v1/tenants/acme/rooms/room-{n}" for n in range(1, rooms + 1)]
+        load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm
         pairs = []
         for _ in range(rounds):
-            hit = load([f"{base}/v1/tenants/acme/rooms/room-1"], concurrency=concurrency, seconds=seconds, headers=AUTH)
+            hit = load(reads, concurrency=concurrency, seconds=seconds, headers=AUTH)
             bare = load([f"{base}/bare/rooms/room-1"], concurrency=concurrency, seconds=seconds)
             pairs.append((float(hit["rps"]), float(bare["rps"])))  # type: ignore[arg-type]
     return pairs
@@ -37,22 +43,23 @@ def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
     concurrency = int(os.environ.get("CONCURRENCY", "64"))
     emu_port = free_port()
-    emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit"]
+    emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
     env = {
         "BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}",
-        "GATEWAY_CACHE_TTL": "1.0",
         "GATEWAY_LOG_LEVEL": "info",
         "EMULATOR_SECRET_KEY": KEY,
     }
     with process(emulator, port=emu_port, env=env), standalone() as redis:
         for mode, extra in (("embedded", {}), ("redis", {"GATEWAY_REDIS_URL": redis.url})):
-            pairs = measure({**env, **extra}, rounds, seconds, concurrency)
-            ratio = median([h / b for h, b in pairs])
-            print(
-                f"{mode:8s} cache hit {median([h for h, _ in pairs]):7.0f} req/s, bare route "
-                f"{median([b for _, b in pairs]):7.0f} req/s: ratio {ratio:.2f} (median of {rounds} paired rounds, "
-                f"{concurrency} connections)"
-            )
+            for rooms, ttl in ((1, "1"), (100, "60"), (100, "1")):
+                pairs = measure({**env, **extra, "GATEWAY_CACHE_TTL": ttl}, rounds, seconds, concurrency, rooms)
+                ratio = median([h / b for h, b in pairs])
+                print(
+                    f"{mode:8s} {rooms:3d} room(s), TTL {ttl:>2s} s: cache hit {median([h for h, _ in pairs]):7.0f} "
+                    "req/s, bare route "
+                    f"{median([b for _, b in pairs]):7.0f} req/s: ratio {ratio:.2f} (median of {rounds} paired "
+                    f"rounds, {concurrency} connections)"
+                )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.budget import Grant, Paused, Refusal
 from gateway.health import StoreUnavailable
@@ -96,6 +97,69 @@ async def test_room_cache_generation_fence(redis: Redis) -> None:
     assert (gone.body, gone.generation) == (None, 1)
     assert not await rooms.put("1400:r1", b"old", 0), "a fill from before the write is refused"
     assert await rooms.put("1400:r1", b"new", 1)
+
+
+async def test_reads_in_one_turn_share_one_pipeline_and_one_call_per_room(redis: Redis) -> None:
+    """100 concurrent reads of 5 rooms, made in one event-loop turn: each reader gets its room,
+    and (standalone) only 5 calls are sent; a cluster client sends one per read."""
+    rooms = RedisRoomStore(redis, keep=5.0)
+    for n in range(5):
+        await rooms.put(f"1400:b{n}", f"body-{n}".encode(), 0)
+    sent = rooms._get.sent
+    found = await asyncio.gather(*(rooms.get(f"1400:b{i % 5}") for i in range(100)))
+    assert [f.body for f in found] == [f"body-{i % 5}".encode() for i in range(100)]
+    batched = isinstance(redis.client, aioredis.Redis)
+    assert rooms._get.sent - sent == (5 if batched else 100)
+
+
+async def test_a_read_sent_after_a_write_sees_it(redis: Redis) -> None:
+    """Read-your-writes through the batcher: a read issued after an invalidation returned is
+    never answered from a call sent before it, even with other reads of the room in flight."""
+    rooms = RedisRoomStore(redis, keep=5.0)
+    await rooms.put("1400:ryw", b"before", 0)
+    in_flight = [asyncio.ensure_future(rooms.get("1400:ryw")) for _ in range(20)]
+    await asyncio.sleep(0)  # those reads are now queued or sent
+    await rooms.invalidate("1400:ryw")
+    after = await rooms.get("1400:ryw")
+    assert after.body is None
+    assert after.generation == 1
+    await asyncio.gather(*in_flight)
+
+
+async def test_one_cancelled_reader_does_not_cancel_the_others(redis: Redis) -> None:
+    """Readers sharing a call: cancelling one leaves the rest with their answer. (A cluster client
+    sends each read on its own, so there is nothing shared and the first may finish first.)"""
+    rooms = RedisRoomStore(redis, keep=5.0)
+    await rooms.put("1400:c1", b"shared", 0)
+    readers = [asyncio.ensure_future(rooms.get("1400:c1")) for _ in range(10)]
+    await asyncio.sleep(0)
+    readers[0].cancel()
+    results = await asyncio.gather(*readers, return_exceptions=True)
+    if isinstance(redis.client, aioredis.Redis):
+        assert isinstance(results[0], asyncio.CancelledError)
+    assert [getattr(r, "body", r) for r in results[1:]] == [b"shared"] * 9
+
+
+async def test_batched_reads_survive_a_script_flush(redis_server: RedisServer) -> None:
+    """After Redis loses its scripts (a restart, SCRIPT FLUSH), batched reads still answer: the
+    NOSCRIPT replies are retried one by one, which loads the script again."""
+    wrapper = Redis(connect(redis_server.url, timeout=2.0), prefix=f"f{uuid.uuid4().hex[:8]}:", timeout=2.0)
+    rooms = RedisRoomStore(wrapper, keep=5.0)
+    await rooms.put("1400:f1", b"kept", 0)
+    await rooms.get("1400:f1")
+    await wrapper.client.script_flush()
+    found = await asyncio.gather(*(rooms.get("1400:f1") for _ in range(5)))
+    assert [f.body for f in found] == [b"kept"] * 5
+    await wrapper.aclose()
+
+
+async def test_batched_reads_fail_as_store_unavailable() -> None:
+    """Nothing listening: every reader of the batch gets StoreUnavailable, nothing else."""
+    dead = Redis(connect("redis://127.0.0.1:1", timeout=0.2), prefix="x:", timeout=0.2)
+    rooms = RedisRoomStore(dead, keep=5.0)
+    results = await asyncio.gather(*(rooms.get(f"1400:d{i % 2}") for i in range(6)), return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    await dead.aclose()
 
 
 async def test_room_keys_expire(redis: Redis) -> None:

@@ -18,11 +18,11 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Request, Response, delete, get, patch
 from litestar.datastructures import State
-from litestar.enums import MediaType, ScopeType
+from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
-from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
+from litestar.params import QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -218,24 +218,40 @@ _ROOM_PATH = "/v1/tenants/{tenant:str}/rooms/{room_id:str}"
 T = TypeVar("T")
 
 
-def _json_body(struct: type[msgspec.Struct]) -> type[Operation]:
-    """An Operation documenting ``struct`` as the JSON request body.
+_PATH_ORDER = {"tenant": 0, "room_id": 1}
+_CACHE_CONTROL = Parameter(
+    name="cache-control",
+    param_in=ParamType.HEADER,
+    required=False,
+    deprecated=False,
+    description="'no-cache' reads through to Tencent and refreshes the cache",
+    schema=Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)]),
+)
 
-    Bodies are decoded by the handlers themselves (``_decode``): strictly typed ("1" is not an
-    integer), in one pass, and with every malformed input a 400. Litestar's own body parsing is
-    lax and lets a RecursionError or UnicodeDecodeError escape as a 500.
+
+def _documented(body: type[msgspec.Struct] | None = None, header: Parameter | None = None) -> type[Operation]:
+    """An Operation documenting what the handler reads itself: ``body`` as the JSON request
+    body, ``header`` as a header parameter; path parameters in the path's order.
+
+    Handlers take only the request (``_route``) and decode bodies themselves (``_decode``):
+    strictly typed ("1" is not an integer), in one pass, every malformed input a 400. Litestar's
+    own body parsing is lax and lets a RecursionError or UnicodeDecodeError escape as a 500.
     """
-    _, components = msgspec.json.schema_components([struct], ref_template="#/components/schemas/{name}")
-    body = RequestBody(
-        content={"application/json": OpenAPIMediaType(schema=components[struct.__name__])}, required=True
-    )
+    request_body = None
+    if body is not None:
+        _, components = msgspec.json.schema_components([body], ref_template="#/components/schemas/{name}")
+        media = OpenAPIMediaType(schema=components[body.__name__])
+        request_body = RequestBody(content={"application/json": media}, required=True)
 
     @dataclass
-    class WithBody(Operation):
+    class Documented(Operation):
         def __post_init__(self) -> None:
-            self.request_body = body
+            if request_body is not None:
+                self.request_body = request_body
+            params = [*(self.parameters or []), *([header] if header is not None else [])]
+            self.parameters = sorted(params, key=lambda p: _PATH_ORDER.get(getattr(p, "name", ""), 2))
 
-    return WithBody
+    return Documented
 
 
 _ROOM_PATCH = msgspec.json.Decoder(RoomPatch)
@@ -288,11 +304,24 @@ _ERRORS = {
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+def _route(request: Request[Any, Any, Any]) -> tuple[Gateway, str, str]:
+    """The gateway and the path's tenant and room id. Handlers take only the request: each
+    parameter Litestar injects (state, typed path parameters) costs CPU on every call, and the
+    router has already split the path."""
+    params = request.path_params
+    return _gateway(request.app.state), params["tenant"], params["room_id"]
+
+
+def _header(request: Request[Any, Any, Any], name: bytes) -> bytes:
+    """A request header's first value, read from the raw ASGI headers (``request.headers``
+    builds a mapping of all of them first)."""
+    return next((v for k, v in request.scope["headers"] if k == name), b"")
+
+
 def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> Tenant:
     if gateway.directory is None:
         raise errors.InternalError("configuration not loaded")
-    # Read from the raw ASGI headers: ``request.headers`` builds a mapping of all of them first.
-    raw = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"")
+    raw = _header(request, b"authorization")
     scheme, _, token = raw.decode("latin-1").partition(" ")
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
     resolved = gateway.directory.authorize(caller, tenant, scope)
@@ -315,17 +344,13 @@ def _no_content(outcome: Outcome) -> Response[None]:
     security=_SECURITY,
     tags=["rooms"],
     operation_id="getRoom",
+    operation_class=_documented(header=_CACHE_CONTROL),
 )
-async def get_room(
-    request: Request[Any, Any, Any],
-    state: State,
-    tenant: FromPath[str],
-    room_id: FromPath[str],
-    cache_control: Annotated[str | None, HeaderParameter(name="cache-control", required=False)] = None,
-) -> Response[bytes]:
-    gateway = _gateway(state)
+async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
+    gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "read")
-    bypass = cache_control is not None and "no-cache" in cache_control.lower()
+    cache_control = _header(request, b"cache-control")
+    bypass = b"no-cache" in cache_control.lower()
     result: CacheResult = await gateway.service.get_room(resolved, room_id, bypass_cache=bypass)
     headers = {"x-cache": result.status, **_upstream_header(result.upstream_request_id)}
     return Response(result.body, media_type=MediaType.JSON, headers=headers)
@@ -339,12 +364,10 @@ async def get_room(
     security=_SECURITY,
     tags=["rooms"],
     operation_id="updateRoom",
-    operation_class=_json_body(RoomPatch),
+    operation_class=_documented(RoomPatch),
 )
-async def update_room(
-    request: Request[Any, Any, Any], state: State, tenant: FromPath[str], room_id: FromPath[str]
-) -> Response[None]:
-    gateway = _gateway(state)
+async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
+    gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "write")
     data = await _decode(request, _ROOM_PATCH)
     return _no_content(await gateway.service.update_room(resolved, room_id, data))
@@ -360,15 +383,13 @@ async def update_room(
     security=_SECURITY,
     tags=["metadata"],
     operation_id="getRoomMetadata",
+    operation_class=_documented(),
 )
 async def get_metadata(
     request: Request[Any, Any, Any],
-    state: State,
-    tenant: FromPath[str],
-    room_id: FromPath[str],
     key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
 ) -> Response[bytes]:
-    gateway = _gateway(state)
+    gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "read")
     found, outcome = await gateway.service.get_metadata(resolved, room_id, key or [])
     body = _encode(Metadata(metadata=found))
@@ -383,12 +404,10 @@ async def get_metadata(
     security=_SECURITY,
     tags=["metadata"],
     operation_id="setRoomMetadata",
-    operation_class=_json_body(MetadataPatch),
+    operation_class=_documented(MetadataPatch),
 )
-async def set_metadata(
-    request: Request[Any, Any, Any], state: State, tenant: FromPath[str], room_id: FromPath[str]
-) -> Response[None]:
-    gateway = _gateway(state)
+async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
+    gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "write")
     data = await _decode(request, _METADATA_PATCH)
     return _no_content(await gateway.service.set_metadata(resolved, room_id, data))
@@ -402,15 +421,13 @@ async def set_metadata(
     security=_SECURITY,
     tags=["metadata"],
     operation_id="deleteRoomMetadata",
+    operation_class=_documented(),
 )
 async def delete_metadata(
     request: Request[Any, Any, Any],
-    state: State,
-    tenant: FromPath[str],
-    room_id: FromPath[str],
     key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
 ) -> Response[None]:
-    gateway = _gateway(state)
+    gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "write")
     return _no_content(await gateway.service.delete_metadata(resolved, room_id, key or []))
 

@@ -27,7 +27,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.budget import Decision, Grant, Paused, Refusal
 from gateway.cache import Lookup
@@ -182,6 +182,75 @@ class RedisSignatureStore:
         await self._r.unlock(self._key(key, "siglock"), token)
 
 
+class Reads:
+    """Read-only script calls made in one event-loop turn, sent to Redis as one pipeline, each
+    distinct call once (the room cache's hits: one round trip and one reply for a hot room's
+    readers, where each used to take a pooled connection and a round trip of its own).
+
+    Sharing one call's reply is safe for read-your-writes only because the call is *sent* after
+    every read that shares it arrived: a write acknowledged before any of them arrived was
+    invalidated in Redis before this pipeline reaches it. Joining a call already sent would not
+    be safe, and nothing here does. A Redis Cluster client calls one by one (its pipelines group
+    commands by node; not worth the risk for a cache read).
+    """
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self._r = redis
+        self._name = name
+        self._batched = isinstance(redis.client, aioredis.Redis)
+        self._pending: dict[tuple[str, ...], asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0  # calls sent; the rest shared a sent call's reply
+
+    async def __call__(self, keys: list[str]) -> Any:
+        if not self._batched:
+            self.sent += 1
+            return await self._r.script(self._name, keys, [])
+        key = tuple(keys)
+        future = self._pending.get(key)
+        if future is None:
+            if not self._pending:
+                asyncio.get_running_loop().call_soon(self._send)  # after this turn's other callbacks
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(future)  # one reader cancelled must not cancel the others
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending, {}
+        task = asyncio.get_running_loop().create_task(self._execute(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: dict[tuple[str, ...], asyncio.Future[Any]]) -> None:
+        self.sent += len(batch)
+        script = self._r.scripts[self._name]
+        pipe = self._r.client.pipeline(transaction=False)
+        for keys in batch:
+            pipe.evalsha(script.sha, len(keys), *keys)
+        try:
+            replies = await self._r.run(pipe.execute(raise_on_error=False))
+        except StoreUnavailable as exc:
+            replies = [exc] * len(batch)
+        for (keys, future), reply in zip(batch.items(), replies, strict=True):
+            outcome = await self._outcome(keys, reply)
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def _outcome(self, keys: tuple[str, ...], reply: Any) -> Any:
+        """A pipeline reply as the caller gets it: a value, or StoreUnavailable."""
+        if isinstance(reply, NoScriptError):  # Redis restarted: the one-by-one call loads it
+            try:
+                return await self._r.script(self._name, list(keys), [])
+            except StoreUnavailable as exc:
+                return exc
+        if isinstance(reply, Exception) and not isinstance(reply, StoreUnavailable):
+            return StoreUnavailable(f"{type(reply).__name__}: {reply}"[:200])
+        return reply
+
+
 class RedisRoomStore:
     """Rooms as hashes (store time, body) with a generation per room and a fill lock."""
 
@@ -189,13 +258,14 @@ class RedisRoomStore:
         self._r = redis
         self._keep_ms = max(1, round(keep * 1000))
         self._fence_ms = round(fence * 1000)
+        self._get = Reads(redis, "room_get")
 
     def _keys(self, key: str) -> list[str]:
         p = self._r.prefix
         return [f"{p}room:{{{key}}}", f"{p}gen:{{{key}}}"]
 
     async def get(self, key: str) -> Lookup:
-        reply = await self._r.script("room_get", self._keys(key), [])
+        reply = await self._get(self._keys(key))
         if len(reply) == 1:
             return Lookup(body=None, age=0.0, generation=int(reply[0]))
         return Lookup(
