@@ -128,10 +128,15 @@ async def start_gateway(
     *,
     transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
     qps: int = 200,
+    direct_routes: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Gateway]:
     app = create_app(
-        settings(**overrides), env={}, directory=directory(upstream_url, qps), transport_factory=transport_factory
+        settings(**overrides),
+        env={},
+        directory=directory(upstream_url, qps),
+        transport_factory=transport_factory,
+        direct_routes=direct_routes,
     )
     async with serve_app(app) as url:
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)

@@ -11,9 +11,9 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch
@@ -22,7 +22,6 @@ from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
-from litestar.params import QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -139,9 +138,9 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
 # ---------------------------------------------------------------------- edge middleware
 
 
-def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float]) -> ASGIApp:
-    """Request ids in and out, refusal of paths that would decode into other routes, and the
-    request's metrics and access-log line.
+def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> ASGIApp:
+    """Request ids in and out, refusal of paths that would decode into other routes, the room
+    routes' direct dispatch (``_direct``), and the request's metrics and access-log line.
 
     It wraps the app's ``asgi_handler`` (where Litestar itself puts CORS), not its middleware
     stack: Litestar runs middleware only after routing, and these rules hold for every request,
@@ -178,12 +177,48 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
                 exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
                 response = problem_response(exc, request_id)
                 await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
+            elif (handler := _direct(scope) if direct else None) is not None:
+                await _serve(handler, scope, receive, send_with_id)
             else:
                 await app(scope, receive, send_with_id)
         finally:
             _record(scope, state, sent, clock() - started, metrics)
 
     return middleware
+
+
+Handler = Callable[[Request[Any, Any, Any]], Awaitable[Response[Any]]]
+_ROOM_PATTERN = re.compile(r"/v1/tenants/([^/]+)/rooms/([^/]+)(/metadata)?")
+_ROOM_TEMPLATE = "/v1/tenants/{tenant}/rooms/{room_id}"
+
+
+def _direct(scope: Scope) -> Handler | None:
+    """The room route this request is for, when it is exactly one (else Litestar routes it).
+
+    The five room routes are the gateway's hot path, and Litestar's routing and handler layers
+    cost about as much CPU as everything the gateway does on a cache hit (BENCHMARKS.md). The
+    edge therefore calls the same handler functions itself, with what Litestar would give them:
+    a Request with the path parameters, ``handle_error`` for whatever they raise, and their
+    Response sent as Litestar sends it. Anything else (other methods, trailing slashes, ...)
+    still goes through Litestar, which also serves the OpenAPI document for these routes.
+    """
+    match = _ROOM_PATTERN.fullmatch(scope["path"])
+    if match is None:
+        return None
+    handler = _DIRECT.get((str(scope.get("method", "")), match.group(3) is not None))
+    if handler is not None:
+        scope["path_params"] = {"tenant": match.group(1), "room_id": match.group(2)}
+        scope["path_template"] = _ROOM_TEMPLATE + (match.group(3) or "")
+    return handler
+
+
+async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    request: Request[Any, Any, Any] = Request(scope, receive=receive, send=send)
+    try:
+        response: Response[Any] = await handler(request)
+    except Exception as exc:  # as Litestar's exception middleware does: every error is answered
+        response = handle_error(request, exc)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
 def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float, metrics: Metrics) -> None:
@@ -229,9 +264,22 @@ _CACHE_CONTROL = Parameter(
 )
 
 
-def _documented(body: type[msgspec.Struct] | None = None, header: Parameter | None = None) -> type[Operation]:
+_KEYS = Parameter(
+    name="key",
+    param_in=ParamType.QUERY,
+    required=False,
+    deprecated=False,
+    allow_empty_value=False,
+    allow_reserved=False,
+    schema=Schema(
+        one_of=[Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)), Schema(type=OpenAPIType.NULL)]
+    ),
+)
+
+
+def _documented(body: type[msgspec.Struct] | None = None, parameter: Parameter | None = None) -> type[Operation]:
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
-    body, ``header`` as a header parameter; path parameters in the path's order.
+    body, ``parameter`` (a header or query parameter); path parameters in the path's order.
 
     Handlers take only the request (``_route``) and decode bodies themselves (``_decode``):
     strictly typed ("1" is not an integer), in one pass, every malformed input a 400. Litestar's
@@ -248,7 +296,7 @@ def _documented(body: type[msgspec.Struct] | None = None, header: Parameter | No
         def __post_init__(self) -> None:
             if request_body is not None:
                 self.request_body = request_body
-            params = [*(self.parameters or []), *([header] if header is not None else [])]
+            params = [*(self.parameters or []), *([parameter] if parameter is not None else [])]
             self.parameters = sorted(params, key=lambda p: _PATH_ORDER.get(getattr(p, "name", ""), 2))
 
     return Documented
@@ -344,7 +392,7 @@ def _no_content(outcome: Outcome) -> Response[None]:
     security=_SECURITY,
     tags=["rooms"],
     operation_id="getRoom",
-    operation_class=_documented(header=_CACHE_CONTROL),
+    operation_class=_documented(parameter=_CACHE_CONTROL),
 )
 async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
@@ -383,15 +431,12 @@ async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
     security=_SECURITY,
     tags=["metadata"],
     operation_id="getRoomMetadata",
-    operation_class=_documented(),
+    operation_class=_documented(parameter=_KEYS),
 )
-async def get_metadata(
-    request: Request[Any, Any, Any],
-    key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
-) -> Response[bytes]:
+async def get_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "read")
-    found, outcome = await gateway.service.get_metadata(resolved, room_id, key or [])
+    found, outcome = await gateway.service.get_metadata(resolved, room_id, request.query_params.getall("key", []))
     body = _encode(Metadata(metadata=found))
     return Response(body, media_type=MediaType.JSON, headers=_upstream_header(outcome.upstream_request_id))
 
@@ -421,15 +466,13 @@ async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     security=_SECURITY,
     tags=["metadata"],
     operation_id="deleteRoomMetadata",
-    operation_class=_documented(),
+    operation_class=_documented(parameter=_KEYS),
 )
-async def delete_metadata(
-    request: Request[Any, Any, Any],
-    key: Annotated[list[str] | None, QueryParameter(name="key", required=False)] = None,
-) -> Response[None]:
+async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "write")
-    return _no_content(await gateway.service.delete_metadata(resolved, room_id, key or []))
+    keys = request.query_params.getall("key", [])
+    return _no_content(await gateway.service.delete_metadata(resolved, room_id, keys))
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -468,3 +511,10 @@ async def metrics(state: State) -> Response[bytes]:
 
 
 ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz, metrics]
+_DIRECT: dict[tuple[str, bool], Handler] = {
+    ("GET", False): get_room.fn,
+    ("PATCH", False): update_room.fn,
+    ("GET", True): get_metadata.fn,
+    ("PATCH", True): set_metadata.fn,
+    ("DELETE", True): delete_metadata.fn,
+}

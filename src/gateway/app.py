@@ -82,9 +82,11 @@ def create_app(
     transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    direct_routes: bool = True,
 ) -> Litestar:
     """Build the app. ``directory`` (tenants and callers) is loaded from ``settings.config`` at
-    start-up when not given; ``transport_factory`` replaces the pooled upstream transport."""
+    start-up when not given; ``transport_factory`` replaces the pooled upstream transport;
+    ``direct_routes=False`` leaves the room routes to Litestar's router too (a test compares)."""
     env = os.environ if env is None else env
     settings = settings or settings_from_env(env)
     rng = random.Random()
@@ -185,5 +187,5 @@ def create_app(
         logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,
     )
-    app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock)
+    app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock, direct=direct_routes)
     return app
