@@ -18,6 +18,9 @@ BENCHES = {
 
 def main() -> None:
     names = sys.argv[1:] or list(BENCHES)
+    unknown = [name for name in names if name not in BENCHES]
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     for name in names:
         print(f"\n=== {name}", flush=True)
         sys.argv = [name]

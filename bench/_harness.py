@@ -67,6 +67,8 @@ def load(
     installed (``apt-get install wrk``), else aiohttp; BENCH_LOADGEN overrides.
     """
     generator = generator or os.environ.get("BENCH_LOADGEN") or ("wrk" if shutil.which("wrk") else "aiohttp")
+    if generator == "wrk" and len({_origin(u) for u in urls}) > 1:
+        generator = "aiohttp"  # one wrk drives one origin; spreading over replicas is aiohttp's job
     if generator == "wrk":
         return wrk(urls, concurrency=concurrency, seconds=seconds, method=method, body=body, headers=headers)
     args = [
@@ -111,6 +113,13 @@ end
 """
 
 
+def _origin(url: str) -> str:
+    match = re.match(r"^https?://[^/]+", url)
+    if match is None:
+        raise ValueError(f"not an http(s) URL: {url}")
+    return match.group(0)
+
+
 def _lua(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid Lua string literal for this ASCII text
 
@@ -125,10 +134,10 @@ def wrk(
     headers: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """The same measurement with wrk (one thread; its latencies are kept in microseconds)."""
-    origin = re.match(r"^https?://[^/]+", urls[0])
-    if origin is None or not all(u.startswith(origin.group(0)) for u in urls):
+    origin = _origin(urls[0])
+    if any(_origin(u) != origin for u in urls):
         raise ValueError("wrk runs take URLs of one origin")
-    paths = [u[len(origin.group(0)) :] for u in urls]
+    paths = [u[len(origin) :] for u in urls]
     all_headers = dict(headers or {})
     if body:
         all_headers.setdefault("Content-Type", "application/json")
