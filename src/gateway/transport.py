@@ -27,6 +27,7 @@ import httptools
 import httpx
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _USER_AGENT = b"live-room-gateway"
 
 
@@ -74,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._headers_done = False
+        self._framed = False  # the reply has a Content-Length or Transfer-Encoding
         self._until_eof = False
 
     # asyncio.Protocol
@@ -98,16 +100,17 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._headers, self._body, self._size, self._headers_done = [], [], 0, False
+        self._headers, self._body, self._size, self._headers_done, self._framed = [], [], 0, False, False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        if name.lower() in _FRAMING:
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
-        names = {name.lower() for name, _ in self._headers}
-        self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
+        self._until_eof = not self._framed
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -164,15 +167,22 @@ class _Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.open = 0
 
+    def take(self) -> _Connection | None:
+        """An idle live socket, if there is one (no await: the common case costs no coroutine)."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and now - conn.idle_since < self._keepalive:
+                return conn
+            self._discard(conn)
+        return None
+
     async def acquire(self) -> _Connection:
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and now - conn.idle_since < self._keepalive:
-                    return conn
-                self._discard(conn)
+            conn = self.take()
+            if conn is not None:
+                return conn
             if self.open < self._limit:
                 return await self._connect()
             waiter = loop.create_future()
@@ -267,7 +277,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 body,
             )
         )
-        conn = await pool.acquire()
+        conn = pool.take() or await pool.acquire()
         reuse = False
         try:
             reply = await conn.exchange(request)

@@ -10,6 +10,7 @@ service's business, not this module's.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 from urllib.parse import quote
@@ -21,11 +22,11 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import PooledTransport
+from gateway.transport import PooledTransport, Reply
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
-Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]  # (path and query, body) -> (status, body)
+Send = Callable[[str, bytes], Awaitable[Reply]]  # (path and query, body) -> the reply
 
 _PATH = "/v4/live_engine_http_srv/"
 _HEADERS = {"content-type": "application/json", "accept": "application/json"}
@@ -119,7 +120,7 @@ class Upstream:
         send = self._sender(tenant.base_url)
         try:
             async with asyncio.timeout(within):
-                status, content = await send(target, body)
+                status, _, content = await send(target, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
         except httpx.TransportError as exc:
@@ -142,17 +143,12 @@ class Upstream:
 
 def _sender(transport: httpx.AsyncBaseTransport, base_url: str) -> Send:
     if isinstance(transport, PooledTransport):
+        return functools.partial(transport.post, base_url)
 
-        async def post(target: str, body: bytes) -> tuple[int, bytes]:
-            reply = await transport.post(base_url, target, body)
-            return reply.status, reply.content
-
-        return post
-
-    async def handle(target: str, body: bytes) -> tuple[int, bytes]:
+    async def handle(target: str, body: bytes) -> Reply:
         request = httpx.Request("POST", base_url + target, content=body, headers=_HEADERS)
         response = await transport.handle_async_request(request)
-        return response.status_code, await response.aread()
+        return Reply(response.status_code, [], await response.aread())
 
     return handle
 
