@@ -198,7 +198,7 @@ class Reads:
         self._r = redis
         self._name = name
         self._batched = isinstance(redis.client, aioredis.Redis)
-        self._pending: dict[tuple[str, ...], asyncio.Future[Any]] = {}
+        self._pending: dict[tuple[str, ...], list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0  # calls sent; the rest shared a sent call's reply
 
@@ -206,13 +206,16 @@ class Reads:
         if not self._batched:
             self.sent += 1
             return await self._r.script(self._name, keys, [])
-        key = tuple(keys)
-        future = self._pending.get(key)
-        if future is None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()  # each reader its own: one cancelled leaves the others be
+        waiters = self._pending.get(key := tuple(keys))
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
             if not self._pending:
-                asyncio.get_running_loop().call_soon(self._send)  # after this turn's other callbacks
-            future = self._pending[key] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(future)  # one reader cancelled must not cancel the others
+                loop.call_soon(self._send)  # after this turn's other callbacks
+            self._pending[key] = [waiter]
+        return await waiter
 
     def _send(self) -> None:
         batch, self._pending = self._pending, {}
@@ -220,7 +223,7 @@ class Reads:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, batch: dict[tuple[str, ...], asyncio.Future[Any]]) -> None:
+    async def _execute(self, batch: dict[tuple[str, ...], list[asyncio.Future[Any]]]) -> None:
         self.sent += len(batch)
         script = self._r.scripts[self._name]
         pipe = self._r.client.pipeline(transaction=False)
@@ -230,25 +233,24 @@ class Reads:
             replies = await self._r.run(pipe.execute(raise_on_error=False))
         except StoreUnavailable as exc:
             replies = [exc] * len(batch)
-        for (keys, future), reply in zip(batch.items(), replies, strict=True):
-            outcome = await self._outcome(keys, reply)
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+        for (keys, waiters), reply in zip(batch.items(), replies, strict=True):
+            outcome = await self._reload(keys) if isinstance(reply, NoScriptError) else reply
+            if isinstance(outcome, Exception) and not isinstance(outcome, StoreUnavailable):
+                outcome = StoreUnavailable(f"{type(outcome).__name__}: {outcome}"[:200])
+            for waiter in waiters:
+                if waiter.done():  # its reader was cancelled
+                    continue
+                if isinstance(outcome, Exception):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
 
-    async def _outcome(self, keys: tuple[str, ...], reply: Any) -> Any:
-        """A pipeline reply as the caller gets it: a value, or StoreUnavailable."""
-        if isinstance(reply, NoScriptError):  # Redis restarted: the one-by-one call loads it
-            try:
-                return await self._r.script(self._name, list(keys), [])
-            except StoreUnavailable as exc:
-                return exc
-        if isinstance(reply, Exception) and not isinstance(reply, StoreUnavailable):
-            return StoreUnavailable(f"{type(reply).__name__}: {reply}"[:200])
-        return reply
+    async def _reload(self, keys: tuple[str, ...]) -> Any:
+        """Redis lost the script (a restart, SCRIPT FLUSH): the one-by-one call loads it again."""
+        try:
+            return await self._r.script(self._name, list(keys), [])
+        except StoreUnavailable as exc:
+            return exc
 
 
 class RedisRoomStore:
