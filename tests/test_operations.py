@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from gateway.emulator import Emulator
-from tests.support import APP_ID, Gateway
+from tests.support import APP_ID, Gateway, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 
@@ -114,6 +114,14 @@ async def test_request_id_is_echoed_or_generated(gateway: Gateway) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
     hostile = await gateway.client.get(ROOM, headers={"x-request-id": "a b\tc" + "x" * 200})
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
+    assert generated.headers["x-request-id"] != hostile.headers["x-request-id"]
+
+
+async def test_generated_request_ids_are_unique_across_replicas(gateway: Gateway, upstream_url: str) -> None:
+    """Each app draws its own random half of the id, so two replicas never hand out the same one."""
+    async with start_gateway(upstream_url) as other:
+        ids = {(await gw.client.get(ROOM)).headers["x-request-id"] for gw in (gateway, other) for _ in range(3)}
+    assert len(ids) == 6
 
 
 async def test_errors_carry_the_request_id(gateway: Gateway) -> None:
