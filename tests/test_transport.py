@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+import trustme
 import uvloop
 
 from gateway.transport import PooledTransport
@@ -66,9 +68,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @asynccontextmanager
-async def listen(handle: Handler) -> AsyncIterator[str]:
-    """Serve ``handle`` on a free loopback port; on exit close every connection and wait for
-    every handler, so nothing outlives the event loop."""
+async def listen(handle: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve ``handle`` on a free loopback port (over TLS with ``tls``); on exit close every
+    connection and wait for every handler, so nothing outlives the event loop."""
     tasks: set[asyncio.Task[None]] = set()
     writers: list[asyncio.StreamWriter] = []
 
@@ -84,9 +86,9 @@ async def listen(handle: Handler) -> AsyncIterator[str]:
         finally:
             writer.close()
 
-    listener = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    listener = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=tls)
     try:
-        yield f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     finally:
         listener.close()
         for writer in writers:
@@ -292,5 +294,29 @@ def test_it_is_an_httpx_transport(loop_kind: str) -> None:
             assert response.status_code == 200
             assert response.json() == {"ok": 1}
             assert server.requests[0].startswith(b"POST /v4/y?q=1 HTTP/1.1\r\n")
+
+    run(loop_kind, main)
+
+
+def test_https_verifies_the_server_and_speaks_tls(loop_kind: str) -> None:
+    """An https origin: TLS with the server's certificate checked against the CA and the host
+    name (a certificate for another name fails as a ConnectError); replies arrive as over http."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def main() -> None:
+        server = Server(lambda body: OK)
+        async with listen(server.handle, server_tls) as origin:
+            port = origin.rsplit(":", 1)[1]
+            transport = PooledTransport(connections=2, tls_context=client_tls)
+            reply = await transport.post(f"https://localhost:{port}", "/v4/tls", b"{}")
+            assert (reply.status, reply.content) == (200, b'{"ok": 1}\r\n')
+            assert f"Host: localhost:{port}\r\n".encode() in server.requests[0]
+            with pytest.raises(httpx.ConnectError):  # the certificate names localhost, not 127.0.0.1
+                await transport.post(origin, "/v4/tls", b"{}")
+            await transport.aclose()
 
     run(loop_kind, main)

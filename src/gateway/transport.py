@@ -44,11 +44,11 @@ class _Origin(NamedTuple):
     head: bytes  # the request headers every call to this origin shares
 
 
-def _origin(url: str) -> _Origin:
+def _origin(url: str, tls_context: ssl.SSLContext | None) -> _Origin:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) origin: {url!r}")
-    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    tls = (tls_context or ssl.create_default_context()) if parts.scheme == "https" else None
     port = parts.port or (443 if tls else 80)
     host = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
     if ":" in parts.hostname:  # IPv6 literal
@@ -244,11 +244,13 @@ class _Pool:
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
-    """Keep-alive pools of at most ``connections`` sockets per origin."""
+    """Keep-alive pools of at most ``connections`` sockets per origin. HTTPS origins are verified
+    against the system's CAs (``tls_context`` replaces that: tests bring their own CA)."""
 
-    def __init__(self, *, connections: int, keepalive: float = 15.0) -> None:
+    def __init__(self, *, connections: int, keepalive: float = 15.0, tls_context: ssl.SSLContext | None = None) -> None:
         self._connections = connections
         self._keepalive = keepalive
+        self._tls_context = tls_context
         self._pools: dict[str, _Pool] = {}
 
     @property
@@ -259,7 +261,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
     def _pool(self, origin: str) -> _Pool:
         pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[origin] = _Pool(_origin(origin), limit=self._connections, keepalive=self._keepalive)
+            pool = self._pools[origin] = _Pool(
+                _origin(origin, self._tls_context), limit=self._connections, keepalive=self._keepalive
+            )
         return pool
 
     async def post(self, origin: str, target: str, body: bytes) -> Reply:
