@@ -35,13 +35,14 @@ def room(n: int) -> str:
 
 
 async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
-    """600 writes/s offered for 6 s over 3 replicas: Tencent never sees more than 200 in a sliding
+    """600 writes/s offered for 10 s over 3 replicas: Tencent never sees more than 200 in a sliding
     second, never answers 60007, and the fleet uses at least 97% of the budget in steady state (the
     whole seconds between the first and the last: the first holds the load generator's ramp-up,
-    the last is partial)."""
+    the last is partial). Ten seconds, not six: one second of this 2-core machine starving a
+    replica (slots it wakes too late for are forfeited, by design) weighs less in the mean."""
     replicas.reset()
     results = await drive(
-        replicas.urls, [room(1)], token=TOKENS["rw"], rate=600, seconds=6, method="PATCH", json={"activity_status": 3}
+        replicas.urls, [room(1)], token=TOKENS["rw"], rate=600, seconds=10, method="PATCH", json={"activity_status": 3}
     )
     stats = replicas.stats()
     key = f"{APP_ID}:update_room_info"
