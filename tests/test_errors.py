@@ -150,6 +150,19 @@ async def test_rejected_credentials_pause_calls_briefly(upstream_url: str, emula
     assert emulator.codes[70009] == 1
 
 
+async def test_a_usersig_rejected_twice_pauses_and_says_for_how_long(upstream_url: str, emulator: Emulator) -> None:
+    """A fresh UserSig rejected again (70001 twice): 503 whose Retry-After is the pause, and the
+    calls that follow within it are refused without reaching Tencent."""
+    async with start_gateway(upstream_url, misconfig_cooldown=5.0) as gateway:
+        emulator.fail_next("get_room_info", 70001, 70001)
+        first = await gateway.client.get(ROOM, headers=NO_CACHE)
+        then = await gateway.client.get(ROOM, headers=NO_CACHE)
+    assert first.status_code == 503
+    assert first.headers["retry-after"] == "5"
+    assert then.status_code == 503
+    assert emulator.calls["get_room_info"] == 2
+
+
 async def test_timeout_is_504_within_the_deadline(upstream_url: str, emulator: Emulator) -> None:
     """Tencent slower than the upstream timeout: 504 upstream_timeout, within the total deadline."""
     emulator.faults.latency = 4.0

@@ -164,12 +164,12 @@ class RoomService:
             timeout = min(policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(tenant, api, body=body, usersig=usersig, reply=reply, within=timeout)
-            except errors.SignatureRejected:
+            except errors.SignatureRejected as exc:
                 m.usersig_rejections.labels(tenant=tenant.name).inc()
                 retry_reason = "usersig"
                 await self._signer.drop(tenant, usersig)
                 if resigned:
-                    await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice")
+                    await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice", exc)
                     raise
                 resigned = True
                 continue
