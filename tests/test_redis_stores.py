@@ -240,3 +240,24 @@ def test_breaker_opens_after_repeated_failures_only() -> None:
     assert breaker.allows()
     assert breaker.succeeded() is True
     assert not breaker.degraded
+
+
+async def test_one_failed_pipelined_read_is_one_failure_for_the_breaker() -> None:
+    """Six readers sharing one failed pipeline see one Redis failure between them: a single late
+    or lost round trip must not look like three and send the replica into degraded mode."""
+    from gateway.health import Breaker
+    from gateway.stores.failover import FailoverRoomStore
+    from gateway.stores.memory import MemoryRoomStore
+
+    dead = Redis(connect("redis://127.0.0.1:1", timeout=0.2), prefix="x:", timeout=0.2)
+    breaker = Breaker(cool_off=1.0, clock=lambda: 0.0, threshold=3, window=1.0)
+    rooms = FailoverRoomStore(
+        shared=RedisRoomStore(dead, keep=5.0),
+        local=MemoryRoomStore(clock=lambda: 0.0, max_age=5.0, max_rooms=10),
+        breaker=breaker,
+    )
+    found = await asyncio.gather(*(rooms.get(f"1400:e{i % 2}") for i in range(6)))
+    assert all(f.body is None for f in found)  # answered from the in-process tier
+    assert breaker.failures == 1
+    assert not breaker.degraded
+    await dead.aclose()

@@ -198,7 +198,7 @@ class Budget:
                 decision = await self._shared.reserve(scope, api, interval, max_wait)
                 received = self._clock()
             except StoreUnavailable as exc:
-                self._breaker.failed(str(exc))
+                self._breaker.failed(exc)
             else:
                 self._breaker.succeeded()
                 if not isinstance(decision, Grant):
@@ -235,4 +235,4 @@ class Budget:
             try:
                 await action(self._shared)
             except StoreUnavailable as exc:
-                self._breaker.failed(str(exc))
+                self._breaker.failed(exc)

@@ -16,7 +16,12 @@ log = logging.getLogger("gateway.health")
 
 
 class StoreUnavailable(Exception):
-    """The shared store could not answer in time; the caller falls back to in-process state."""
+    """The shared store could not answer in time; the caller falls back to in-process state.
+
+    One instance per failed Redis call: callers that shared a pipelined call get the same one,
+    and the breaker counts it once (``counted``)."""
+
+    counted = False
 
 
 class Breaker:
@@ -45,7 +50,13 @@ class Breaker:
         """Whether to try Redis now (always when closed; after the cool-off when open)."""
         return self._open_until is None or self._clock() >= self._open_until
 
-    def failed(self, reason: str) -> None:
+    def failed(self, why: StoreUnavailable | str) -> None:
+        """Count a failed Redis call, once however many callers it reached."""
+        if isinstance(why, StoreUnavailable):
+            if why.counted:
+                return
+            why.counted = True
+        reason = str(why)
         self.failures += 1
         now = self._clock()
         if self._open_until is not None:  # already degraded: a failed retry extends it

@@ -22,7 +22,7 @@ async def _either(breaker: Breaker, shared: Callable[[], Awaitable[T]], local: C
         try:
             result = await shared()
         except StoreUnavailable as exc:
-            breaker.failed(str(exc))
+            breaker.failed(exc)
         else:
             breaker.succeeded()
             return result
@@ -57,7 +57,7 @@ class FailoverRoomStore:
             try:
                 token = await self._shared.lock(key, ttl)
             except StoreUnavailable as exc:
-                self._breaker.failed(str(exc))
+                self._breaker.failed(exc)
                 if not self._breaker.degraded:
                     return None
             else:
