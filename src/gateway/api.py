@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -138,6 +138,12 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
 # ---------------------------------------------------------------------- edge middleware
 
 
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
+    """A header's first value (b"" if absent), read from raw ASGI headers: ``request.headers``
+    builds a mapping of all of them first, on every request."""
+    return next((v for k, v in headers if k == name), b"")
+
+
 def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> ASGIApp:
     """Request ids in and out, refusal of paths that would decode into other routes, the room
     routes' direct dispatch (``_direct``), and the request's metrics and access-log line.
@@ -156,7 +162,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             await app(scope, receive, send)
             return
         started = clock()
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        given = _header(scope["headers"], b"x-request-id")
         request_id = given.decode() if _REQUEST_ID.match(given) else f"{prefix}{next(counter):016x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -167,7 +173,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
                 headers = message.get("headers", [])
-                sent["upstream"] = next((v for k, v in headers if k == b"x-upstream-request-id"), None)
+                sent["upstream"] = _header(headers, b"x-upstream-request-id")
                 message["headers"] = [*headers, (b"x-request-id", rid)]
             await send(message)
 
@@ -360,16 +366,10 @@ def _route(request: Request[Any, Any, Any]) -> tuple[Gateway, str, str]:
     return _gateway(request.app.state), params["tenant"], params["room_id"]
 
 
-def _header(request: Request[Any, Any, Any], name: bytes) -> bytes:
-    """A request header's first value, read from the raw ASGI headers (``request.headers``
-    builds a mapping of all of them first)."""
-    return next((v for k, v in request.scope["headers"] if k == name), b"")
-
-
 def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> Tenant:
     if gateway.directory is None:
         raise errors.InternalError("configuration not loaded")
-    raw = _header(request, b"authorization")
+    raw = _header(request.scope["headers"], b"authorization")
     scheme, _, token = raw.decode("latin-1").partition(" ")
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
     resolved = gateway.directory.authorize(caller, tenant, scope)
@@ -397,7 +397,7 @@ def _no_content(outcome: Outcome) -> Response[None]:
 async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
     resolved = _authorize(request, gateway, tenant, "read")
-    cache_control = _header(request, b"cache-control")
+    cache_control = _header(request.scope["headers"], b"cache-control")
     bypass = b"no-cache" in cache_control.lower()
     result: CacheResult = await gateway.service.get_room(resolved, room_id, bypass_cache=bypass)
     headers = {"x-cache": result.status, **_upstream_header(result.upstream_request_id)}

@@ -74,7 +74,6 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
-        self._headers_done = False
         self._framed = False  # the reply has a Content-Length or Transfer-Encoding
         self._until_eof = False
 
@@ -100,7 +99,7 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._headers, self._body, self._size, self._headers_done, self._framed = [], [], 0, False, False
+        self._headers, self._body, self._size, self._framed = [], [], 0, False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -109,7 +108,6 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
-        self._headers_done = True
         self._until_eof = not self._framed
 
     def on_body(self, body: bytes) -> None:
@@ -166,6 +164,21 @@ class _Pool:
         self._idle: list[_Connection] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.open = 0
+
+    def request(self, target: str, body: bytes) -> bytes:
+        """The whole POST of ``body`` to ``target`` (path and query), ready to write in one piece."""
+        return b"".join(
+            (
+                b"POST ",
+                target.encode("ascii"),
+                b" HTTP/1.1\r\n",
+                self._origin.head,
+                b"Content-Length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+                body,
+            )
+        )
 
     def take(self) -> _Connection | None:
         """An idle live socket, if there is one (no await: the common case costs no coroutine)."""
@@ -269,18 +282,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def post(self, origin: str, target: str, body: bytes) -> Reply:
         """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``."""
         pool = self._pool(origin)
-        request = b"".join(
-            (
-                b"POST ",
-                target.encode("ascii"),
-                b" HTTP/1.1\r\n",
-                pool._origin.head,  # noqa: SLF001 - the pool's own origin, built once
-                b"Content-Length: ",
-                str(len(body)).encode(),
-                b"\r\n\r\n",
-                body,
-            )
-        )
+        request = pool.request(target, body)
         conn = pool.take() or await pool.acquire()
         reuse = False
         try:
