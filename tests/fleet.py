@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +46,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class Fleet:
     """An emulator process and ``replicas`` gateway processes sharing ``redis_url``."""
 
-    def __init__(self, tmp: Path, redis_url: str, replicas: int, rooms: int = 20, **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis_url: str,
+        replicas: int,
+        rooms: int = 20,
+        redis_urls: dict[int, str] | None = None,
+        **settings: Any,
+    ) -> None:
         self.emulator_url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "gateway.yaml"
         config.write_text(config_yaml(self.emulator_url))
@@ -58,6 +68,7 @@ class Fleet:
             **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.config = config
+        self.redis_urls = redis_urls or {}  # replica index -> its own GATEWAY_REDIS_URL
         self.replicas = replicas
         self.rooms = rooms
         self.urls: list[str] = []
@@ -72,11 +83,12 @@ class Fleet:
         )
         self.procs.append(emulator)
         wait_http(f"{self.emulator_url}/_emulator/stats", emulator)
-        for _ in range(self.replicas):
+        for index in range(self.replicas):
             gw_port = free_port()
+            own = {"GATEWAY_REDIS_URL": self.redis_urls[index]} if index in self.redis_urls else {}
             proc = subprocess.Popen(
                 [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)],
-                env=self.env,
+                env={**self.env, **own},
                 stdout=subprocess.DEVNULL,
             )
             self.procs.append(proc)
@@ -108,10 +120,82 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, redis_url: str, replicas: int = 3, rooms: int = 20, **settings: Any) -> Iterator[Fleet]:
-    running = Fleet(tmp, redis_url, replicas, rooms, **settings)
+def fleet(
+    tmp: Path,
+    redis_url: str,
+    replicas: int = 3,
+    rooms: int = 20,
+    redis_urls: dict[int, str] | None = None,
+    **settings: Any,
+) -> Iterator[Fleet]:
+    running = Fleet(tmp, redis_url, replicas, rooms, redis_urls, **settings)
     try:
         running.start()
         yield running
     finally:
         running.close()
+
+
+class Partition:
+    """A TCP relay to ``port`` on loopback that can be cut (every connection closed, new ones
+    refused) and mended: one replica's road to Redis, while the others keep theirs."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.mend()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def mend(self) -> None:
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # no new connections
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        if server is not None:
+            await server.wait_closed()  # (on 3.12+ this also waits for the aborted connections)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
+import time
 
+import httpx
 import pytest
 
 from gateway import budget
 from gateway.budget import Budget, Grant, Refusal
 from gateway.emulator import Emulator
 from gateway.errors import RateLimited, UpstreamLockedOut
+from gateway.health import Breaker
+from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
 from tests.support import APP_ID, TOKENS, blast, start_gateway
 
@@ -81,7 +86,7 @@ async def test_acquire_paces_and_refuses_past_the_cap() -> None:
     """Callers wait their turn; one that would wait past the cap gets RateLimited with Retry-After."""
     t = FakeTime()
     paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.0, clock=t.clock, sleep=t.sleep)
-    waits = [await paced.acquire("app", "api", qps=2, max_wait=10) for _ in range(3)]
+    waits = [(await paced.acquire("app", "api", qps=2, max_wait=10)).waited for _ in range(3)]
     interval = budget.interval_for(2, 0.0)
     assert waits == pytest.approx([0.0, interval, interval])
     t.now -= 2 * interval  # three callers at once: the next would wait 3 intervals
@@ -91,17 +96,169 @@ async def test_acquire_paces_and_refuses_past_the_cap() -> None:
     assert refused.value.retry_after >= 1
 
 
-async def test_a_caller_woken_late_books_a_new_slot() -> None:
-    """Oversleeping past a quarter of the jitter forfeits the slot rather than crowd the next second."""
+async def test_a_slot_says_when_its_call_must_leave() -> None:
+    """A slot's send window is a third of the jitter; a caller woken late keeps the slot's own
+    deadline (the send-time check then refuses it, see test_a_call_that_cannot_leave_in_time...)."""
     t = FakeTime()
-    store = MemoryBudgetStore(clock=t.clock)
-    paced = Budget(local=store, jitter=0.02, clock=t.clock, sleep=t.sleep)
-    await paced.acquire("app", "api", qps=100, max_wait=10)
+    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.015, clock=t.clock, sleep=t.sleep)
+    first = await paced.acquire("app", "api", qps=100, max_wait=10)
+    assert first.send_by == pytest.approx(1000.0 + 0.005)
     t.overshoot = 0.02
-    await paced.acquire("app", "api", qps=100, max_wait=10)  # sleeps, wakes 20 ms late, books again
-    interval = budget.interval_for(100, 0.02)
-    # slot 1 at 1000, slot 2 at 1000+I forfeited (woken at 1000+I+0.02), re-booked right then
-    assert store._tat[("app", "api")] == pytest.approx(1000.0 + interval + 0.02 + interval)
+    late = await paced.acquire("app", "api", qps=100, max_wait=10)  # sleeps, wakes 20 ms late
+    interval = budget.interval_for(100, 0.015)
+    assert late.send_by == pytest.approx(1000.0 + interval + 0.005)
+    assert t.now > late.send_by
+
+
+def test_the_spacing_is_the_best_any_schedule_can_do() -> None:
+    """(1 + J) / limit apart: the default 17 ms uses 98.3% of the limit, and a microsecond more
+    than the exact spacing, so rounding to Redis's microseconds never shortens it."""
+    jitter = Settings().budget_jitter
+    used = 1 / (200 * budget.interval_for(200, jitter))
+    assert used == pytest.approx(1 / (1 + jitter), abs=0.0005)
+    assert used > 0.98
+    assert round(budget.interval_for(200, jitter) * 1_000_000) * 200 >= 1_000_000 * (1 + jitter)
+
+
+class Members:
+    """Heartbeats that answer what the test says: how many other replicas fell silent."""
+
+    def __init__(self) -> None:
+        self.lapsed = 0
+        self.kept_for = 3600.0  # how long Redis has kept the record of beats
+        self.beats: list[str] = []
+        self.left: list[str] = []
+
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
+        self.beats.append(replica)
+        return self.lapsed, self.kept_for
+
+    async def leave(self, replica: str) -> None:
+        self.left.append(replica)
+
+
+def fleet_budget(
+    t: FakeTime, members: Members, breaker: Breaker, grace: float = 0.0
+) -> tuple[Budget, MemoryBudgetStore, MemoryBudgetStore]:
+    local, shared = MemoryBudgetStore(clock=t.clock), MemoryBudgetStore(clock=t.clock)  # shared: as Redis
+    paced = Budget(
+        local=local,
+        shared=shared,
+        breaker=breaker,
+        degraded_share=4,
+        grace=grace,
+        members=members,
+        replica="r1",
+        booking_horizon=2.0,
+        store_timeout=0.5,
+        jitter=0.015,
+        clock=t.clock,
+        sleep=t.sleep,
+    )
+    return paced, local, shared
+
+
+async def test_the_shared_schedule_leaves_room_for_replicas_that_fell_silent() -> None:
+    """One of four replicas silent in Redis (it may be pacing on its own 50/s): the others book
+    the shared schedule at 150/s between them."""
+    t, members = FakeTime(), Members()
+    paced, _, _ = fleet_budget(t, members, Breaker(cool_off=1.0, clock=t.clock))
+    await paced.heartbeat()
+    first = await paced.acquire("app", "api", qps=200, max_wait=10)
+    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    assert second.send_by - first.send_by == pytest.approx(budget.interval_for(200, 0.015))
+    members.lapsed = 1
+    await paced.heartbeat()
+    third = await paced.acquire("app", "api", qps=200, max_wait=10)
+    fourth = await paced.acquire("app", "api", qps=200, max_wait=10)
+    assert fourth.send_by - third.send_by == pytest.approx(budget.interval_for(150, 0.015))
+    assert paced.lapsed == 1
+    assert members.beats == ["r1", "r1"]
+    await paced.leave()  # on a clean shutdown
+    assert members.left == ["r1"]
+
+
+async def test_a_replica_cut_off_from_redis_waits_until_the_others_have_noticed() -> None:
+    """Degraded, a replica's first local slot comes only once the others have counted it silent
+    (last beat + lapse + their next beat + a slow Redis call) and the slots they booked at the
+    full rate before that (the booking horizon) have passed; then it paces at its share."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=60.0, clock=t.clock)
+    paced, _, _ = fleet_budget(t, members, breaker)
+    await paced.heartbeat()
+    beat = t.now
+    for _ in range(3):
+        breaker.failed("redis down")
+    assert breaker.degraded
+    first = await paced.acquire("app", "api", qps=200, max_wait=10)
+    noticed = beat + budget.LAPSE_AFTER + budget.BEAT_EVERY + 0.5
+    assert first.send_by - budget.SEND_SHARE * 0.015 == pytest.approx(noticed + 2.0)
+    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    assert second.send_by - first.send_by == pytest.approx(budget.interval_for(50, 0.015))
+
+
+async def test_a_fleet_of_one_does_not_wait_for_others_to_notice() -> None:
+    """With GATEWAY_MAX_REPLICAS=1 there is nobody to notice: degraded, the replica goes on at once."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=60.0, clock=t.clock)
+    local = MemoryBudgetStore(clock=t.clock)
+    paced = Budget(
+        local=local,
+        shared=MemoryBudgetStore(clock=t.clock),
+        breaker=breaker,
+        members=members,
+        booking_horizon=2.0,
+        jitter=0.015,
+        clock=t.clock,
+        sleep=t.sleep,
+    )
+    await paced.heartbeat()
+    for _ in range(3):
+        breaker.failed("redis down")
+    assert (await paced.acquire("app", "api", qps=200, max_wait=10)).waited == 0.0
+
+
+async def test_back_from_a_cut_a_replica_pushes_the_shared_schedule_past_its_slots_then_beats() -> None:
+    """While the others still count it silent, a replica that reaches Redis again first moves the
+    shared schedules past its own local slots; only then does it beat (and stop being counted)."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=1.0, clock=t.clock)
+    paced, local, shared = fleet_budget(t, members, breaker)
+    for _ in range(3):
+        breaker.failed("redis down")
+    await paced.acquire("app", "api", qps=200, max_wait=10)
+    for _ in range(3):  # other callers' local slots, booked 1 s apart
+        await local.reserve("app", "api", 1.0, 10.0)
+    t.now += 1.5  # past the cool-off; local slots still out for another 1.5 s
+    assert local.ahead("app", "api") > 1.0
+    await paced.heartbeat()
+    assert not breaker.degraded
+    assert members.beats == ["r1"]
+    assert shared.ahead("app", "api") >= local.ahead("app", "api")
+
+
+@pytest.mark.parametrize("kept", [True, False])
+async def test_after_redis_returns_the_grace_lasts_until_a_beat_shows_the_fleet_was_kept(kept: bool) -> None:
+    """Back from a degraded period, shared slots are booked at the degraded rate (the grace) until
+    a beat shows the record of beats kept for longer than the protection lasts: every replica
+    still cut off is then counted as lapsed, and the grace ends. If Redis lost the record (kept
+    for 5 s), the grace runs its course."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=1.0, clock=t.clock)
+    paced, _, _ = fleet_budget(t, members, breaker, grace=10.0)
+    await paced.heartbeat()
+    for _ in range(3):
+        breaker.failed("redis down")
+    t.now += 5.0
+    first = await paced.acquire("app", "api", qps=200, max_wait=10)  # recovers: in grace
+    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    assert second.send_by - first.send_by == pytest.approx(budget.interval_for(50, 0.015))
+    members.kept_for, members.lapsed = (3600.0 if kept else 5.0), 1
+    await paced.heartbeat()
+    third = await paced.acquire("app", "api", qps=200, max_wait=10)
+    fourth = await paced.acquire("app", "api", qps=200, max_wait=10)
+    expected = budget.interval_for(150, 0.015) if kept else budget.interval_for(50, 0.015)
+    assert fourth.send_by - third.send_by == pytest.approx(expected)
 
 
 async def test_a_paused_tenant_gets_no_slot() -> None:
@@ -113,7 +270,7 @@ async def test_a_paused_tenant_gets_no_slot() -> None:
         await paced.acquire("app", "any-api", qps=200, max_wait=10)
     assert paused.value.retry_after == 60.0
     t.now += 60.0
-    assert await paced.acquire("app", "any-api", qps=200, max_wait=10) == 0.0
+    assert (await paced.acquire("app", "any-api", qps=200, max_wait=10)).waited == 0.0
 
 
 async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_url: str, emulator: Emulator) -> None:
@@ -131,6 +288,35 @@ async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_u
     assert set(statuses) <= {204, 429}
     assert statuses.count(204) == emulator.calls["update_room_info"]
     assert statuses.count(429) > 0
+
+
+async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() -> None:
+    """The send window is checked right before the request is written: callers whose slots
+    pass while the event loop is stalled (here: by the second call's handler) send nothing,
+    book new slots and still succeed, each call reaching Tencent exactly once."""
+    sent: list[float] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        if len(sent) == 2:  # 50 ms in: all eight have booked their slots, 50 ms apart, by now
+            time.sleep(0.2)  # stalls the whole loop: the next slots pass meanwhile
+        return httpx.Response(200, content=b'{"ActionStatus":"OK","ErrorCode":0,"RequestId":"r"}')
+
+    async with start_gateway(
+        "http://tencent.invalid", transport_factory=lambda: httpx.MockTransport(upstream), qps=20
+    ) as gateway:
+        responses = await asyncio.gather(
+            *(gateway.client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1}) for _ in range(8))
+        )
+        metrics = (await gateway.client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [204] * 8
+    assert len(sent) == 8
+    missed = [line for line in metrics.splitlines() if line.startswith("gateway_budget_slots_missed_total{")]
+    assert len(missed) == 1
+    forfeited = float(missed[0].rsplit(" ", 1)[1])
+    assert forfeited >= 2
+    grants = [line for line in metrics.splitlines() if line.startswith("gateway_budget_grants_total{")]
+    assert float(grants[0].rsplit(" ", 1)[1]) == 8 + forfeited
 
 
 def test_clock_sync_trusts_the_quickest_round_trip() -> None:

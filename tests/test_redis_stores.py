@@ -48,6 +48,27 @@ async def test_reserve_admits_exactly_what_the_cap_allows(redis: Redis) -> None:
     assert all(abs((b - a) - 0.5) < 0.05 for a, b in itertools.pairwise(grants))
 
 
+async def test_heartbeats_count_replicas_that_fell_silent_until_forgotten(redis: Redis) -> None:
+    """A replica that stops beating counts as lapsed after ``lapse_after`` and is forgotten after
+    ``forget_after``; one that leaves is gone at once; the beating replica never counts itself.
+    Each beat says how long the record has been kept; if Redis loses it, that starts again."""
+    store = RedisBudgetStore(redis)
+    beats = [await store.beat(r, 0.2, 0.8) for r in ("a", "b", "c")]
+    assert [lapsed for lapsed, _ in beats] == [0, 0, 0]
+    assert beats[0][1] == 0.0
+    await store.leave("c")
+    await asyncio.sleep(0.35)  # "b" falls silent
+    lapsed, kept_for = await store.beat("a", 0.2, 0.8)
+    assert (lapsed, round(kept_for, 1)) == (1, 0.4)
+    assert (await store.beat("b", 0.2, 0.8))[0] == 0  # back: "a" beat just now
+    await asyncio.sleep(0.35)
+    assert (await store.beat("a", 0.2, 0.8))[0] == 1
+    await asyncio.sleep(0.6)  # "b" silent for 0.95 s: forgotten
+    assert (await store.beat("a", 0.2, 0.8))[0] == 0
+    await redis.run(redis.client.delete(f"{redis.prefix}fleet:{{fleet}}"))  # Redis lost the record
+    assert await store.beat("a", 0.2, 0.8) == (0, 0.0)
+
+
 async def test_a_refusal_books_nothing_in_redis(redis: Redis) -> None:
     """Refused callers leave the schedule as it was: the next caller's wait is unchanged."""
     store = RedisBudgetStore(redis)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.fleet import Fleet, fleet
+from tests.fleet import Fleet, Partition, fleet, stop
 from tests.redis_servers import RedisServer, standalone
 from tests.support import APP_ID, TOKENS, blast, drive
 
@@ -160,3 +161,57 @@ async def test_slow_redis_mid_run(tmp_path: Path) -> None:
     assert busiest <= 200
     assert stats["codes"].get("60007", 0) == 0
     assert after == [{"status": "ready", "mode": "shared"}] * 3
+
+
+async def test_a_replica_cut_off_from_redis_stays_within_the_fleet_budget(tmp_path: Path) -> None:
+    """One of three replicas loses its road to Redis for 4 s while the others keep theirs, under
+    steady 3x-budget load. The others see it fall silent and leave room for its share; it waits
+    until they have before pacing on its own; mended, it pushes the shared schedule past its own
+    slots before it rejoins. Tencent never sees more than 200 in a sliding second, callers get
+    only 204s and 429s, and all three end in shared mode."""
+    with standalone() as redis:
+        partition = Partition(redis.port)
+        try:
+            with fleet(tmp_path, redis.url, replicas=3, redis_urls={0: partition.url}, budget_max_wait=1.0) as running:
+                running.reset()
+                load = steady_writes(running, seconds=11)
+                await asyncio.sleep(2.0)
+                partition.cut()
+                # Noticed within 1.5 s of its last beat (at most 0.5 s before the cut) plus the
+                # others' next beat: 2 s at the latest; read at 2.5 s.
+                await asyncio.sleep(2.5)
+                during = await readiness(running)
+                lapsed = [_gauge(url, "gateway_fleet_lapsed_replicas") for url in running.urls[1:]]
+                await asyncio.sleep(1.5)
+                partition.mend()
+                results = await load
+                await asyncio.sleep(1.5)
+                after = await readiness(running)
+                stats = running.stats()
+        finally:
+            partition.close()
+    key = f"{APP_ID}:update_room_info"
+    statuses = [status for status, _ in results]
+    print(f"busiest second {stats['busiest_second'][key]}, per second {stats['arrivals'][key]['per_second']}")
+    assert during == [{"status": "ready", "mode": "degraded"}] + [{"status": "ready", "mode": "shared"}] * 2
+    assert lapsed == [1.0, 1.0]
+    assert set(statuses) <= {204, 429}
+    assert stats["busiest_second"][key] <= 200
+    assert stats["codes"].get("60007", 0) == 0
+    assert after == [{"status": "ready", "mode": "shared"}] * 3
+
+
+def _gauge(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_a_replica_that_shuts_down_cleanly_costs_the_others_nothing(tmp_path: Path) -> None:
+    """A replica stopped with SIGTERM (a rolling update) leaves the heartbeat set: the others do
+    not count it as lapsed, so the whole budget stays theirs."""
+    with standalone() as redis, fleet(tmp_path, redis.url, replicas=2) as running:
+        stop(running.procs[2])  # [0] is the emulator
+        time.sleep(2.5)  # past the lapse (1.5 s) and the survivor's next beat
+        assert _gauge(running.urls[0], "gateway_fleet_lapsed_replicas") == 0.0
+        beats = _gauge(running.urls[0], "gateway_fleet_heartbeats_total")
+        assert beats >= 4

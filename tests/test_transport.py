@@ -15,7 +15,7 @@ import pytest
 import trustme
 import uvloop
 
-from gateway.transport import PooledTransport
+from gateway.transport import PooledTransport, TooLate
 
 Reply = Callable[[bytes], bytes | None]  # request body -> raw reply bytes (None: close at once)
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok": 1}\r\n'
@@ -126,6 +126,32 @@ def test_posts_and_reuses_one_connection(loop_kind: str) -> None:
             assert "Content-Length: 14\r\n\r\n{" in first
             await transport.aclose()
             assert transport.open_connections == 0
+
+    run(loop_kind, main)
+
+
+def test_a_call_past_its_moment_writes_nothing(loop_kind: str) -> None:
+    """``on_time`` is asked once the socket is ready (after the connect), right before the
+    write; when it says no, not a byte is sent, TooLate is raised and the socket kept for reuse."""
+
+    async def main() -> None:
+        async with serving(lambda body: OK) as server:
+            transport = PooledTransport(connections=8)
+            asked_with_open: list[int] = []
+
+            def too_late() -> bool:
+                asked_with_open.append(transport.open_connections)
+                return False
+
+            with pytest.raises(TooLate):
+                await transport.post(server.origin, "/v4/x", b"{}", on_time=too_late)
+            assert asked_with_open == [1]  # the connect was done before the question
+            await asyncio.sleep(0.05)
+            assert server.requests == []
+            reply = await transport.post(server.origin, "/v4/x", b"{}", on_time=lambda: True)
+            assert reply.status == 200
+            assert (server.connections, len(server.requests), transport.open_connections) == (1, 1, 1)
+            await transport.aclose()
 
     run(loop_kind, main)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping
 
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error
-from gateway.budget import Budget, BudgetStore
+from gateway.budget import BEAT_EVERY, Budget, BudgetStore, Members
 from gateway.cache import RoomCache, RoomStore
 from gateway.errors import ConfigError
 from gateway.health import Breaker
@@ -33,6 +35,8 @@ from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisS
 from gateway.tenants import Directory, load_directory
 from gateway.transport import PooledTransport
 from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway.app")
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -51,6 +55,7 @@ class Stores(msgspec.Struct, frozen=True):
     signatures: SignatureStore
     rooms: RoomStore
     budget: BudgetStore | None = None
+    members: Members | None = None
     redis: Redis | None = None
 
 
@@ -66,10 +71,12 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     redis = Redis(client, prefix=settings.redis_prefix, timeout=settings.redis_timeout)
+    budget = RedisBudgetStore(redis)
     return Stores(
         signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
         rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep), local=rooms, breaker=breaker),
-        budget=RedisBudgetStore(redis),
+        budget=budget,
+        members=budget,
         redis=redis,
     )
 
@@ -105,19 +112,24 @@ def create_app(
     cache = RoomCache(
         store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
     )
+    budget = Budget(
+        local=MemoryBudgetStore(clock=clock),
+        shared=stores.budget,
+        breaker=breaker,
+        degraded_share=settings.max_replicas,
+        grace=settings.budget_max_wait + 2 * settings.redis_cool_off,
+        members=stores.members,
+        replica=f"{socket.gethostname()}:{os.getpid()}",  # a pod restarted in place is the same replica
+        booking_horizon=settings.budget_max_wait,
+        store_timeout=settings.redis_timeout,
+        jitter=settings.budget_jitter,
+        clock=clock,
+        sleep=asyncio.sleep,
+    )
     service = RoomService(
         upstream=upstream,
         signer=signer,
-        budget=Budget(
-            local=MemoryBudgetStore(clock=clock),
-            shared=stores.budget,
-            breaker=breaker,
-            degraded_share=settings.max_replicas,
-            grace=settings.budget_max_wait + 2 * settings.redis_cool_off,
-            jitter=settings.budget_jitter,
-            clock=clock,
-            sleep=asyncio.sleep,
-        ),
+        budget=budget,
         cache=cache,
         policy=Policy(
             deadline=settings.deadline,
@@ -144,7 +156,9 @@ def create_app(
                 "gateway_room_cache_fill_waits": cache.fill_waits,
                 "gateway_redis_errors": breaker.failures,
                 "gateway_redis_round_trips": redis.round_trips if redis is not None else 0,
+                "gateway_fleet_heartbeats": budget.beats,
                 "gateway_redis_degraded": 1 if breaker.degraded else 0,
+                "gateway_fleet_lapsed_replicas": budget.lapsed,
             }
         )
     )
@@ -158,6 +172,15 @@ def create_app(
     async def start_redis() -> None:
         if stores.redis is not None:
             await stores.redis.start()
+            tasks.append(asyncio.create_task(beat_forever()))
+
+    async def beat_forever() -> None:
+        while True:
+            try:
+                await budget.heartbeat()
+            except Exception:  # a replica that stops beating costs the fleet its share: keep going
+                log.exception("heartbeat failed")
+            await asyncio.sleep(BEAT_EVERY)
 
     async def load_config() -> None:
         current = gateway.directory or load_directory(settings.config, env)
@@ -172,9 +195,10 @@ def create_app(
             )
             tasks.append(asyncio.create_task(watcher.run()))
 
-    async def stop_watching() -> None:
+    async def stop_background() -> None:
         for task in tasks:
             task.cancel()
+        await budget.leave()
 
     app = Litestar(
         route_handlers=ROUTES,
@@ -182,7 +206,7 @@ def create_app(
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
         on_startup=[load_config, start_redis],
-        on_shutdown=[stop_watching, upstream.aclose, gateway.aclose],
+        on_shutdown=[stop_background, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,

@@ -1,18 +1,27 @@
 """The per-(SDKAppID, API) request budget: GCRA with reservation, pacing callers.
 
 Why these numbers. Tencent refuses (60007) once an API has seen ``limit`` calls in a second. A
-slot booked here is not the moment Tencent sees the call: the caller wakes, signs and sends, and
-that lands up to ``jitter`` seconds later. So calls whose *slots* fall in a window of
-``1 s + jitter`` may all *arrive* in one sliding second. Slots are spaced with no burst at
+slot booked here is not the moment Tencent sees the call: the caller wakes and sends, and the
+request crosses the network. If every call arrives between 0 and ``jitter`` seconds after its
+slot, the calls that arrive in one sliding second had their slots in a window of
+``1 s + jitter``. Slots are spaced with no burst at
 
-    interval = (1 s + jitter) / (limit - 0.5)
+    interval = (1 s + jitter) / limit   (plus a microsecond, so rounding never shortens it)
 
-so that such a window holds at most ``floor((1 + jitter) / interval) + 1 = limit`` slots: no
-sliding second at Tencent ever holds more than ``limit`` calls, retries included (every retry
-books its own slot). A caller who wakes more than a quarter of the jitter after its slot books a
-new one rather than crowd the next second; the rest of the jitter is for the send itself. At the
-default 20 ms that uses 97.8% of 200/s (measured send lag on a loaded 2-core machine: median
-0.9 ms, p99 2 ms, worst seen 13-20 ms; BENCHMARKS.md).
+so that such a window holds at most ``limit`` slots: no sliding second at Tencent ever holds
+more than ``limit`` calls, retries included (every retry books its own slot). That is also the
+best any schedule can do without knowing which calls will be late: ``1 / (1 + jitter)`` of the
+limit, 98.3% at the default 17 ms.
+
+The bound holds only if calls really arrive within ``jitter``, so the gateway enforces its own
+part of it: a call may leave at most a third of the jitter (``SEND_SHARE``) after its slot.
+``Slot.send_by`` is that moment, and the upstream transport checks it right before it writes
+the request's first byte (after any connect); a call that would leave later writes nothing,
+forfeits its slot and books another (``service``). The other two thirds are for what the gateway
+cannot check: the network to Tencent and the error of mapping Redis's clock onto ours (half the
+best Redis round trip). Measured on a loaded 2-core machine (4 replicas, emulator, Redis and load
+generator): slot to write p99 1.5-1.9 ms; write to arrival p99 0.7-2 ms, worst 10.3 ms; slot to
+arrival worst 14.5 ms in eight 20 s runs (BENCHMARKS.md, "Budget").
 
 The maths is a pure function of the stored theoretical arrival time (TAT) and ``now``; the
 stores make it atomic (a dict in process, one Lua script in Redis using Redis's clock). A tenant
@@ -28,6 +37,21 @@ takes ``degraded_share`` slots' time): shared and still-degraded replicas togeth
 within the limit. It also pushes the shared schedule past its own local slots, so neither
 side's booked slots crowd the other's.
 
+Redis may also fail for one replica only (a network partition, a broken node) while the others
+still reach it. Every replica therefore beats in Redis every ``BEAT_EVERY`` seconds
+(``heartbeat``), and learns how many others fell silent without leaving (``LAPSE_AFTER``): each
+of those may be pacing on its own share, so the shared schedule is booked at the limit less
+their shares. A replica cut off waits, before its first local slot, until the others have
+noticed and the slots they booked at the full rate before that have passed (``_unseen_for``).
+When it reaches Redis again it first pushes the shared schedules past its own local slots, then
+beats. A replica that leaves cleanly says so; one that vanished is forgotten after
+``FORGET_AFTER`` seconds, which bounds the protection: a replica cut off for longer than that
+(an outage someone is paging about) is no longer counted by the others. The recovery's
+``grace`` is waived once the record of beats has been kept for longer than ``FORGET_AFTER``:
+every replica still cut off is then in it, counted as lapsed, unless it has been cut off for
+longer than the protection lasts anyway. (For that long after Redis lost the record, the grace
+stays: a replica cut off since before then is in no record.)
+
 Grant times are on the store's clock (Redis's); ``ClockSync`` maps them onto ours from the
 quickest round trips, so a slot's moment is known to within half a round trip and a slow reply
 is not mistaken for a late caller.
@@ -35,9 +59,10 @@ is not mistaken for a late caller.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -45,7 +70,10 @@ from gateway.errors import RateLimited, UpstreamLockedOut, UpstreamMisconfigured
 from gateway.health import Breaker, StoreUnavailable
 
 LOCKOUT_CODE = 70050
-ON_TIME = 0.25  # the share of the jitter a caller may wake late and still use its slot
+BEAT_EVERY = 0.5  # seconds between a replica's heartbeats in Redis
+LAPSE_AFTER = 1.5  # a replica silent this long may be cut off from Redis, pacing on its own
+FORGET_AFTER = 600.0  # ... and one silent this long is gone (a vanished pod stops costing budget)
+SEND_SHARE = 1 / 3  # the share of the jitter a call may leave late; the rest is the network's
 
 
 class Grant(msgspec.Struct, frozen=True):
@@ -73,9 +101,18 @@ class Paused(msgspec.Struct, frozen=True):
 Decision = Grant | Refusal | Paused
 
 
+class Slot(NamedTuple):
+    """A slot the caller now holds: it waited ``waited`` seconds, and its request must leave
+    (its first byte be written) by ``send_by`` on the budget's clock, or not at all."""
+
+    waited: float
+    send_by: float
+
+
 def interval_for(limit: int, jitter: float) -> float:
-    """Seconds between slots so that no sliding second holds more than ``limit`` arrivals."""
-    return (1.0 + jitter) / (limit - 0.5)
+    """Seconds between slots so that no sliding second holds more than ``limit`` arrivals, when
+    each arrives up to ``jitter`` after its slot."""
+    return (1.0 + jitter) / limit + 1e-6
 
 
 def reserve(
@@ -102,6 +139,17 @@ class BudgetStore(Protocol):
     async def defer(self, scope: str, api: str, pause: float) -> None: ...
 
     async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None: ...
+
+
+class Members(Protocol):
+    """The fleet's heartbeats (Redis)."""
+
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
+        """Record this replica's beat: the number of others silent for over ``lapse_after``, and
+        for how many seconds the record of beats has been kept (it restarts if Redis loses it)."""
+        ...
+
+    async def leave(self, replica: str) -> None: ...
 
 
 class ClockSync:
@@ -145,55 +193,69 @@ class Budget:
         breaker: Breaker | None = None,
         degraded_share: int = 1,
         grace: float = 0.0,
+        members: Members | None = None,
+        replica: str = "",
+        booking_horizon: float = 0.0,
+        store_timeout: float = 0.0,
         jitter: float,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
+        """``booking_horizon``: the furthest ahead any replica books (the wait cap);
+        ``store_timeout``: the longest a Redis call may take (a heartbeat's included)."""
         self._local = local
         self._shared = shared
         self._breaker = breaker
         self._share = degraded_share if shared is not None else 1
         self._grace = grace
+        self._members = members
+        self._replica = replica
+        self._horizon = booking_horizon
+        self._store_timeout = store_timeout
         self._jitter = jitter
         self._clock = clock
         self._sleep = sleep
         self._queue: dict[tuple[str, str], float] = {}  # how far ahead the shared schedule was booked
         self._local_only: set[tuple[str, str]] = set()  # keys booked locally while degraded
         self._sync = ClockSync()
+        self.lapsed = 0  # other replicas silent in Redis: each may be pacing on its own share
+        self.beats = 0  # heartbeats sent (Redis round trips that no call made)
+        self._last_beat: float | None = None
+        self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
 
-    async def acquire(self, scope: str, api: str, qps: int, max_wait: float) -> float:
-        """Wait for a slot; return the seconds waited. RateLimited past ``max_wait``;
-        UpstreamLockedOut / UpstreamMisconfigured while the tenant is paused."""
+    async def acquire(self, scope: str, api: str, qps: int, max_wait: float) -> Slot:
+        """Wait for a slot. RateLimited past ``max_wait``; UpstreamLockedOut /
+        UpstreamMisconfigured while the tenant is paused. A caller that wakes past the slot's
+        ``send_by`` still gets it: the send-time check is the one that counts (``service``)."""
         began = self._clock()
-        while True:
-            asked = self._clock()
-            decision, slot = await self._reserve(scope, api, qps, max(0.0, max_wait - (asked - began)))
-            if isinstance(decision, Refusal):
-                raise RateLimited(
-                    f"the request budget for {api} is exhausted; try again shortly",
-                    retry_after=max(1.0, math.ceil(decision.retry_after)),
-                )
-            if isinstance(decision, Paused):
-                cls = UpstreamLockedOut if decision.code == LOCKOUT_CODE else UpstreamMisconfigured
-                raise cls(f"calls to Tencent for this tenant are paused: {decision.reason}", retry_after=decision.left)
-            wake = slot - self._clock()
-            if wake > 0:
-                await self._sleep(wake)
-            # Woken too late: the slot is gone, book another rather than crowd the next one.
-            if self._clock() - slot <= self._jitter * ON_TIME:
-                return self._clock() - began
+        decision, slot = await self._reserve(scope, api, qps, max_wait)
+        if isinstance(decision, Refusal):
+            raise RateLimited(
+                f"the request budget for {api} is exhausted; try again shortly",
+                retry_after=max(1.0, math.ceil(decision.retry_after)),
+            )
+        if isinstance(decision, Paused):
+            cls = UpstreamLockedOut if decision.code == LOCKOUT_CODE else UpstreamMisconfigured
+            raise cls(f"calls to Tencent for this tenant are paused: {decision.reason}", retry_after=decision.left)
+        wake = slot - self._clock()
+        if wake > 0:
+            await self._sleep(wake)
+        return Slot(self._clock() - began, slot + self._jitter * SEND_SHARE)
 
     async def _reserve(self, scope: str, api: str, qps: int, max_wait: float) -> tuple[Decision, float]:
         """The decision and, for a grant, its slot on our clock."""
         key = (scope, api)
         if self._shared is not None and self._breaker is not None and self._breaker.allows():
             recovered = self._breaker.recovered_at
-            in_grace = recovered is not None and self._clock() - recovered < self._grace
-            interval = self._degraded_interval(qps) if in_grace else interval_for(qps, self._jitter)
+            in_grace = self._breaker.degraded or (  # degraded: this call may end it, and starts the grace
+                recovered is not None
+                and self._clock() - recovered < self._grace
+                and self._grace_waived_for != recovered
+            )
+            interval = self._degraded_interval(qps) if in_grace else self._shared_interval(qps)
             try:
                 if key in self._local_only:  # first shared booking after a degraded period
-                    await self._shared.defer(scope, api, self._local.ahead(scope, api))
-                    self._local_only.discard(key)
+                    await self._rejoin(self._shared, key)
                 sent = self._clock()
                 decision = await self._shared.reserve(scope, api, interval, max_wait)
                 received = self._clock()
@@ -210,12 +272,62 @@ class Budget:
                 self._queue[key] = slot + interval - received
                 return decision, slot
         if self._shared is not None and key not in self._local_only:
-            # The first local booking of a degraded period: start after the shared slots still out.
+            # The first local booking of a degraded period: start after the shared slots still
+            # out, and after the others have noticed this replica fell silent (_unseen_for).
             self._local_only.add(key)
-            await self._local.defer(scope, api, max(0.0, self._queue.get(key, 0.0)))
+            await self._local.defer(scope, api, max(0.0, self._queue.get(key, 0.0), self._unseen_for()))
         now = self._clock()
         decision = await self._local.reserve(scope, api, self._degraded_interval(qps), max_wait)
         return decision, now + decision.wait if isinstance(decision, Grant) else now
+
+    def _shared_interval(self, qps: int) -> float:
+        """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""
+        share = max(1, qps // self._share)
+        return interval_for(max(share, qps - self.lapsed * share), self._jitter)
+
+    def _unseen_for(self) -> float:
+        """Seconds until every other replica has counted this one as silent (its last beat, the
+        lapse, their next beat, a slow Redis call) and the slots they booked at the full rate
+        before that (up to the booking horizon) have passed. Zero if it never beat: nobody
+        counts on it then (a replica that has never reached Redis can't be protected); zero in a
+        fleet of one (``degraded_share`` 1: there are no others)."""
+        if self._last_beat is None or self._share == 1:
+            return 0.0
+        noticed = self._last_beat + LAPSE_AFTER + BEAT_EVERY + self._store_timeout
+        return noticed + self._horizon - self._clock()
+
+    async def heartbeat(self) -> None:
+        """One beat in Redis (``BEAT_EVERY``). Back from a degraded period, this replica first
+        pushes the shared schedules past its own local slots: once it beats, the others stop
+        leaving room for it."""
+        if self._members is None or self._shared is None or self._breaker is None or not self._breaker.allows():
+            return
+        try:
+            for key in list(self._local_only):
+                await self._rejoin(self._shared, key)
+            self.beats += 1
+            lapsed, kept_for = await self._members.beat(self._replica, LAPSE_AFTER, FORGET_AFTER)
+        except StoreUnavailable as exc:
+            self._breaker.failed(exc)
+            return
+        self._breaker.succeeded()
+        recovered = self._breaker.recovered_at
+        if kept_for >= FORGET_AFTER and recovered is not None:
+            # Every replica still pacing alone is in the record, counted as lapsed: the grace
+            # after the last recovery is not needed.
+            self._grace_waived_for = recovered
+        self.lapsed, self._last_beat = lapsed, self._clock()
+
+    async def _rejoin(self, shared: BudgetStore, key: tuple[str, str]) -> None:
+        """Back on the shared schedule: push it past this replica's own local slots for ``key``."""
+        await shared.defer(*key, self._local.ahead(*key))
+        self._local_only.discard(key)
+
+    async def leave(self) -> None:
+        """On a clean shutdown: the others need not leave room for this replica any more."""
+        if self._members is not None and self._breaker is not None and self._breaker.allows():
+            with contextlib.suppress(StoreUnavailable):
+                await self._members.leave(self._replica)
 
     def _degraded_interval(self, qps: int) -> float:
         """A replica's slot spacing when it may only count on its share of the limit."""

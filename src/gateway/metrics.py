@@ -76,7 +76,13 @@ class Metrics:
         )
         self.budget_grants = Counter(
             "gateway_budget_grants",
-            "Budget slots used (one per call to Tencent, retries included)",
+            "Budget slots booked (one per call to Tencent, retries included, and the missed ones)",
+            ["tenant", "api"],
+            registry=registry,
+        )
+        self.budget_missed = Counter(
+            "gateway_budget_slots_missed",
+            "Slots forfeited because the call could not leave within its send window (booked again)",
             ["tenant", "api"],
             registry=registry,
         )
@@ -137,6 +143,7 @@ class StateCollector(Collector):
             "gateway_room_cache_fill_waits": "Room reads that waited for another replica's fill",
             "gateway_redis_errors": "Redis calls that failed or timed out",
             "gateway_redis_round_trips": "Round trips to Redis",
+            "gateway_fleet_heartbeats": "Heartbeats this replica sent to Redis (included in the round trips)",
         }
         for name, text in counters.items():
             yield CounterMetricFamily(name, text, value=state.get(name, 0))
@@ -144,6 +151,11 @@ class StateCollector(Collector):
             "gateway_redis_degraded",
             "1 while Redis is unreachable and in-process state is used",
             value=state.get("gateway_redis_degraded", 0),
+        )
+        yield GaugeMetricFamily(
+            "gateway_fleet_lapsed_replicas",
+            "Other replicas silent in Redis without leaving: the shared budget leaves room for their shares",
+            value=state.get("gateway_fleet_lapsed_replicas", 0),
         )
 
     def describe(self) -> Iterable[Metric]:

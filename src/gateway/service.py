@@ -14,7 +14,7 @@ from typing import TypeVar
 import msgspec
 
 from gateway import errors, validation
-from gateway.budget import Budget
+from gateway.budget import Budget, Slot
 from gateway.cache import CacheResult, Filled, RoomCache
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -32,6 +32,7 @@ from gateway.models import (
 )
 from gateway.signing import Signer
 from gateway.tenants import Tenant
+from gateway.transport import TooLate
 from gateway.upstream import Api, Upstream
 
 R = TypeVar("R", bound=Envelope)
@@ -158,12 +159,11 @@ class RoomService:
         for attempt in range(1, policy.attempts + 1):
             if attempt > 1:
                 m.upstream_retries.labels(tenant=tenant.name, api=api, reason=retry_reason).inc()
-            # Sign first: the budget's on-time check must be the last thing before the send.
-            usersig = await self._signer.get(tenant)
-            await self._slot(tenant, api, deadline, last)
-            timeout = min(policy.upstream_timeout, deadline - self._clock())
+            usersig = await self._signer.get(tenant)  # before the slot: its send window is short
             try:
-                return await self._upstream.call(tenant, api, body=body, usersig=usersig, reply=reply, within=timeout)
+                return await self._send(
+                    tenant, api, body=body, usersig=usersig, reply=reply, deadline=deadline, last=last
+                )
             except errors.SignatureRejected as exc:
                 m.usersig_rejections.labels(tenant=tenant.name).inc()
                 retry_reason = "usersig"
@@ -199,18 +199,43 @@ class RoomService:
         assert last is not None  # the loop only falls through after a retried failure
         raise last
 
-    async def _slot(self, tenant: Tenant, api: Api, deadline: float, last: errors.GatewayError | None) -> None:
-        """Wait for this attempt's budget slot. Past the cap: the last attempt's error if there
-        was one (the caller learns why it failed, not merely that the retry found no slot)."""
-        max_wait = min(self._policy.max_wait, deadline - self._clock())
+    async def _send(
+        self,
+        tenant: Tenant,
+        api: Api,
+        *,
+        body: bytes,
+        usersig: str,
+        reply: type[R],
+        deadline: float,
+        last: errors.GatewayError | None,
+    ) -> R:
+        """One attempt: a budget slot, then the call, which must leave within the slot's send
+        window (``budget``); one that cannot has sent nothing and books another slot."""
+        m = self._metrics
+        until = min(deadline, self._clock() + self._policy.max_wait)  # the wait cap spans re-bookings
+        while True:
+            slot = await self._slot(tenant, api, until, last)
+            timeout = min(self._policy.upstream_timeout, deadline - self._clock())
+            try:
+                return await self._upstream.call(
+                    tenant, api, body=body, usersig=usersig, reply=reply, within=timeout, send_by=slot.send_by
+                )
+            except TooLate:
+                m.child(m.budget_missed, tenant.name, api).inc()
+
+    async def _slot(self, tenant: Tenant, api: Api, until: float, last: errors.GatewayError | None) -> Slot:
+        """Wait for a budget slot, at most until ``until``. Past that: the last attempt's error if
+        there was one (the caller learns why it failed, not merely that the retry found no slot)."""
         try:
-            waited = await self._budget.acquire(str(tenant.sdkappid), api, tenant.qps, max_wait)
+            slot = await self._budget.acquire(str(tenant.sdkappid), api, tenant.qps, max(0.0, until - self._clock()))
         except errors.RateLimited as refused:
             self._metrics.budget_refusals.labels(tenant=tenant.name, api=api).inc()
             raise (last if last is not None else refused) from None
         m = self._metrics
-        m.child(m.budget_wait, tenant.name, api).observe(waited)
+        m.child(m.budget_wait, tenant.name, api).observe(slot.waited)
         m.child(m.budget_grants, tenant.name, api).inc()
+        return slot
 
     async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
         code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0

@@ -34,7 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     fill_lock_ttl: float = 5.0
     # budget
     budget_max_wait: float = 2.0
-    budget_jitter: float = 0.02
+    budget_jitter: float = 0.017
     max_replicas: int = 1
     # upstream
     upstream_timeout: float = 5.0

@@ -20,6 +20,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
@@ -29,6 +30,10 @@ import httpx
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _USER_AGENT = b"live-room-gateway"
+
+
+class TooLate(Exception):
+    """The call's moment passed before its first byte was written, so nothing was sent."""
 
 
 class Reply(NamedTuple):
@@ -279,11 +284,17 @@ class PooledTransport(httpx.AsyncBaseTransport):
             )
         return pool
 
-    async def post(self, origin: str, target: str, body: bytes) -> Reply:
-        """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``."""
+    async def post(self, origin: str, target: str, body: bytes, on_time: Callable[[], bool] | None = None) -> Reply:
+        """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``.
+
+        ``on_time`` is asked once a socket is ready, immediately before the request is written
+        (nothing awaits in between); if it says no, nothing is written and ``TooLate`` raised."""
         pool = self._pool(origin)
         request = pool.request(target, body)
         conn = pool.take() or await pool.acquire()
+        if on_time is not None and not on_time():
+            pool.release(conn, reuse=True)
+            raise TooLate
         reuse = False
         try:
             reply = await conn.exchange(request)

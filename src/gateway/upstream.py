@@ -22,11 +22,12 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import PooledTransport, Reply
+from gateway.transport import PooledTransport, Reply, TooLate
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
-Send = Callable[[str, bytes], Awaitable[Reply]]  # (path and query, body) -> the reply
+OnTime = Callable[[], bool]
+Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
 
 _PATH = "/v4/live_engine_http_srv/"
 _HEADERS = {"content-type": "application/json", "accept": "application/json"}
@@ -101,38 +102,51 @@ class Upstream:
             decoder = self._decoders[reply] = msgspec.json.Decoder(reply)
         return decoder  # type: ignore[return-value]
 
-    async def call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
-        """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError."""
-        started = self._clock()
-        outcome = "0"
+    async def call(
+        self,
+        tenant: Tenant,
+        api: Api,
+        *,
+        body: bytes,
+        usersig: str,
+        reply: type[R],
+        within: float,
+        send_by: float | None = None,
+    ) -> R:
+        """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError.
+        ``TooLate`` (nothing sent) if the request could not be written by ``send_by``."""
+        clock = self._clock
+        started = clock()
+        outcome: str | None = "0"
+        target = f"{_PATH}{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
+        on_time = None if send_by is None else lambda: clock() <= send_by
         try:
-            return await self._call(tenant, api, body=body, usersig=usersig, reply=reply, within=within)
+            try:
+                async with asyncio.timeout(within):
+                    status, _, content = await self._sender(tenant.base_url)(target, body, on_time)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
+            except httpx.TransportError as exc:
+                raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
+            if status != 200:
+                raise errors.UpstreamUnavailable(f"Tencent {api}: HTTP {status}")
+            try:
+                decoded = self._decoder(reply).decode(content)
+            except msgspec.DecodeError as exc:
+                raise errors.UpstreamUnavailable(f"Tencent {api}: unreadable reply ({exc})") from exc
+            _check(decoded, api, usersig)
+            return decoded
         except errors.GatewayError as exc:
             outcome = _outcome(exc)
             raise
+        except TooLate:
+            outcome = None  # nothing was sent: not a call to Tencent
+            raise
         finally:
-            m = self._metrics
-            m.child(m.upstream_calls, tenant.name, api, outcome).inc()
-            m.child(m.upstream_seconds, api).observe(self._clock() - started)
-
-    async def _call(self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, reply: type[R], within: float) -> R:
-        target = f"{_PATH}{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
-        send = self._sender(tenant.base_url)
-        try:
-            async with asyncio.timeout(within):
-                status, _, content = await send(target, body)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
-        except httpx.TransportError as exc:
-            raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
-        if status != 200:
-            raise errors.UpstreamUnavailable(f"Tencent {api}: HTTP {status}")
-        try:
-            decoded = self._decoder(reply).decode(content)
-        except msgspec.DecodeError as exc:
-            raise errors.UpstreamUnavailable(f"Tencent {api}: unreadable reply ({exc})") from exc
-        _check(decoded, api, usersig)
-        return decoded
+            if outcome is not None:
+                m = self._metrics
+                m.child(m.upstream_calls, tenant.name, api, outcome).inc()
+                m.child(m.upstream_seconds, api).observe(clock() - started)
 
     async def aclose(self) -> None:
         for transport in self._transports.values():
@@ -145,8 +159,10 @@ def _sender(transport: httpx.AsyncBaseTransport, base_url: str) -> Send:
     if isinstance(transport, PooledTransport):
         return functools.partial(transport.post, base_url)
 
-    async def handle(target: str, body: bytes) -> Reply:
+    async def handle(target: str, body: bytes, on_time: OnTime | None) -> Reply:
         request = httpx.Request("POST", base_url + target, content=body, headers=_HEADERS)
+        if on_time is not None and not on_time():
+            raise TooLate
         response = await transport.handle_async_request(request)
         return Reply(response.status_code, [], await response.aread())
 

@@ -7,7 +7,8 @@ the breaker sends the replica to its in-process stores (``failover.py``).
 Keys start with the configured prefix and carry a hash tag, so every script touches one slot of
 a Redis Cluster: a tenant's schedules and pause share ``{sdkappid}``, a room's body, generation
 and fill lock share ``{sdkappid:room_id}``, a signature and its issue lock share
-``{sdkappid:identifier}``. Scripts live in ``gateway/lua`` and run by EVALSHA.
+``{sdkappid:identifier}``, and the fleet's heartbeats (a sorted set and its birth time) share
+``{fleet}``. Scripts live in ``gateway/lua`` and run by EVALSHA.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Redis:
         self._timeout = timeout
         self.scripts = {
             name: client.register_script(_lua(f"{name}.lua"))
-            for name in ("reserve", "defer", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
+            for name in ("reserve", "defer", "beat", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
         }
         self.round_trips = 0
 
@@ -153,6 +154,19 @@ class RedisBudgetStore:
     async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
         key = self._keys(scope, "")[1]
         await self._r.run(self._r.client.set(key, f"{code} {reason}", px=max(1, round(seconds * 1000))))
+
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
+        args = [replica, round(lapse_after * _US), round(forget_after * _US)]
+        lapsed, age = await self._r.script("beat", self._fleet, args)
+        return int(lapsed), int(age) / _US
+
+    async def leave(self, replica: str) -> None:
+        await self._r.run(self._r.client.zrem(self._fleet[0], replica))
+
+    @property
+    def _fleet(self) -> list[str]:
+        """The fleet's set and its birth time, in one cluster slot."""
+        return [f"{self._r.prefix}fleet:{{fleet}}", f"{self._r.prefix}fleet:{{fleet}}:born"]
 
 
 class RedisSignatureStore:
