@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import logs
 from gateway.emulator import Emulator
 from gateway.logs import JsonFormatter
 from tests.support import KEY, OTHER_KEY, TOKENS, Gateway
@@ -193,3 +195,38 @@ async def test_dashboard_and_alerts_use_real_metric_names(gateway: Gateway) -> N
         "GatewayRedisDegraded",
         "GatewayUserSigRejected",
     } <= alerts
+
+
+def test_access_lines_written_straight_to_the_stream_match_what_logging_writes() -> None:
+    """The access line's fast path (straight to ``configure``'s handler) writes the very line the
+    JSON formatter would, and steps aside for any other logging set-up (here: a filter)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    try:
+        logs.configure("info")
+        assert logs._HANDLER is not None
+        logs._HANDLER.setStream(stream)
+        logger = logging.getLogger("test.access")
+        fields = {"request_id": "r-1", "status": 204, "duration_ms": 1.5, "tenant": "acme"}
+        logs.AccessLog(logger, "request")(fields)
+        logger.info("request", extra={"fields": fields})
+        direct, formatted = (json.loads(line) for line in stream.getvalue().splitlines())
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct.pop("ts"))
+        formatted.pop("ts")
+        assert direct == formatted
+        seen: list[logging.LogRecord] = []
+
+        def keep(record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return True
+
+        logger.addFilter(keep)
+        logs.AccessLog(logger, "request")(fields)
+        assert len(seen) == 1  # went through logging
+        assert len(stream.getvalue().splitlines()) == 3
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logs._HANDLER = None
+        logging.getLogger("test.access").filters.clear()

@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import errors
 from gateway.cache import CacheResult
 from gateway.health import Breaker
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.models import Metadata, MetadataPatch, Problem, Room, RoomPatch
 from gateway.service import Outcome, RoomService
@@ -36,6 +38,7 @@ from gateway.tenants import Directory, Tenant
 
 log = logging.getLogger("gateway.api")
 access = logging.getLogger("gateway.access")
+_access_line = AccessLog(access, "request")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 PROBLEM_JSON = "application/problem+json"
@@ -181,8 +184,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             raw_path = (scope.get("raw_path") or b"").lower()
             if b"%2f" in raw_path or b"%5c" in raw_path:
                 exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
-                response = problem_response(exc, request_id)
-                await response.to_asgi_response(app=None, request=None)(scope, receive, send_with_id)  # type: ignore[arg-type]
+                await _respond(problem_response(exc, request_id), scope, receive, send_with_id)
             elif (handler := _direct(scope) if direct else None) is not None:
                 await _serve(handler, scope, receive, send_with_id)
             else:
@@ -224,7 +226,39 @@ async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -
         response: Response[Any] = await handler(request)
     except Exception as exc:  # as Litestar's exception middleware does: every error is answered
         response = handle_error(request, exc)
-    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+    await _respond(response, scope, receive, send, request)
+
+
+async def _respond(
+    response: Response[Any],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    request: Request[Any, Any, Any] | None = None,
+) -> None:
+    """Send what Litestar's ``ASGIResponse`` sends for a response of bytes (the handler's
+    headers, then content-type and content-length unless the status allows no body), without
+    building one: at one caller that took ~200 µs of a forwarded write's ~700 µs in the gateway.
+    Anything else (other content, cookies, a background task) goes through Litestar."""
+    body = response.content
+    if not (body is None or isinstance(body, bytes)) or response.cookies or response.background is not None:
+        await response.to_asgi_response(app=None, request=request)(scope, receive, send)  # type: ignore[arg-type]
+        return
+    status = response.status_code or 200
+    media_type = response.media_type.value if isinstance(response.media_type, Enum) else str(response.media_type)
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if status in (204, 304) or status < 200:
+        body = b""
+    else:
+        body = body or b""
+        names = {name for name, _ in headers}
+        if b"content-type" not in names:
+            charset = "; charset=utf-8" if media_type.startswith("text/") else ""
+            headers.append((b"content-type", (media_type + charset).encode("latin-1")))
+        if b"content-length" not in names:
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float, metrics: Metrics) -> None:
@@ -235,7 +269,7 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
     status = int(sent["status"])
     metrics.child(metrics.requests, route, method, str(status)).inc()
     metrics.child(metrics.request_seconds, route, method).observe(elapsed)
-    if access.isEnabledFor(logging.INFO):
+    if access.isEnabledFor(logging.INFO):  # (AccessLog checks too; this skips building the fields)
         upstream = sent.get("upstream")
         fields = {
             "request_id": state.get("request_id"),
@@ -247,10 +281,7 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
             "upstream_code": state.get("upstream_code"),
             "upstream_request_id": upstream.decode("latin-1") if upstream else None,
         }
-        # makeRecord + handle is what ``access.info`` does, less the stack walk for a caller's
-        # file and line, which the JSON lines do not carry.
-        extra = {"fields": {k: v for k, v in fields.items() if v is not None}}
-        access.handle(access.makeRecord(access.name, logging.INFO, "", 0, "request", (), None, extra=extra))
+        _access_line({k: v for k, v in fields.items() if v is not None})
 
 
 # ---------------------------------------------------------------------- handlers

@@ -57,6 +57,7 @@ def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
         http="httptools",
         lifespan="on",
         access_log=False,  # the gateway writes its own JSON access line per request
+        proxy_headers=False,  # nothing reads the client's address: skip uvicorn's middleware for it
         log_config=None,
         server_header=False,
         log_level=settings.log_level,
