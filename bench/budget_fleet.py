@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import httpx
 from tests.fleet import fleet
 from tests.redis_servers import standalone
 from tests.support import APP_ID, TOKENS, drive
@@ -34,6 +35,7 @@ async def run(replicas: int, seconds: float, rate: float) -> None:
             json={"activity_status": 1},
         )
         stats = running.stats()
+        missed = sum(_missed(url) for url in running.urls)
     key = f"{APP_ID}:update_room_info"
     arrivals = stats["arrivals"][key]
     steady = arrivals["per_second"][1:-1]  # the first second holds the ramp-up, the last is partial
@@ -42,8 +44,18 @@ async def run(replicas: int, seconds: float, rate: float) -> None:
     print(
         f"{replicas} replicas, {rate:.0f}/s offered for {seconds:.0f} s: busiest sliding second at Tencent "
         f"{stats['busiest_second'][key]} (limit 200), budget used in steady state {used:.1%}, 60007s "
-        f"{stats['codes'].get('60007', 0)}, caller statuses {statuses}"
+        f"{stats['codes'].get('60007', 0)}, slots missed (sent nothing, booked again) {missed:.0f}, "
+        f"caller statuses {statuses}"
     )
+
+
+def _missed(url: str) -> float:
+    """The replica's slots forfeited because their call could not leave in its send window."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(_MISSED))
+
+
+_MISSED = "gateway_budget_slots_missed_total{"
 
 
 def main() -> None:
