@@ -11,12 +11,14 @@ import httpx
 import pytest
 
 from gateway import budget
-from gateway.budget import Budget, Grant, Refusal
+from gateway.budget import Booking, Budget, Grant, Refusal
 from gateway.emulator import Emulator
 from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
+from gateway.transport import PooledTransport, Reply
+from gateway.upstream import OnTime
 from tests.support import APP_ID, TOKENS, blast, start_gateway
 
 
@@ -72,8 +74,44 @@ def test_a_refusal_books_nothing() -> None:
     assert decision == Refusal(retry_after=3.0)
     assert tat == 10.0
     tat, decision = budget.reserve(tat=10.0, now=8.5, interval=0.1, max_wait=2.0)
-    assert decision == Grant(wait=1.5)
+    assert decision == Grant(wait=1.5, booking=Booking(start=10.0, end=10.1))
     assert tat == pytest.approx(10.1)
+
+
+def test_an_unused_slot_handed_back_is_undone_while_nobody_booked_after_it() -> None:
+    """A call that could not leave in time hands its slot back: while the TAT is still where
+    its booking left it, the schedule goes back to that slot (the next booking is now, not an
+    interval later); once anybody booked after it, the handed-back slot changes nothing."""
+    tat, first = budget.reserve(tat=0.0, now=10.0, interval=1.0, max_wait=0.0)
+    assert isinstance(first, Grant)
+    assert first.booking == Booking(start=10.0, end=11.0) and tat == 11.0
+    tat, again = budget.reserve(tat, now=10.02, interval=1.0, max_wait=0.0, unbook=first.booking)
+    assert again == Grant(wait=0.0, booking=Booking(start=10.02, end=11.02))
+    # Somebody booked after the slot: handing it back must not free a slot under theirs.
+    tat, mine = budget.reserve(tat=0.0, now=20.0, interval=1.0, max_wait=5.0)
+    tat, theirs = budget.reserve(tat, now=20.0, interval=1.0, max_wait=5.0)
+    assert isinstance(mine, Grant) and isinstance(theirs, Grant)
+    tat, rebooked = budget.reserve(tat, now=20.02, interval=1.0, max_wait=5.0, unbook=mine.booking)
+    assert rebooked == Grant(wait=pytest.approx(1.98), booking=Booking(start=22.0, end=23.0))
+
+
+async def test_a_late_call_on_a_quiet_schedule_books_again_at_once() -> None:
+    """At 1 call/s and no wait allowed, a call whose first slot passed (a slow connect) still
+    goes: handed back, its slot is free again. Only the schedule that booked it takes it back."""
+    t = FakeTime()
+    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.017, clock=t.clock, sleep=t.sleep)
+    first = await paced.acquire("app", "api", qps=1, max_wait=0.0)
+    t.now += 0.03  # the connect took 30 ms: past send_by
+    assert t.now > first.send_by
+    again = await paced.acquire("app", "api", qps=1, max_wait=0.0, forfeit=first)
+    assert again.waited == 0.0
+    assert again.send_by == pytest.approx(t.now + 0.017 / 3)
+    with pytest.raises(RateLimited):  # the slot is taken now: the next caller waits a second
+        await paced.acquire("app", "api", qps=1, max_wait=0.0)
+    other = again._replace(shared=True)  # a slot of the shared schedule means nothing to this one
+    t.now += 0.03
+    with pytest.raises(RateLimited):
+        await paced.acquire("app", "api", qps=1, max_wait=0.0, forfeit=other)
 
 
 def test_defer_pushes_the_schedule() -> None:
@@ -317,6 +355,34 @@ async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() 
     assert forfeited >= 2
     grants = [line for line in metrics.splitlines() if line.startswith("gateway_budget_grants_total{")]
     assert float(grants[0].rsplit(" ", 1)[1]) == 8 + forfeited
+
+
+class SlowFirstConnect(PooledTransport):
+    """Tencent's transport whose first request to an origin spends 30 ms connecting (a TLS
+    handshake's worth) before it may write: longer than any slot's send window."""
+
+    def __init__(self) -> None:
+        super().__init__(connections=8)
+        self.connected: set[str] = set()
+
+    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+        if origin not in self.connected:
+            self.connected.add(origin)
+            await asyncio.sleep(0.03)
+        return await super().post(origin, target, body, on_time)
+
+
+async def test_a_slow_connect_on_a_slow_tenant_is_not_refused(upstream_url: str, emulator: Emulator) -> None:
+    """1 call/s, no wait allowed: the first call's connect outlasts its slot's send window. It
+    sends nothing then, takes its slot back and goes at once; Tencent sees it exactly once.
+    (Before, the next slot was a second away, past the wait cap: a 429 with budget to spare.)"""
+    async with start_gateway(upstream_url, transport_factory=SlowFirstConnect, qps=1, budget_max_wait=0.0) as gateway:
+        response = await gateway.client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1})
+        metrics = (await gateway.client.get("/metrics")).text
+    assert response.status_code == 204, response.text
+    assert emulator.calls["update_room_info"] == 1
+    missed = [line for line in metrics.splitlines() if line.startswith("gateway_budget_slots_missed_total{")]
+    assert [float(line.rsplit(" ", 1)[1]) for line in missed] == [1.0]
 
 
 def test_clock_sync_trusts_the_quickest_round_trip() -> None:

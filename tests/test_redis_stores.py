@@ -81,6 +81,23 @@ async def test_a_refusal_books_nothing_in_redis(redis: Redis) -> None:
     assert 0.4 < after.wait <= 0.5
 
 
+async def test_an_unused_slot_handed_back_is_undone_in_redis(redis: Redis) -> None:
+    """The script undoes a handed-back slot only while the TAT is still where its booking left
+    it (compared in exact microseconds); after another booking it changes nothing."""
+    store = RedisBudgetStore(redis)
+    first = await store.reserve("1400", "api", 1.0, 0.0)
+    assert isinstance(first, Grant) and first.booking is not None
+    assert first.booking.end - first.booking.start == pytest.approx(1.0)
+    assert isinstance(await store.reserve("1400", "api", 1.0, 0.0), Refusal)
+    again = await store.reserve("1400", "api", 1.0, 0.0, first.booking)
+    assert isinstance(again, Grant) and again.wait == 0.0
+    assert again.booking is not None and again.booking.start > first.booking.start
+    theirs = await store.reserve("1400", "api", 1.0, 5.0)
+    assert isinstance(theirs, Grant) and theirs.wait > 0.9
+    late = await store.reserve("1400", "api", 1.0, 0.0, again.booking)  # booked after: not undone
+    assert isinstance(late, Refusal)
+
+
 async def test_defer_pushes_every_replicas_schedule(redis: Redis) -> None:
     """After "too frequent" the next slot is at least the pause away."""
     store = RedisBudgetStore(redis)

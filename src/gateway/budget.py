@@ -76,12 +76,22 @@ FORGET_AFTER = 600.0  # ... and one silent this long is gone (a vanished pod sto
 SEND_SHARE = 1 / 3  # the share of the jitter a call may leave late; the rest is the network's
 
 
+class Booking(NamedTuple):
+    """What a grant did to its schedule, on the store's clock: it took the slot at ``start``
+    and moved the schedule's TAT to ``end``. Handing it back (``unbook``) undoes that while
+    nobody has booked after it."""
+
+    start: float
+    end: float
+
+
 class Grant(msgspec.Struct, frozen=True):
     """A booked slot: wait this long, then call. ``at`` is the store's clock when it decided
     (Redis's for the shared store), so the slot's moment is ``at + wait`` on that clock."""
 
     wait: float
     at: float | None = None
+    booking: Booking | None = None
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -103,10 +113,13 @@ Decision = Grant | Refusal | Paused
 
 class Slot(NamedTuple):
     """A slot the caller now holds: it waited ``waited`` seconds, and its request must leave
-    (its first byte be written) by ``send_by`` on the budget's clock, or not at all."""
+    (its first byte be written) by ``send_by`` on the budget's clock, or not at all. A call that
+    could not leave in time hands the slot back when it books the next (``Budget.acquire``)."""
 
     waited: float
     send_by: float
+    booking: Booking | None = None
+    shared: bool = False  # booked on the shared schedule (else on this replica's own)
 
 
 def interval_for(limit: int, jitter: float) -> float:
@@ -116,14 +129,28 @@ def interval_for(limit: int, jitter: float) -> float:
 
 
 def reserve(
-    tat: float, now: float, interval: float, max_wait: float, *, at: float | None = None
+    tat: float,
+    now: float,
+    interval: float,
+    max_wait: float,
+    *,
+    at: float | None = None,
+    unbook: Booking | None = None,
 ) -> tuple[float, Grant | Refusal]:
-    """GCRA with reservation and no burst: the new TAT and the decision for one call."""
+    """GCRA with reservation and no burst: the new TAT and the decision for one call.
+
+    ``unbook``: a slot of this schedule that went unused (its call could not leave in time). If
+    nobody booked after it (the TAT is still where it left it), the schedule goes back to that
+    slot before booking: the slot was never spent, so the call may take the next free moment
+    rather than a whole interval after the slot it gave back."""
+    if unbook is not None and tat == unbook.end:
+        tat = unbook.start
     start = max(tat, now)
     wait = start - now
     if wait > max_wait:
         return tat, Refusal(retry_after=wait - max_wait)
-    return start + interval, Grant(wait=wait, at=at)
+    end = start + interval
+    return end, Grant(wait=wait, at=at, booking=Booking(start, end))
 
 
 def defer(tat: float, now: float, pause: float) -> float:
@@ -134,7 +161,11 @@ def defer(tat: float, now: float, pause: float) -> float:
 class BudgetStore(Protocol):
     """Atomic GCRA state per (scope, api) and pauses per scope (scope = the SDKAppID)."""
 
-    async def reserve(self, scope: str, api: str, interval: float, max_wait: float) -> Decision: ...
+    async def reserve(
+        self, scope: str, api: str, interval: float, max_wait: float, unbook: Booking | None = None
+    ) -> Decision:
+        """Book a slot (see ``reserve``); ``unbook``: an unused slot of this schedule handed back."""
+        ...
 
     async def defer(self, scope: str, api: str, pause: float) -> None: ...
 
@@ -223,12 +254,17 @@ class Budget:
         self._last_beat: float | None = None
         self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
 
-    async def acquire(self, scope: str, api: str, qps: int, max_wait: float) -> Slot:
+    async def acquire(self, scope: str, api: str, qps: int, max_wait: float, forfeit: Slot | None = None) -> Slot:
         """Wait for a slot. RateLimited past ``max_wait``; UpstreamLockedOut /
         UpstreamMisconfigured while the tenant is paused. A caller that wakes past the slot's
-        ``send_by`` still gets it: the send-time check is the one that counts (``service``)."""
+        ``send_by`` still gets it: the send-time check is the one that counts (``service``).
+
+        ``forfeit``: this caller's previous slot, which its call could not use (it would have
+        left after ``send_by``: a connect, a stalled loop). Handed back, it is undone if nobody
+        booked after it, so a late call on a quiet schedule goes now instead of an interval
+        later (at 1 call/s, a second later, past any short wait cap)."""
         began = self._clock()
-        decision, slot = await self._reserve(scope, api, qps, max_wait)
+        decision, slot, shared = await self._reserve(scope, api, qps, max_wait, forfeit)
         if isinstance(decision, Refusal):
             raise RateLimited(
                 f"the request budget for {api} is exhausted; try again shortly",
@@ -240,10 +276,12 @@ class Budget:
         wake = slot - self._clock()
         if wake > 0:
             await self._sleep(wake)
-        return Slot(self._clock() - began, slot + self._jitter * SEND_SHARE)
+        return Slot(self._clock() - began, slot + self._jitter * SEND_SHARE, decision.booking, shared)
 
-    async def _reserve(self, scope: str, api: str, qps: int, max_wait: float) -> tuple[Decision, float]:
-        """The decision and, for a grant, its slot on our clock."""
+    async def _reserve(
+        self, scope: str, api: str, qps: int, max_wait: float, forfeit: Slot | None
+    ) -> tuple[Decision, float, bool]:
+        """The decision, for a grant its slot on our clock, and whether the shared store made it."""
         key = (scope, api)
         if self._shared is not None and self._breaker is not None and self._breaker.allows():
             recovered = self._breaker.recovered_at
@@ -257,28 +295,29 @@ class Budget:
                 if key in self._local_only:  # first shared booking after a degraded period
                     await self._rejoin(self._shared, key)
                 sent = self._clock()
-                decision = await self._shared.reserve(scope, api, interval, max_wait)
+                decision = await self._shared.reserve(scope, api, interval, max_wait, _handed_back(forfeit, shared=True))
                 received = self._clock()
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
             else:
                 self._breaker.succeeded()
                 if not isinstance(decision, Grant):
-                    return decision, received
+                    return decision, received, True
                 if decision.at is None:  # a store that does not say when it decided
-                    return decision, sent + decision.wait  # (the conservative reading)
+                    return decision, sent + decision.wait, True  # (the conservative reading)
                 self._sync.sample(sent, received, decision.at)
                 slot = self._sync.local(decision.at + decision.wait)
                 self._queue[key] = slot + interval - received
-                return decision, slot
+                return decision, slot, True
         if self._shared is not None and key not in self._local_only:
             # The first local booking of a degraded period: start after the shared slots still
             # out, and after the others have noticed this replica fell silent (_unseen_for).
             self._local_only.add(key)
             await self._local.defer(scope, api, max(0.0, self._queue.get(key, 0.0), self._unseen_for()))
         now = self._clock()
-        decision = await self._local.reserve(scope, api, self._degraded_interval(qps), max_wait)
-        return decision, now + decision.wait if isinstance(decision, Grant) else now
+        unbook = _handed_back(forfeit, shared=False)
+        decision = await self._local.reserve(scope, api, self._degraded_interval(qps), max_wait, unbook)
+        return decision, now + decision.wait if isinstance(decision, Grant) else now, False
 
     def _shared_interval(self, qps: int) -> float:
         """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""
@@ -348,3 +387,9 @@ class Budget:
                 await action(self._shared)
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
+
+
+def _handed_back(forfeit: Slot | None, *, shared: bool) -> Booking | None:
+    """The unused booking to undo on the schedule about to be booked: only that schedule's own
+    (a slot of the shared schedule means nothing to this replica's, nor the reverse)."""
+    return forfeit.booking if forfeit is not None and forfeit.shared == shared else None

@@ -211,11 +211,13 @@ class RoomService:
         last: errors.GatewayError | None,
     ) -> R:
         """One attempt: a budget slot, then the call, which must leave within the slot's send
-        window (``budget``); one that cannot has sent nothing and books another slot."""
+        window (``budget``). One that cannot has sent nothing: it hands the slot back and books
+        another, until the deadline."""
         m = self._metrics
         until = min(deadline, self._clock() + self._policy.max_wait)  # the wait cap spans re-bookings
+        slot: Slot | None = None
         while True:
-            slot = await self._slot(tenant, api, until, last)
+            slot = await self._slot(tenant, api, until, last, forfeit=slot)
             timeout = min(self._policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(
@@ -223,12 +225,18 @@ class RoomService:
                 )
             except TooLate:
                 m.child(m.budget_missed, tenant.name, api).inc()
+                if self._clock() >= deadline:  # (a handed-back slot is free again: nothing else ends this)
+                    raise errors.UpstreamTimeout(f"Tencent {api}: the call could not leave on time before the deadline")
 
-    async def _slot(self, tenant: Tenant, api: Api, until: float, last: errors.GatewayError | None) -> Slot:
+    async def _slot(
+        self, tenant: Tenant, api: Api, until: float, last: errors.GatewayError | None, forfeit: Slot | None
+    ) -> Slot:
         """Wait for a budget slot, at most until ``until``. Past that: the last attempt's error if
         there was one (the caller learns why it failed, not merely that the retry found no slot)."""
         try:
-            slot = await self._budget.acquire(str(tenant.sdkappid), api, tenant.qps, max(0.0, until - self._clock()))
+            slot = await self._budget.acquire(
+                str(tenant.sdkappid), api, tenant.qps, max(0.0, until - self._clock()), forfeit
+            )
         except errors.RateLimited as refused:
             self._metrics.budget_refusals.labels(tenant=tenant.name, api=api).inc()
             raise (last if last is not None else refused) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway import budget
-from gateway.budget import Decision, Paused
+from gateway.budget import Booking, Decision, Paused
 from gateway.cache import Lookup
 from gateway.signing import Signature
 
@@ -18,12 +18,16 @@ class MemoryBudgetStore:
         self._tat: dict[tuple[str, str], float] = {}
         self._paused: dict[str, tuple[float, int, str]] = {}
 
-    async def reserve(self, scope: str, api: str, interval: float, max_wait: float) -> Decision:
+    async def reserve(
+        self, scope: str, api: str, interval: float, max_wait: float, unbook: Booking | None = None
+    ) -> Decision:
         now = self._clock()
         paused = self._paused.get(scope)
         if paused is not None and paused[0] > now:
             return Paused(left=paused[0] - now, code=paused[1], reason=paused[2])
-        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now)
+        tat, decision = budget.reserve(
+            self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now, unbook=unbook
+        )
         self._tat[(scope, api)] = tat
         return decision
 

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.budget import Decision, Grant, Paused, Refusal
+from gateway.budget import Booking, Decision, Grant, Paused, Refusal
 from gateway.cache import Lookup
 from gateway.health import StoreUnavailable
 from gateway.signing import Signature
@@ -138,11 +138,17 @@ class RedisBudgetStore:
     def _keys(self, scope: str, api: str) -> list[str]:
         return [f"{self._r.prefix}budget:{{{scope}}}:{api}", f"{self._r.prefix}pause:{{{scope}}}"]
 
-    async def reserve(self, scope: str, api: str, interval: float, max_wait: float) -> Decision:
-        reply = await self._r.script("reserve", self._keys(scope, api), [round(interval * _US), round(max_wait * _US)])
+    async def reserve(
+        self, scope: str, api: str, interval: float, max_wait: float, unbook: Booking | None = None
+    ) -> Decision:
+        args = [round(interval * _US), round(max_wait * _US)]
+        if unbook is not None:  # microseconds again, exactly: the script compares them with the TAT
+            args += [round(unbook.start * _US), round(unbook.end * _US)]
+        reply = await self._r.script("reserve", self._keys(scope, api), args)
         kind = int(reply[0])
         if kind == 1:
-            return Grant(wait=int(reply[1]) / _US, at=int(reply[2]) / _US)
+            wait, now, booked = int(reply[1]), int(reply[2]), int(reply[3])
+            return Grant(wait=wait / _US, at=now / _US, booking=Booking((now + wait) / _US, booked / _US))
         if kind == 0:
             return Refusal(retry_after=int(reply[1]) / _US)
         code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
