@@ -84,13 +84,15 @@ def test_an_unused_slot_handed_back_is_undone_while_nobody_booked_after_it() -> 
     interval later); once anybody booked after it, the handed-back slot changes nothing."""
     tat, first = budget.reserve(tat=0.0, now=10.0, interval=1.0, max_wait=0.0)
     assert isinstance(first, Grant)
-    assert first.booking == Booking(start=10.0, end=11.0) and tat == 11.0
+    assert first.booking == Booking(start=10.0, end=11.0)
+    assert tat == 11.0
     tat, again = budget.reserve(tat, now=10.02, interval=1.0, max_wait=0.0, unbook=first.booking)
     assert again == Grant(wait=0.0, booking=Booking(start=10.02, end=11.02))
     # Somebody booked after the slot: handing it back must not free a slot under theirs.
     tat, mine = budget.reserve(tat=0.0, now=20.0, interval=1.0, max_wait=5.0)
     tat, theirs = budget.reserve(tat, now=20.0, interval=1.0, max_wait=5.0)
-    assert isinstance(mine, Grant) and isinstance(theirs, Grant)
+    assert isinstance(mine, Grant)
+    assert isinstance(theirs, Grant)
     tat, rebooked = budget.reserve(tat, now=20.02, interval=1.0, max_wait=5.0, unbook=mine.booking)
     assert rebooked == Grant(wait=pytest.approx(1.98), booking=Booking(start=22.0, end=23.0))
 

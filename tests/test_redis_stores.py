@@ -86,14 +86,18 @@ async def test_an_unused_slot_handed_back_is_undone_in_redis(redis: Redis) -> No
     it (compared in exact microseconds); after another booking it changes nothing."""
     store = RedisBudgetStore(redis)
     first = await store.reserve("1400", "api", 1.0, 0.0)
-    assert isinstance(first, Grant) and first.booking is not None
+    assert isinstance(first, Grant)
+    assert first.booking is not None
     assert first.booking.end - first.booking.start == pytest.approx(1.0)
     assert isinstance(await store.reserve("1400", "api", 1.0, 0.0), Refusal)
     again = await store.reserve("1400", "api", 1.0, 0.0, first.booking)
-    assert isinstance(again, Grant) and again.wait == 0.0
-    assert again.booking is not None and again.booking.start > first.booking.start
+    assert isinstance(again, Grant)
+    assert again.wait == 0.0
+    assert again.booking is not None
+    assert again.booking.start > first.booking.start
     theirs = await store.reserve("1400", "api", 1.0, 5.0)
-    assert isinstance(theirs, Grant) and theirs.wait > 0.9
+    assert isinstance(theirs, Grant)
+    assert theirs.wait > 0.9
     late = await store.reserve("1400", "api", 1.0, 0.0, again.booking)  # booked after: not undone
     assert isinstance(late, Refusal)
 

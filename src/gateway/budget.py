@@ -295,7 +295,9 @@ class Budget:
                 if key in self._local_only:  # first shared booking after a degraded period
                     await self._rejoin(self._shared, key)
                 sent = self._clock()
-                decision = await self._shared.reserve(scope, api, interval, max_wait, _handed_back(forfeit, shared=True))
+                decision = await self._shared.reserve(
+                    scope, api, interval, max_wait, _handed_back(forfeit, shared=True)
+                )
                 received = self._clock()
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)

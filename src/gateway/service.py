@@ -223,10 +223,12 @@ class RoomService:
                 return await self._upstream.call(
                     tenant, api, body=body, usersig=usersig, reply=reply, within=timeout, send_by=slot.send_by
                 )
-            except TooLate:
+            except TooLate as late:
                 m.child(m.budget_missed, tenant.name, api).inc()
                 if self._clock() >= deadline:  # (a handed-back slot is free again: nothing else ends this)
-                    raise errors.UpstreamTimeout(f"Tencent {api}: the call could not leave on time before the deadline")
+                    raise errors.UpstreamTimeout(
+                        f"Tencent {api}: the call could not leave in time before the deadline"
+                    ) from late
 
     async def _slot(
         self, tenant: Tenant, api: Api, until: float, last: errors.GatewayError | None, forfeit: Slot | None

@@ -25,9 +25,7 @@ class MemoryBudgetStore:
         paused = self._paused.get(scope)
         if paused is not None and paused[0] > now:
             return Paused(left=paused[0] - now, code=paused[1], reason=paused[2])
-        tat, decision = budget.reserve(
-            self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now, unbook=unbook
-        )
+        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now, unbook=unbook)
         self._tat[(scope, api)] = tat
         return decision
 
