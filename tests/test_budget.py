@@ -260,21 +260,41 @@ async def test_a_fleet_of_one_does_not_wait_for_others_to_notice() -> None:
 
 async def test_back_from_a_cut_a_replica_pushes_the_shared_schedule_past_its_slots_then_beats() -> None:
     """While the others still count it silent, a replica that reaches Redis again first moves the
-    shared schedules past its own local slots; only then does it beat (and stop being counted)."""
+    shared schedules past the local slots it granted; only then does it beat (and stop being
+    counted)."""
     t, members = FakeTime(), Members()
-    breaker = Breaker(cool_off=1.0, clock=t.clock)
+    breaker = Breaker(cool_off=3.0, clock=t.clock)
     paced, local, shared = fleet_budget(t, members, breaker)
     for _ in range(3):
         breaker.failed("redis down")
-    await paced.acquire("app", "api", qps=200, max_wait=10)
-    for _ in range(3):  # other callers' local slots, booked 1 s apart
-        await local.reserve("app", "api", 1.0, 10.0)
-    t.now += 1.5  # past the cool-off; local slots still out for another 1.5 s
-    assert local.ahead("app", "api") > 1.0
+    for _ in range(3):  # local slots at its share of 4/s: 1.015 s apart, the last at 2.03 s
+        await paced.acquire("app", "api", qps=4, max_wait=10)
+    t.now += 0.98  # 3.01 s: past the cool-off; the last slot's interval runs until 3.045 s
+    assert local.ahead("app", "api") == pytest.approx(0.035, abs=1e-5)
     await paced.heartbeat()
     assert not breaker.degraded
     assert members.beats == ["r1"]
-    assert shared.ahead("app", "api") >= local.ahead("app", "api")
+    assert shared.ahead("app", "api") == pytest.approx(0.035, abs=1e-5)
+
+
+async def test_back_from_a_cut_before_any_local_slot_the_shared_schedule_is_not_pushed() -> None:
+    """The hold before a cut-off replica's first local slot is no slot: if Redis returns before
+    that slot was granted, the shared schedule is left as it is (pushing it past the hold would
+    stall the whole fleet for seconds)."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=0.01, clock=t.clock)
+    paced, local, shared = fleet_budget(t, members, breaker)
+    await paced.heartbeat()  # it beat: the others count on it, so it holds when cut off
+    for _ in range(3):
+        breaker.failed("redis down")
+    with pytest.raises(RateLimited):
+        await paced.acquire("app", "api", qps=200, max_wait=1.0)
+    assert local.ahead("app", "api") > 4.0  # the hold, in the local schedule
+    t.now += 0.02
+    await paced.heartbeat()
+    assert not breaker.degraded
+    assert shared.ahead("app", "api") == 0.0
+    assert (await paced.acquire("app", "api", qps=200, max_wait=1.0)).waited == 0.0
 
 
 @pytest.mark.parametrize("kept", [True, False])

@@ -207,19 +207,13 @@ class ClockSync:
         return remote - self._offset
 
 
-class LocalBudgetStore(BudgetStore, Protocol):
-    def ahead(self, scope: str, api: str) -> float:
-        """Seconds from now to the schedule's TAT (0 when idle)."""
-        ...
-
-
 class Budget:
     """Paces callers of one (SDKAppID, API) to the budget, waiting at most the cap."""
 
     def __init__(
         self,
         *,
-        local: LocalBudgetStore,
+        local: BudgetStore,
         shared: BudgetStore | None = None,
         breaker: Breaker | None = None,
         degraded_share: int = 1,
@@ -247,7 +241,9 @@ class Budget:
         self._clock = clock
         self._sleep = sleep
         self._queue: dict[tuple[str, str], float] = {}  # how far ahead the shared schedule was booked
-        self._local_only: set[tuple[str, str]] = set()  # keys booked locally while degraded
+        # Keys booked locally while degraded, with the end of their last local booking (our
+        # clock; -inf before the first): the shared schedule must start after it on rejoining.
+        self._local_only: dict[tuple[str, str], float] = {}
         self._sync = ClockSync()
         self.lapsed = 0  # other replicas silent in Redis: each may be pacing on its own share
         self.beats = 0  # heartbeats sent (Redis round trips that no call made)
@@ -314,12 +310,16 @@ class Budget:
         if self._shared is not None and key not in self._local_only:
             # The first local booking of a degraded period: start after the shared slots still
             # out, and after the others have noticed this replica fell silent (_unseen_for).
-            self._local_only.add(key)
+            self._local_only[key] = float("-inf")
             await self._local.defer(scope, api, max(0.0, self._queue.get(key, 0.0), self._unseen_for()))
         now = self._clock()
         unbook = _handed_back(forfeit, shared=False)
         decision = await self._local.reserve(scope, api, self._degraded_interval(qps), max_wait, unbook)
-        return decision, now + decision.wait if isinstance(decision, Grant) else now, False
+        if not isinstance(decision, Grant):
+            return decision, now, False
+        if self._shared is not None and decision.booking is not None:
+            self._local_only[key] = decision.booking.end  # the local store's clock is ours
+        return decision, now + decision.wait, False
 
     def _shared_interval(self, qps: int) -> float:
         """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""
@@ -360,9 +360,13 @@ class Budget:
         self.lapsed, self._last_beat = lapsed, self._clock()
 
     async def _rejoin(self, shared: BudgetStore, key: tuple[str, str]) -> None:
-        """Back on the shared schedule: push it past this replica's own local slots for ``key``."""
-        await shared.defer(*key, self._local.ahead(*key))
-        self._local_only.discard(key)
+        """Back on the shared schedule: push it past the local slots this replica granted for
+        ``key`` (only those: the hold before the first of them is no slot, and pushing the
+        fleet's schedule past it would stall every replica for seconds)."""
+        ahead = self._local_only[key] - self._clock()
+        if ahead > 0:
+            await shared.defer(*key, ahead)
+        self._local_only.pop(key, None)  # (a concurrent caller may have rejoined it meanwhile)
 
     async def leave(self) -> None:
         """On a clean shutdown: the others need not leave room for this replica any more."""

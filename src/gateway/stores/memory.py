@@ -36,6 +36,7 @@ class MemoryBudgetStore:
         self._paused[scope] = (self._clock() + seconds, code, reason)
 
     def ahead(self, scope: str, api: str) -> float:
+        """Seconds from now to the schedule's TAT (0 when idle): how far ahead it is booked."""
         return max(0.0, self._tat.get((scope, api), 0.0) - self._clock())
 
 
