@@ -51,7 +51,7 @@ async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
     was not running when the slot came (``gateway_budget_slots_missed_total``): on this 2-core
     machine, shared by three replicas, the emulator, Redis and the load generator, a replica is
     sometimes off the CPU for tens of milliseconds, and how often depends on the neighbours, not
-    on the gateway (on the same code, Tencent saw 90.9-98.3% here, with 0.5-8.5% of the slots
+    on the gateway (on the same code, Tencent saw 90.9-98.3% here, with 0.9-8.4% of the slots
     forfeited). The forfeits are bounded at 15% of the slots granted, which a broken send window
     (every call late) would far exceed; the bench measures the arrivals alone, on a quieter
     machine (``bench/budget_fleet``)."""
