@@ -407,6 +407,34 @@ async def test_a_slow_connect_on_a_slow_tenant_is_not_refused(upstream_url: str,
     assert [float(line.rsplit(" ", 1)[1]) for line in missed] == [1.0]
 
 
+class NeverOnTime(PooledTransport):
+    """Tencent's transport where every request spends 30 ms before it may write: past every
+    slot's send window, however often the call books again."""
+
+    def __init__(self) -> None:
+        super().__init__(connections=8)
+
+    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+        await asyncio.sleep(0.03)
+        return await super().post(origin, target, body, on_time)
+
+
+async def test_a_call_that_can_never_leave_in_time_ends_at_the_deadline(upstream_url: str, emulator: Emulator) -> None:
+    """Each handed-back slot is free again at once, so nothing but the deadline ends the re-booking:
+    the caller gets a 504 at the deadline (the last try's wait or the loop's own check), and
+    Tencent never saw the call."""
+    async with start_gateway(
+        upstream_url, transport_factory=NeverOnTime, deadline=3.5, upstream_timeout=3.5
+    ) as gateway:
+        began = time.monotonic()
+        response = await gateway.client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1})
+        took = time.monotonic() - began
+    assert response.status_code == 504, response.text
+    assert response.json()["code"] == "upstream_timeout"
+    assert 3.5 <= took < 4.5
+    assert emulator.calls.get("update_room_info", 0) == 0
+
+
 def test_clock_sync_trusts_the_quickest_round_trip() -> None:
     """The offset comes from the round trip with the least slack, so a slow reply can't skew it."""
     sync = budget.ClockSync(window=10.0)

@@ -125,7 +125,7 @@ class Upstream:
                 async with asyncio.timeout(within):
                     status, _, content = await self._sender(tenant.base_url)(target, body, on_time)
             except (TimeoutError, httpx.TimeoutException) as exc:
-                raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.1f} s") from exc
+                raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.3g} s") from exc
             except httpx.TransportError as exc:
                 raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
             if status != 200:
