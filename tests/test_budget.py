@@ -17,8 +17,7 @@ from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
-from gateway.transport import PooledTransport, Reply
-from gateway.upstream import OnTime
+from gateway.transport import OnTime, PooledTransport, Reply
 from tests.support import APP_ID, TOKENS, blast, start_gateway
 
 

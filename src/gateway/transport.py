@@ -36,6 +36,9 @@ class TooLate(Exception):
     """The call's moment passed before its first byte was written, so nothing was sent."""
 
 
+OnTime = Callable[[], bool]  # asked right before a request is written: may it still leave?
+
+
 class Reply(NamedTuple):
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -284,7 +287,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             )
         return pool
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: Callable[[], bool] | None = None) -> Reply:
+    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
         """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``.
 
         ``on_time`` is asked once a socket is ready, immediately before the request is written

@@ -22,11 +22,10 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import PooledTransport, Reply, TooLate
+from gateway.transport import OnTime, PooledTransport, Reply, TooLate
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
-OnTime = Callable[[], bool]
 Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
 
 _PATH = "/v4/live_engine_http_srv/"
