@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from gateway.app import create_app
 from gateway.emulator import Emulator
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
+from tests import openloop
 
 APP_ID = 1400000001
 OTHER_APP_ID = 1400000002
@@ -180,24 +182,14 @@ async def drive(
     json: Any = None,
     headers: dict[str, str] | None = None,
 ) -> list[tuple[int, float]]:
-    """Offer ``rate`` requests/s for ``seconds``, round-robin over replicas and paths.
+    """Offer ``rate`` requests/s for ``seconds``, round-robin over replicas and paths, open loop
+    (``tests.openloop``: a light generator, so that it does not take the CPU from the replicas).
 
     Returns (status, seconds taken) per request; status 0 means the connection failed."""
-    hdrs = {"authorization": f"Bearer {token}", **(headers or {})}
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    total = int(rate * seconds)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def one(i: int) -> tuple[int, float]:
-            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
-            began = loop.time()
-            url = urls[i % len(urls)] + paths[i % len(paths)]
-            try:
-                async with session.request(method, url, headers=hdrs, json=json) as response:
-                    await response.read()
-                    return response.status, loop.time() - began
-            except aiohttp.ClientError:
-                return 0, loop.time() - began
-
-        return list(await asyncio.gather(*(one(i) for i in range(total))))
+    hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
+    count = math.lcm(len(urls), len(paths))  # request i goes to urls[i % U] + paths[i % P]
+    targets = [
+        openloop.target(urls[i % len(urls)] + paths[i % len(paths)], method=method, headers=hdrs, body=json)
+        for i in range(count)
+    ]
+    return await openloop.offer(targets, rate=rate, seconds=seconds)
