@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,57 @@ def process(args: list[str], *, port: int, env: dict[str, str] | None = None) ->
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks of this machine so far, from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+class Steal:
+    """What the hypervisor took from this VM while the block ran: ``steal`` in /proc/stat is
+    time another guest ran while this one had work, and every process on a stolen vCPU stalls,
+    whatever its code. A VM paused for 250 ms stalls a whole fleet of replicas at once: their
+    slots pass with nobody on a CPU to send (the budget's forfeits). Sampled every 100 ms."""
+
+    def __init__(self) -> None:
+        self.share: float | None = None  # of the whole run's CPU time
+        self.worst: float | None = None  # of the worst 100 ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Steal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        first = last = cpu_ticks()
+        if first is None:
+            return
+        worst = 0.0
+        while not self._stop.wait(0.1):
+            now = cpu_ticks()
+            if now is None or last is None:
+                return
+            if now[1] > last[1]:
+                worst = max(worst, (now[0] - last[0]) / (now[1] - last[1]))
+            last = now
+        if last is not None and last[1] > first[1]:
+            self.share, self.worst = (last[0] - first[0]) / (last[1] - first[1]), worst
+
+    def __str__(self) -> str:
+        if self.share is None or self.worst is None:
+            return "CPU stolen by the hypervisor: unknown"
+        return f"CPU stolen by the hypervisor: {self.share:.1%} of the run, {self.worst:.0%} of its worst 100 ms"
 
 
 def load(

@@ -20,7 +20,7 @@ import sys
 from tests.support import APP_ID, KEY, TOKENS
 from TLSSigAPIv2 import TLSSigAPIv2
 
-from bench._harness import GATEWAY, free_port, load, median, process
+from bench._harness import GATEWAY, Steal, free_port, load, median, process
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
@@ -53,33 +53,34 @@ def main() -> None:
         load(via_gateway, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
         for callers in (64, 1):
             runs: dict[str, list[dict[str, object]]] = {}
-            for _ in range(rounds):  # interleaved, so drift on the machine hits every column alike
-                for generator in generators:
-                    runs.setdefault(f"gateway/{generator}", []).append(
-                        load(
-                            via_gateway,
-                            concurrency=callers,
-                            seconds=seconds,
-                            method="PATCH",
-                            body=gw_body,
-                            headers=AUTH,
-                            generator=generator,
+            with Steal() as steal:
+                for _ in range(rounds):  # interleaved, so drift on the machine hits every column alike
+                    for generator in generators:
+                        runs.setdefault(f"gateway/{generator}", []).append(
+                            load(
+                                via_gateway,
+                                concurrency=callers,
+                                seconds=seconds,
+                                method="PATCH",
+                                body=gw_body,
+                                headers=AUTH,
+                                generator=generator,
+                            )
                         )
-                    )
-                    runs.setdefault(f"direct/{generator}", []).append(
-                        load(
-                            [direct_url(emulator)],
-                            concurrency=callers,
-                            seconds=seconds,
-                            method="POST",
-                            body=direct_body,
-                            generator=generator,
+                        runs.setdefault(f"direct/{generator}", []).append(
+                            load(
+                                [direct_url(emulator)],
+                                concurrency=callers,
+                                seconds=seconds,
+                                method="POST",
+                                body=direct_body,
+                                generator=generator,
+                            )
                         )
-                    )
             rps = {k: median([float(r["rps"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
             p50 = {k: median([float(r["p50_ms"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
             errors = {k: sum(int(r["errors"]) for r in v) for k, v in runs.items()}  # type: ignore[call-overload]
-            print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s:")
+            print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
             for key in runs:
                 print(f"  {key:18s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")
             first = generators[0]
