@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -58,7 +59,8 @@ async def run(replicas: int, seconds: float, rate: float, generator: str) -> Non
         f"{replicas} replicas, {rate:.0f}/s offered for {seconds:.0f} s: busiest sliding second at Tencent "
         f"{stats['busiest_second'][key]} (limit 200), budget used in steady state {used:.1%} (the spacing's "
         f"ceiling: {1 / (1 + jitter):.1%}), 60007s {stats['codes'].get('60007', 0)}, caller statuses {statuses}\n"
-        f"  calls a second at Tencent: {steady}\n"
+        f"  calls a second at Tencent: {steady} (median {statistics.median(steady):g}, the typical second; "
+        f"the mean above is the issue's figure)\n"
         f"  slots missed (the replica was off the CPU: it sent nothing and booked again): {missed:.0f}; "
         f"{steal}\n"
         f"  load generator ({generator}): {cpu / len(results) * 1e6:.0f} µs of CPU a request"
