@@ -65,7 +65,9 @@ class Steal:
     """What the hypervisor took from this VM while the block ran: ``steal`` in /proc/stat is
     time another guest ran while this one had work, and every process on a stolen vCPU stalls,
     whatever its code. A VM paused for 250 ms stalls a whole fleet of replicas at once: their
-    slots pass with nobody on a CPU to send (the budget's forfeits). Sampled every 100 ms."""
+    slots pass with nobody on a CPU to send (the budget's forfeits). Not every pause is reported
+    as steal (BENCHMARKS.md, "Fifth session"): a low figure does not prove the VM ran throughout.
+    Sampled every 100 ms."""
 
     def __init__(self) -> None:
         self.share: float | None = None  # of the whole run's CPU time

@@ -185,7 +185,8 @@ async def drive(
     """Offer ``rate`` requests/s for ``seconds``, round-robin over replicas and paths, open loop
     (``tests.openloop``: a light generator, so that it does not take the CPU from the replicas).
 
-    Returns (status, seconds taken) per request; status 0 means the connection failed."""
+    Returns (status, seconds taken) per request; status 0 means the connection failed or no
+    answer came within 30 s of the last request."""
     hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
     count = math.lcm(len(urls), len(paths))  # request i goes to urls[i % U] + paths[i % P]
     targets = [
