@@ -14,21 +14,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from tests.fleet import fleet
 from tests.redis_servers import standalone
 from tests.support import TOKENS
 
 from bench._harness import load
-
-
-def counter(urls: list[str], name: str) -> float:
-    total = 0.0
-    for url in urls:
-        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-            total += sum(s.value for s in family.samples if s.name == name)
-    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -41,9 +31,9 @@ def rss_mb(pid: int) -> float:
 def main() -> None:
     with standalone() as redis, fleet(Path(tempfile.mkdtemp()), redis.url, replicas=2) as running:
         running.reset()
-        trips0 = counter(running.urls, "gateway_redis_round_trips_total")
-        beats0 = counter(running.urls, "gateway_fleet_heartbeats_total")
-        calls0 = counter(running.urls, "gateway_upstream_calls_total")
+        trips0 = running.counter("gateway_redis_round_trips_total")
+        beats0 = running.counter("gateway_fleet_heartbeats_total")
+        calls0 = running.counter("gateway_upstream_calls_total")
         urls = [f"{u}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3) for u in running.urls]
         peak: dict[int, float] = {}
 
@@ -65,9 +55,9 @@ def main() -> None:
         )
         stop.set()
         sampler.join()
-        trips = counter(running.urls, "gateway_redis_round_trips_total") - trips0
-        beats = counter(running.urls, "gateway_fleet_heartbeats_total") - beats0
-        calls = counter(running.urls, "gateway_upstream_calls_total") - calls0
+        trips = running.counter("gateway_redis_round_trips_total") - trips0
+        beats = running.counter("gateway_fleet_heartbeats_total") - beats0
+        calls = running.counter("gateway_upstream_calls_total") - calls0
     print(
         f"{result['requests']} metadata writes ({result['rps']} req/s, statuses {result['statuses']}): "
         f"{calls:.0f} calls to Tencent, {trips:.0f} Redis round trips: {beats:.0f} heartbeats (2 a second per "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.redis_servers import free_port
 from tests.support import SECRETS, TOKENS, config_yaml
@@ -109,6 +110,15 @@ class Fleet:
     def close(self) -> None:
         for proc in self.procs:
             stop(proc)
+
+    def counter(self, sample: str) -> float:
+        """A counter summed over every replica and label set (``sample``: the sample's name, as
+        ``gateway_budget_grants_total``), read from each replica's /metrics."""
+        total = 0.0
+        for url in self.urls:
+            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+                total += sum(s.value for s in family.samples if s.name == sample)
+        return total
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = httpx.get(f"{self.emulator_url}/_emulator/stats").json()

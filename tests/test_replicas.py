@@ -35,12 +35,6 @@ def room(n: int) -> str:
     return f"/v1/tenants/acme/rooms/room-{n}"
 
 
-def _counter(url: str, name: str) -> float:
-    """A replica's counter, summed over its labels."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
     """600 writes/s offered for 10 s over 3 replicas: Tencent never sees more than 200 in a sliding
     second, never answers 60007, and the fleet's schedule puts at least 97% of the budget to use
@@ -56,13 +50,13 @@ async def test_budget_is_shared_by_the_fleet(replicas: Fleet) -> None:
     (every call late) would far exceed; the bench measures the arrivals alone, on a quieter
     machine (``bench/budget_fleet``)."""
     replicas.reset()
-    grants = sum(_counter(url, "gateway_budget_grants_total") for url in replicas.urls)
-    missed = sum(_counter(url, "gateway_budget_slots_missed_total") for url in replicas.urls)
+    grants = replicas.counter("gateway_budget_grants_total")
+    missed = replicas.counter("gateway_budget_slots_missed_total")
     seconds = 10
     results = await steady_writes(replicas, seconds)
     stats = replicas.stats()
-    grants = sum(_counter(url, "gateway_budget_grants_total") for url in replicas.urls) - grants
-    missed = sum(_counter(url, "gateway_budget_slots_missed_total") for url in replicas.urls) - missed
+    grants = replicas.counter("gateway_budget_grants_total") - grants
+    missed = replicas.counter("gateway_budget_slots_missed_total") - missed
     key = f"{APP_ID}:update_room_info"
     statuses = {status for status, _ in results}
     assert statuses <= {204, 429}
