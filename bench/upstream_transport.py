@@ -100,7 +100,6 @@ async def measure(port: int, inflight: int, seconds: float) -> dict[str, float]:
         "httpx default pool": httpx.AsyncClient(),
         "httpx pool 256": httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)),
         "httpx.AsyncClient + AiohttpTransport": httpx.AsyncClient(transport=AiohttpTransport(connections=256)),
-        "httpx.AsyncClient + PooledTransport": httpx.AsyncClient(transport=PooledTransport(connections=256)),
     }
     for name, client in clients.items():
         async with client:

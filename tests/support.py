@@ -7,7 +7,8 @@ import contextlib
 import math
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import httpx
@@ -18,6 +19,7 @@ from gateway.app import create_app
 from gateway.emulator import Emulator
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
+from gateway.transport import OnTime, Reply, Sender, TooLate
 from tests import openloop
 
 APP_ID = 1400000001
@@ -112,6 +114,38 @@ async def serve_app(app: Litestar) -> AsyncIterator[str]:
         sock.close()
 
 
+class Call(NamedTuple):
+    """One request as the scripted Tencent saw it."""
+
+    origin: str
+    path: str
+    params: dict[str, str]
+    body: bytes
+
+
+class ScriptedTencent:
+    """A stateful Tencent behind the production seam (``transport.Sender``): ``answer`` gives
+    each call's (status, body). Like ``PooledTransport`` it asks ``on_time`` right before the
+    request would be written and sends nothing (``TooLate``) when the window has passed, so
+    ``Upstream`` and the budget run exactly the code they run in production."""
+
+    def __init__(self, answer: Callable[[Call], tuple[int, bytes]]) -> None:
+        self.answer = answer
+        self.calls: list[Call] = []
+
+    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+        if on_time is not None and not on_time():
+            raise TooLate
+        parts = urlsplit(target)
+        call = Call(origin, parts.path, dict(parse_qsl(parts.query)), body)
+        self.calls.append(call)
+        status, content = self.answer(call)
+        return Reply(status, [(b"content-type", b"application/json")], content)
+
+    async def aclose(self) -> None:
+        return None
+
+
 class Gateway:
     """A running gateway: its app (for internals), URL and an httpx client with a token."""
 
@@ -128,7 +162,7 @@ class Gateway:
 async def start_gateway(
     upstream_url: str,
     *,
-    transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    transport_factory: Callable[[], Sender] | None = None,
     qps: int = 200,
     direct_routes: bool = True,
     **overrides: Any,

@@ -7,7 +7,6 @@ import bisect
 import random
 import time
 
-import httpx
 import pytest
 
 from gateway import budget
@@ -18,7 +17,7 @@ from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
 from gateway.transport import OnTime, PooledTransport, Reply
-from tests.support import APP_ID, TOKENS, blast, start_gateway
+from tests.support import APP_ID, TOKENS, Call, ScriptedTencent, blast, start_gateway
 
 
 def busiest_second(times: list[float]) -> int:
@@ -355,15 +354,14 @@ async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() 
     book new slots and still succeed, each call reaching Tencent exactly once."""
     sent: list[float] = []
 
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def upstream(call: Call) -> tuple[int, bytes]:
         sent.append(time.monotonic())
         if len(sent) == 2:  # 50 ms in: all eight have booked their slots, 50 ms apart, by now
             time.sleep(0.2)  # stalls the whole loop: the next slots pass meanwhile
-        return httpx.Response(200, content=b'{"ActionStatus":"OK","ErrorCode":0,"RequestId":"r"}')
+        return 200, b'{"ActionStatus":"OK","ErrorCode":0,"RequestId":"r"}'
 
-    async with start_gateway(
-        "http://tencent.invalid", transport_factory=lambda: httpx.MockTransport(upstream), qps=20
-    ) as gateway:
+    tencent = ScriptedTencent(upstream)
+    async with start_gateway("http://tencent.invalid", transport_factory=lambda: tencent, qps=20) as gateway:
         responses = await asyncio.gather(
             *(gateway.client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1}) for _ in range(8))
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from gateway.emulator import Emulator
@@ -13,7 +12,7 @@ from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from gateway.emulator.usersig import mint
 from gateway.signing import Signature, Signer
 from gateway.upstream import ERROR_CODES
-from tests.support import APP_ID, KEY, Gateway, start_gateway
+from tests.support import APP_ID, KEY, Call, Gateway, ScriptedTencent, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 NO_CACHE = {"cache-control": "no-cache"}
@@ -201,26 +200,25 @@ async def test_write_applied_then_reply_lost_is_retried_and_succeeds(gateway: Ga
     assert emulator.calls["update_room_info"] == 2
 
 
-# ---------------------------------------------------------------------- rare replies, via MockTransport
+# ---------------------------------------------------------------------- rare replies, via a scripted Tencent
 
 
-class Scripted:
-    """A stateful upstream: answers each call with the next scripted (status, body)."""
+class Scripted(ScriptedTencent):
+    """Tencent answering each call with the next scripted (status, body)."""
 
-    def __init__(self, *replies: tuple[int, bytes]) -> None:
-        self.replies = list(replies)
-        self.requests: list[httpx.Request] = []
+    def __init__(self) -> None:
+        super().__init__(self._next)
+        self.replies: list[tuple[int, bytes]] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        status, body = self.replies.pop(0) if self.replies else (200, b"{}")
-        return httpx.Response(status, content=body)
+    def _next(self, call: Call) -> tuple[int, bytes]:
+        return self.replies.pop(0) if self.replies else (200, b"{}")
 
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[Scripted, Gateway]]:
+    """A gateway whose Tencent answers from a script, through the production Sender seam."""
     upstream = Scripted()
-    async with start_gateway("http://tencent.invalid", transport_factory=lambda: httpx.MockTransport(upstream)) as gw:
+    async with start_gateway("http://tencent.invalid", transport_factory=lambda: upstream) as gw:
         yield upstream, gw
 
 
@@ -255,11 +253,12 @@ async def test_request_is_tencents_wire_format(scripted: tuple[Scripted, Gateway
     upstream, gateway = scripted
     upstream.replies = [(200, OK_ROOM)]
     assert (await gateway.client.get(ROOM)).status_code == 200
-    (request,) = upstream.requests
-    assert request.method == "POST"
-    assert request.url.path == "/v4/live_engine_http_srv/get_room_info"
-    assert set(request.url.params) == {"sdkappid", "identifier", "usersig", "random", "contenttype"}
-    assert request.url.params["sdkappid"] == str(APP_ID)
-    assert request.url.params["contenttype"] == "json"
-    assert request.headers["content-type"] == "application/json"
-    assert request.content == b'{"RoomId":"room-1"}'
+    (call,) = upstream.calls
+    assert call.origin == "http://tencent.invalid"
+    assert call.path == "/v4/live_engine_http_srv/get_room_info"
+    assert set(call.params) == {"sdkappid", "identifier", "usersig", "random", "contenttype"}
+    assert call.params["sdkappid"] == str(APP_ID)
+    assert call.params["identifier"] == "administrator"
+    assert 0 <= int(call.params["random"]) < 2**32
+    assert call.params["contenttype"] == "json"
+    assert call.body == b'{"RoomId":"room-1"}'

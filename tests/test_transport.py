@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -15,7 +16,7 @@ import pytest
 import trustme
 import uvloop
 
-from gateway.transport import PooledTransport, TooLate
+from gateway.transport import MAX_REPLY_BYTES, PooledTransport, Sender, TooLate
 
 Reply = Callable[[bytes], bytes | None]  # request body -> raw reply bytes (None: close at once)
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok": 1}\r\n'
@@ -310,16 +311,128 @@ def test_an_idle_socket_the_server_closed_is_not_reused(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
-def test_it_is_an_httpx_transport(loop_kind: str) -> None:
-    """Under ``httpx.AsyncClient`` it posts and answers like any httpx transport."""
+def test_it_is_the_upstream_seam() -> None:
+    """The production transport implements the ``Sender`` seam that ``Upstream`` calls (and the
+    tests' scripted Tencent implements too): ``post`` and ``aclose``, nothing httpx-shaped."""
+    sender: Sender = PooledTransport(connections=1)  # mypy checks the protocol here
+    assert callable(sender.post)
+    assert callable(sender.aclose)
+
+
+def _gzip_reply(payload: bytes, encoding: bytes = b"gzip", *, cut: int = 0) -> bytes:
+    """A framed reply with ``payload`` compressed, less the last ``cut`` bytes of the stream."""
+    body = gzip.compress(payload) if encoding == b"gzip" else zlib.compress(payload)
+    body = body[: len(body) - cut]
+    return b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s" % (encoding, len(body), body)
+
+
+def test_deflate_bodies_are_decoded(loop_kind: str) -> None:
+    """A zlib-wrapped deflate body (RFC 9110's "deflate") arrives decoded."""
+
+    async def main() -> None:
+        async with serving(lambda body: _gzip_reply(b'{"d": 1}', b"deflate")) as server:
+            transport = PooledTransport(connections=1)
+            assert (await transport.post(server.origin, "/", b"{}")).content == b'{"d": 1}'
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (_gzip_reply(b"0" * (MAX_REPLY_BYTES + 1)), "inflates past"),
+        (_gzip_reply(b'{"a": 1}', cut=6), "truncated gzip"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", "unsupported content-encoding br"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}", "bad gzip body"),
+    ],
+    ids=["gzip-bomb", "truncated", "unknown-encoding", "not-gzip"],
+)
+def test_bodies_that_cannot_be_decoded_are_protocol_errors(loop_kind: str, raw: bytes, reason: str) -> None:
+    """A gzip body that inflates past MAX_REPLY_BYTES (here 8 KiB on the wire), a truncated one, an
+    encoding we never asked for and a body that is not gzip at all are each a RemoteProtocolError."""
+
+    async def main() -> None:
+        async with serving(lambda body: raw) as server:
+            transport = PooledTransport(connections=1)
+            with pytest.raises(httpx.RemoteProtocolError, match=reason):
+                await transport.post(server.origin, "/", b"{}")
+            await transport.aclose()
+
+    assert len(raw) < 16 * 1024
+    run(loop_kind, main)
+
+
+def test_a_reply_over_the_size_cap_is_refused_and_its_socket_closed(loop_kind: str) -> None:
+    """A body longer than MAX_REPLY_BYTES is refused as it arrives (not buffered whole), and the
+    socket that carried it is not kept."""
+    huge = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_REPLY_BYTES + 1) + b"x" * (MAX_REPLY_BYTES + 1)
+
+    async def main() -> None:
+        async with serving(lambda body: huge) as server:
+            transport = PooledTransport(connections=1)
+            with pytest.raises(httpx.RemoteProtocolError, match="reply over"):
+                await transport.post(server.origin, "/", b"{}")
+            assert transport.open_connections == 0
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_an_idle_socket_past_the_keepalive_is_not_reused(loop_kind: str) -> None:
+    """A socket idle for longer than ``keepalive`` is closed, not reused: the next call opens a
+    new one (servers drop idle sockets; reusing one they dropped would fail the call)."""
 
     async def main() -> None:
         async with serving(lambda body: OK) as server:
-            async with httpx.AsyncClient(transport=PooledTransport(connections=2)) as client:
-                response = await client.post(server.origin + "/v4/y?q=1", content=b"{}")
-            assert response.status_code == 200
-            assert response.json() == {"ok": 1}
-            assert server.requests[0].startswith(b"POST /v4/y?q=1 HTTP/1.1\r\n")
+            transport = PooledTransport(connections=2, keepalive=0.05)
+            await transport.post(server.origin, "/", b"{}")
+            await transport.post(server.origin, "/", b"{}")
+            assert server.connections == 1
+            await asyncio.sleep(0.1)
+            await transport.post(server.origin, "/", b"{}")
+            assert server.connections == 2
+            assert transport.open_connections == 1
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_call_cancelled_while_queued_for_a_socket_leaves_the_pool_whole(loop_kind: str) -> None:
+    """With every socket busy, a queued call that is cancelled leaves its place; a call that was
+    woken and then cancelled passes the wake-up on, so the call behind it still gets the socket."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                await release.wait()
+                writer.write(OK)
+
+        async with listen(held) as origin:
+            transport = PooledTransport(connections=1)
+            busy = asyncio.create_task(transport.post(origin, "/", b"{}"))
+            await asyncio.sleep(0.05)
+            queued = asyncio.create_task(transport.post(origin, "/", b"{}"))
+            behind = asyncio.create_task(transport.post(origin, "/", b"{}"))
+            await asyncio.sleep(0.01)
+            queued.cancel()  # cancelled while waiting: it leaves the queue
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            last = asyncio.create_task(transport.post(origin, "/", b"{}"))
+            await asyncio.sleep(0.01)
+            release.set()
+            await busy  # its socket goes to `behind`, which is woken ...
+            behind.cancel()  # ... and cancelled before it runs: the wake-up must reach `last`
+            with pytest.raises(asyncio.CancelledError):
+                await behind
+            async with asyncio.timeout(2):
+                assert (await last).status == 200
+            assert transport.open_connections == 1
+            await transport.aclose()
 
     run(loop_kind, main)
 

@@ -10,7 +10,6 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-import httpx
 import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
@@ -33,7 +32,7 @@ from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
 from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Directory, load_directory
-from gateway.transport import PooledTransport
+from gateway.transport import PooledTransport, Sender
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.app")
@@ -86,7 +85,7 @@ def create_app(
     *,
     env: Mapping[str, str] | None = None,
     directory: Directory | None = None,
-    transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    transport_factory: Callable[[], Sender] | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     direct_routes: bool = True,

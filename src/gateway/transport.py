@@ -5,9 +5,13 @@ Why not a library's pool: httpx's own (httpcore) collapses as calls in flight gr
 aiohttp's client costs ~240 µs of CPU a call, a quarter of all the gateway did per forwarded
 request (BENCHMARKS.md, "Upstream transport"). Calls to Tencent are one shape only (a POST with a
 small JSON body, a JSON reply), so the client needs little: write the request in one piece, parse
-the reply with llhttp, keep the socket. It is still an httpx transport (``handle_async_request``),
-so ``httpx.MockTransport`` stays the test seam; ``Upstream`` calls ``post`` to skip building an
-``httpx.Request`` (re-parsing a URL with a 300-character UserSig costs ~100 µs).
+the reply with llhttp, keep the socket.
+
+``Sender`` is the one seam between ``Upstream`` and the network: ``PooledTransport`` implements it
+in production, and the tests' scripted Tencent implements the same ``post`` (the send window
+asked right before the write, ``TooLate`` when it says no), so every test of ``Upstream`` runs the
+code production runs. (It used to be an httpx transport too, with a second path through
+``httpx.Request`` for ``httpx.MockTransport`` that production never took.)
 
 Errors are httpx's: a refused or failed connection is a ``ConnectError``, a connection lost or a
 reply llhttp rejects a ``RemoteProtocolError``. Timeouts are the caller's (``asyncio.timeout``):
@@ -21,7 +25,7 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,6 +47,18 @@ class Reply(NamedTuple):
     status: int
     headers: list[tuple[bytes, bytes]]
     content: bytes
+
+
+class Sender(Protocol):
+    """What ``Upstream`` needs of the network: POST a JSON body, get the reply."""
+
+    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+        """POST ``body`` to ``target`` (path and query, already encoded) at ``origin``. ``on_time``
+        is asked immediately before the request's first byte is written; if it says no, nothing
+        is written and ``TooLate`` raised. Failures are httpx's ``TransportError``s."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class _Origin(NamedTuple):
@@ -264,7 +280,7 @@ class _Pool:
         self._idle.clear()
 
 
-class PooledTransport(httpx.AsyncBaseTransport):
+class PooledTransport:
     """Keep-alive pools of at most ``connections`` sockets per origin. HTTPS origins are verified
     against the system's CAs (``tls_context`` replaces that: tests bring their own CA)."""
 
@@ -306,15 +322,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
             pool.release(conn, reuse=reuse)
         return _decoded(reply)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "POST":
-            raise httpx.UnsupportedProtocol(f"this transport only POSTs, not {request.method}")
-        url = request.url
-        origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
-        reply = await self.post(origin, url.raw_path.decode("ascii"), await request.aread())
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
-        return httpx.Response(reply.status, headers=headers, content=reply.content, request=request)
-
     async def aclose(self) -> None:
         for pool in self._pools.values():
             pool.close()
@@ -322,14 +329,20 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
 
 def _decoded(reply: Reply) -> Reply:
-    """The reply with a gzip or deflate body decompressed (servers may compress regardless)."""
+    """The reply with a gzip or deflate body decompressed (servers may compress regardless), to
+    at most ``MAX_REPLY_BYTES``: a few kilobytes of gzip can inflate to gigabytes."""
     encoding = next((v.lower() for k, v in reply.headers if k.lower() == b"content-encoding"), b"identity")
     if encoding in (b"identity", b""):
         return reply
     if encoding not in (b"gzip", b"deflate"):
         raise httpx.RemoteProtocolError(f"unsupported content-encoding {encoding.decode('latin-1')}")
+    inflate = zlib.decompressobj(47 if encoding == b"gzip" else 15)
     try:
-        content = zlib.decompress(reply.content, 47 if encoding == b"gzip" else 15)
+        content = inflate.decompress(reply.content, MAX_REPLY_BYTES)
     except zlib.error as exc:
         raise httpx.RemoteProtocolError(f"bad {encoding.decode()} body") from exc
+    if inflate.unconsumed_tail:
+        raise httpx.RemoteProtocolError(f"{encoding.decode()} body inflates past {MAX_REPLY_BYTES} bytes")
+    if not inflate.eof:
+        raise httpx.RemoteProtocolError(f"truncated {encoding.decode()} body")
     return reply._replace(content=content)

@@ -22,14 +22,13 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import OnTime, PooledTransport, Reply, TooLate
+from gateway.transport import OnTime, Reply, Sender, TooLate
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
 Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
 
 _PATH = "/v4/live_engine_http_srv/"
-_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 # Tencent ErrorCode -> the error the caller gets (README: "Error mapping"). Unlisted codes become
 # UpstreamRejected (502, not retried), with the code in the problem's ``upstream_code``.
@@ -51,17 +50,13 @@ ERROR_CODES: dict[int, type[errors.GatewayError]] = {
 
 
 class Upstream:
-    """Signed calls to Tencent over one pooled keep-alive transport per base URL.
-
-    Our ``PooledTransport`` is called through its ``post`` (no ``httpx.Request`` to build); any
-    other httpx transport (``httpx.MockTransport`` in tests) through ``handle_async_request``.
-    The ``AsyncClient`` layer (redirects, cookies, auth, hooks) is skipped: it does nothing here.
-    """
+    """Signed calls to Tencent through one ``Sender`` per base URL (a ``PooledTransport`` in
+    production, the scripted Tencent in tests: the same ``post`` either way)."""
 
     def __init__(
         self,
         *,
-        transport_factory: Callable[[], httpx.AsyncBaseTransport],
+        transport_factory: Callable[[], Sender],
         random32: Callable[[], int],
         metrics: Metrics,
         clock: Callable[[], float],
@@ -70,7 +65,7 @@ class Upstream:
         self._random32 = random32
         self._metrics = metrics
         self._clock = clock
-        self._transports: dict[str, httpx.AsyncBaseTransport] = {}
+        self._transports: dict[str, Sender] = {}
         self._senders: dict[str, Send] = {}
         self._queries: dict[tuple[int, str, str], str] = {}
         self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
@@ -79,7 +74,7 @@ class Upstream:
         send = self._senders.get(base_url)
         if send is None:
             transport = self._transports[base_url] = self._transport_factory()
-            send = self._senders[base_url] = _sender(transport, base_url)
+            send = self._senders[base_url] = functools.partial(transport.post, base_url)
         return send
 
     def _query(self, tenant: Tenant, usersig: str) -> str:
@@ -152,20 +147,6 @@ class Upstream:
             await transport.aclose()
         self._transports.clear()
         self._senders.clear()
-
-
-def _sender(transport: httpx.AsyncBaseTransport, base_url: str) -> Send:
-    if isinstance(transport, PooledTransport):
-        return functools.partial(transport.post, base_url)
-
-    async def handle(target: str, body: bytes, on_time: OnTime | None) -> Reply:
-        request = httpx.Request("POST", base_url + target, content=body, headers=_HEADERS)
-        if on_time is not None and not on_time():
-            raise TooLate
-        response = await transport.handle_async_request(request)
-        return Reply(response.status_code, [], await response.aread())
-
-    return handle
 
 
 def _outcome(exc: errors.GatewayError) -> str:
