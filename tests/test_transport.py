@@ -400,37 +400,29 @@ def test_an_idle_socket_past_the_keepalive_is_not_reused(loop_kind: str) -> None
 
 def test_a_call_cancelled_while_queued_for_a_socket_leaves_the_pool_whole(loop_kind: str) -> None:
     """With every socket busy, a queued call that is cancelled leaves its place; a call that was
-    woken and then cancelled passes the wake-up on, so the call behind it still gets the socket."""
+    woken (a socket came free) and cancelled before it ran passes the wake-up on, so the call
+    behind it still gets the socket instead of waiting forever."""
 
     async def main() -> None:
-        release = asyncio.Event()
-
-        async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(2)
-                await release.wait()
-                writer.write(OK)
-
-        async with listen(held) as origin:
+        async with serving(lambda body: OK) as server:
             transport = PooledTransport(connections=1)
-            busy = asyncio.create_task(transport.post(origin, "/", b"{}"))
-            await asyncio.sleep(0.05)
-            queued = asyncio.create_task(transport.post(origin, "/", b"{}"))
-            behind = asyncio.create_task(transport.post(origin, "/", b"{}"))
+            pool = transport._pool(server.origin)
+            busy = await pool.acquire()  # the pool's one socket, in use
+            queued = asyncio.create_task(pool.acquire())
+            woken = asyncio.create_task(pool.acquire())
+            last = asyncio.create_task(pool.acquire())
             await asyncio.sleep(0.01)
             queued.cancel()  # cancelled while waiting: it leaves the queue
             with pytest.raises(asyncio.CancelledError):
                 await queued
-            last = asyncio.create_task(transport.post(origin, "/", b"{}"))
-            await asyncio.sleep(0.01)
-            release.set()
-            await busy  # its socket goes to `behind`, which is woken ...
-            behind.cancel()  # ... and cancelled before it runs: the wake-up must reach `last`
+            pool.release(busy, reuse=True)  # wakes `woken` ...
+            woken.cancel()  # ... which is cancelled before it runs: the wake-up must reach `last`
             with pytest.raises(asyncio.CancelledError):
-                await behind
+                await woken
             async with asyncio.timeout(2):
-                assert (await last).status == 200
+                conn = await last
+            assert conn is busy
+            pool.release(conn, reuse=True)
             assert transport.open_connections == 1
             await transport.aclose()
 
