@@ -81,14 +81,16 @@ async def test_a_read_in_flight_during_a_write_cannot_cache_the_old_room(gateway
 
 async def test_a_read_after_a_write_does_not_join_an_older_fill(gateway: Gateway, emulator: Emulator) -> None:
     """A read that starts after a PATCH gets its own upstream call, not the pre-write one's result."""
-    emulator.faults.latency = 0.3
+    emulator.faults.reply_latency = 0.3  # Tencent reads the room now and answers 0.3 s later
     slow_read = asyncio.create_task(gateway.client.get(ROOM))
     await asyncio.sleep(0.1)
-    emulator.faults.latency = 0.0
+    emulator.faults.reply_latency = 0.0
     assert (await gateway.client.patch(ROOM, json={"room_name": "New"})).status_code == 204
-    after = await gateway.client.get(ROOM)
+    after = await gateway.client.get(ROOM)  # the pre-write fill is still in flight now
+    assert not slow_read.done()
     assert after.json()["room_name"] == "New"
-    await slow_read
+    assert (await slow_read).json()["room_name"] == "room-1"  # that fill really read the old room
+    assert emulator.calls["get_room_info"] == 2
 
 
 async def test_stale_copy_is_served_when_tencent_fails(upstream_url: str, emulator: Emulator) -> None:

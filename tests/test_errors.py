@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -41,9 +43,40 @@ EXPECTED: dict[int, tuple[int, str, int]] = {
 }
 
 
+def readme_error_table() -> dict[int, tuple[int, str]]:
+    """The README's "Every Tencent ErrorCode the gateway maps" table: code -> (status, problem
+    code); the codes of its "anything else" row (examples of unmapped codes) under key -code."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text.split("Every Tencent ErrorCode the gateway maps", 1)[1].split("\n\n", 2)[1]
+    rows: dict[int, tuple[int, str]] = {}
+    for line in table.splitlines()[2:]:  # past the header and its rule
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        codes = re.findall(r"\b\d{5,6}\b", cells[0])
+        status, code = re.search(r"(\d{3}) `([a-z_]+)`", cells[-1]).groups()  # type: ignore[union-attr]
+        sign = -1 if cells[0].startswith("anything else") else 1
+        rows.update(dict.fromkeys((sign * int(c) for c in codes), (int(status), code)))
+    return rows
+
+
 def test_every_mapped_code_is_tested() -> None:
-    """The table above covers every code the gateway maps, so the README table can't drift silently."""
+    """This file's table covers every code the gateway maps, and every code it names is tested."""
     assert set(ERROR_CODES) <= set(EXPECTED)
+
+
+def test_the_readme_error_table_is_the_mapping() -> None:
+    """The README's ErrorCode table names exactly the codes ``ERROR_CODES`` maps, each with the
+    status and problem code that the mapped error carries (so the table cannot drift silently)."""
+    documented = readme_error_table()
+    assert len(documented) > 30, "the README table was not found"
+    unmapped = {-code: outcome for code, outcome in documented.items() if code < 0}
+    assert {code for code in documented if code > 0} == set(ERROR_CODES)
+    for code, error in ERROR_CODES.items():
+        assert documented[code] == (error.status, error.code), code
+        assert EXPECTED[code][:2] == documented[code], code
+    assert unmapped, "the table's row for unmapped codes was not found"
+    for code, outcome in unmapped.items():
+        assert code not in ERROR_CODES
+        assert outcome == EXPECTED[code][:2] == (502, "upstream_rejected")
 
 
 @pytest.mark.parametrize("code", sorted(EXPECTED))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.emulator.usersig import SigError, mint, verify
+from gateway.emulator.usersig import SigError, decode, mint, verify
 from gateway.signing import Signer, issue_usersig
 from gateway.stores.memory import MemorySignatureStore
 from gateway.tenants import Secret, Tenant
@@ -48,10 +48,17 @@ def test_garbage_is_70003() -> None:
         assert error.value.code == 70003
 
 
-def test_minted_sig_matches_the_library() -> None:
-    """The emulator's minting (for any issue time) produces what the official library would."""
-    sig = mint(1400000001, "k" * 32, "administrator", issued=1_700_000_000, expire=60)
-    assert verify(sig, sdkappid=1400000001, identifier="administrator", key="k" * 32, now=1_700_000_030)
+def test_minted_sig_matches_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's minting (for any issue time) produces the very document Tencent's library
+    signs at that time: the same fields and the same HMAC (mint and verify share their signed
+    content, so verifying a minted sig alone would prove nothing about the library)."""
+    import TLSSigAPIv2
+
+    monkeypatch.setattr(TLSSigAPIv2.time, "time", lambda: 1_700_000_000.25)
+    library = TLSSigAPIv2.TLSSigAPIv2(1400000001, "k" * 32).gen_sig("administrator", 60)
+    minted = mint(1400000001, "k" * 32, "administrator", issued=1_700_000_000, expire=60)
+    assert decode(minted) == decode(library)
+    assert verify(library, sdkappid=1400000001, identifier="administrator", key="k" * 32, now=1_700_000_030)
 
 
 class Wall:
