@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -120,7 +121,9 @@ def test_hostile_paths_are_4xx_without_an_upstream_call(running: Running, path: 
 
 
 def test_header_injection_in_request_id_is_refused(running: Running) -> None:
-    """A CR/LF inside X-Request-Id never reaches a response header; the request is refused."""
+    """A CR/LF inside X-Request-Id is refused by the HTTP server before the gateway sees it (a
+    400, nothing echoed, nothing upstream); the gateway's own rule behind it is pinned by
+    ``test_request_ids_outside_the_safe_alphabet_are_never_echoed``."""
     before = running.upstream_calls()
     port = int(running.gateway.rsplit(":", 1)[1])
     reply = raw_request(
@@ -132,6 +135,50 @@ def test_header_injection_in_request_id_is_refused(running: Running) -> None:
     assert status_of(reply) == 400
     assert b"evil" not in reply
     assert running.upstream_calls() == before
+
+
+@pytest.mark.parametrize(
+    "given",
+    [b"a\r\nSet-Cookie: evil=1", b"a\nevil", b"abc\n", b"a;evil=1", b"caf\xc3\xa9", b"x" * 129, b""],
+    ids=["crlf", "lf", "trailing-lf", "semicolon", "non-ascii", "too-long", "empty"],
+)
+async def test_request_ids_outside_the_safe_alphabet_are_never_echoed(given: bytes) -> None:
+    """The edge's own rule, whatever the HTTP server in front lets through: an X-Request-Id that
+    is not ``[A-Za-z0-9._:@/+=-]{1,128}`` is replaced by a fresh 32-hex-digit id, and only that
+    one header is added; a valid id is echoed as it came."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.api import edge_middleware
+    from gateway.metrics import Metrics
+
+    async def inner(scope: dict[str, object], receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"", "more_body": False})  # type: ignore[operator]
+
+    app = edge_middleware(inner, metrics=Metrics(CollectorRegistry()), clock=lambda: 0.0, direct=False)  # type: ignore[arg-type]
+
+    async def answer(request_id: bytes) -> list[tuple[bytes, bytes]]:
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/livez",
+            "raw_path": b"/livez",
+            "headers": [(b"x-request-id", request_id)],
+        }
+        await app(scope, None, send)  # type: ignore[arg-type]
+        return sent[0]["headers"]  # type: ignore[return-value]
+
+    headers = await answer(given)
+    assert len(headers) == 1
+    name, value = headers[0]
+    assert name == b"x-request-id"
+    assert re.fullmatch(rb"[0-9a-f]{32}", value), value
+    assert await answer(b"caller-id.1:2@x/y+z=") == [(b"x-request-id", b"caller-id.1:2@x/y+z=")]
 
 
 @pytest.mark.parametrize(

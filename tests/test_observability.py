@@ -209,7 +209,11 @@ def test_access_lines_written_straight_to_the_stream_match_what_logging_writes()
         logs._HANDLER.setStream(stream)
         logger = logging.getLogger("test.access")
         fields = {"request_id": "r-1", "status": 204, "duration_ms": 1.5, "tenant": "acme"}
+        handled: list[logging.LogRecord] = []
+        logger.handle = handled.append  # type: ignore[method-assign]  # records that went through logging
         logs.AccessLog(logger, "request")(fields)
+        assert handled == [], "the fast path did not run: the line went through logging"
+        del logger.handle  # back to Logger.handle
         logger.info("request", extra={"fields": fields})
         direct, formatted = (json.loads(line) for line in stream.getvalue().splitlines())
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct.pop("ts"))

@@ -87,20 +87,33 @@ async def test_a_broken_file_is_refused_and_the_old_config_serves(
 async def test_requests_in_flight_during_a_reload_finish(
     reloading: tuple[Path, str], emulator: Emulator, upstream_url: str
 ) -> None:
-    """Slow requests started before a reload complete normally across it."""
+    """Slow requests started before a reload complete normally across it: the new config is in
+    force (its new caller is recognised) while they are still in flight, and they all succeed."""
     import hashlib
 
     path, url = reloading
-    emulator.faults.latency = 0.4
+    emulator.faults.latency = 0.5
+    late = {"authorization": f"Bearer {NEW_TOKEN}"}
     async with httpx.AsyncClient(base_url=url, headers={"authorization": "Bearer token-rw"}) as client:
         slow = [
             asyncio.create_task(client.patch(f"/v1/tenants/acme/rooms/room-{n}", json={"room_name": "x"}))
             for n in (1, 2, 3)
         ]
         await asyncio.sleep(0.1)
-        replace(path, config_yaml(upstream_url) + NEW_CALLER.format(digest=hashlib.sha256(b"x").hexdigest()))
+        text = config_yaml(upstream_url) + NEW_CALLER.format(digest=hashlib.sha256(NEW_TOKEN.encode()).hexdigest())
+        replace(path, text)
+
+        async def reloaded() -> bool:
+            # The new caller may read but not write: 403 (known, not allowed), where an unknown
+            # token is 401. Neither calls Tencent, so this answers while the PATCHes are slow.
+            response = await client.patch("/v1/tenants/acme/rooms/room-1", json={"room_name": "y"}, headers=late)
+            return response.status_code == 403
+
+        await eventually(reloaded, within=0.3)
+        assert not any(t.done() for t in slow), "the reload came only after the slow requests"
         statuses = [(await t).status_code for t in slow]
     assert statuses == [204, 204, 204]
+    assert {room["RoomName"] for room in emulator.apps[APP_ID].rooms.values()} == {"x"}
 
 
 async def test_a_rotated_secret_key_file_is_picked_up(upstream_url: str, emulator: Emulator, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 PROBLEM_JSON = "application/problem+json"
 MAX_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")  # fullmatch: "$" would let "id\n" through
 
 
 class Gateway:
@@ -166,7 +166,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
             return
         started = clock()
         given = _header(scope["headers"], b"x-request-id")
-        request_id = given.decode() if _REQUEST_ID.match(given) else f"{prefix}{next(counter):016x}"
+        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else f"{prefix}{next(counter):016x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         rid = request_id.encode()
