@@ -47,19 +47,28 @@ async def test_30_percent_internal_errors_still_succeed_and_every_retry_is_budge
 
 
 async def test_502s_and_dropped_connections_leak_no_connections(gateway: Gateway, emulator: Emulator) -> None:
-    """After two storms of HTTP 502s and dropped connections the pool holds no more sockets than
-    after the first: failed connections are closed, not kept."""
+    """After each of two storms of HTTP 502s and dropped connections, every socket the pool counts
+    is a live idle one (failed connections are closed and uncounted, not kept), and the second
+    storm leaves no more than the first."""
     emulator.faults.http_502_rate = 0.25
     emulator.faults.drop_rate = 0.25
-    transport = gateway.app.state.gateway.service._upstream._transports  # the pooled transports
+    transports = gateway.app.state.gateway.service._upstream._transports  # base URL -> PooledTransport
     paths = [f"/v1/tenants/acme/rooms/room-{n % 3 + 1}" for n in range(150)]
+
+    def sockets() -> tuple[int, int]:
+        """(sockets the pool counts, live idle sockets it holds): equal when nothing leaked."""
+        (transport,) = transports.values()
+        (pool,) = transport._pools.values()
+        live = [c for c in pool._idle if not c.closed and c.transport is not None and not c.transport.is_closing()]
+        return pool.open, len(live)
+
     first = await blast(gateway.url, paths, token=TOKENS["rw"], method="PATCH", json={"room_name": "s"})
-    (pool,) = transport.values()
-    after_first = pool.open_connections
+    after_first, live_first = sockets()
     second = await blast(gateway.url, paths, token=TOKENS["rw"], method="PATCH", json={"room_name": "s"})
-    after_second = pool.open_connections
+    after_second, live_second = sockets()
     assert set(first + second) <= {204, 502}
     assert emulator.codes[0] > 0
+    assert (after_first, after_second) == (live_first, live_second), "a counted socket is not a live one"
     assert after_second <= max(after_first, 64), (after_first, after_second)
 
 
