@@ -78,7 +78,7 @@ async def test_signer_reuses_until_the_margin_then_refreshes() -> None:
         issued.append(ttl)
         return f"sig-{len(issued)}"
 
-    signer = Signer(store=MemorySignatureStore(), ttl=7200, margin=600, wall_clock=wall, issue=issue)
+    signer = Signer(store=MemorySignatureStore(clock=wall), ttl=7200, margin=600, wall_clock=wall, issue=issue)
     assert {await signer.get(TENANT) for _ in range(10)} == {"sig-1"}
     wall.now += 7200 - 601
     assert await signer.get(TENANT) == "sig-1"
@@ -92,7 +92,11 @@ async def test_drop_forgets_only_the_rejected_sig() -> None:
     wall = Wall()
     counter = iter(range(1, 100))
     signer = Signer(
-        store=MemorySignatureStore(), ttl=7200, margin=600, wall_clock=wall, issue=lambda t, ttl: f"sig-{next(counter)}"
+        store=MemorySignatureStore(clock=wall),
+        ttl=7200,
+        margin=600,
+        wall_clock=wall,
+        issue=lambda t, ttl: f"sig-{next(counter)}",
     )
     first = await signer.get(TENANT)
     await signer.drop(TENANT, "some-older-sig")

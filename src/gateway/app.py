@@ -60,7 +60,7 @@ class Stores(msgspec.Struct, frozen=True):
 
 def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float]) -> Stores:
     """In-process stores (embedded mode), or Redis in front of them (several replicas)."""
-    signatures = MemorySignatureStore()
+    signatures = MemorySignatureStore(clock=clock)
     keep = settings.cache_ttl + settings.stale_ttl
     rooms = MemoryRoomStore(clock=clock, max_age=keep, max_rooms=settings.cache_max_rooms)
     if not settings.redis_url:

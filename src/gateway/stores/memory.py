@@ -1,7 +1,15 @@
-"""In-process stores: the embedded single-replica mode, and the fallback of each replica."""
+"""In-process stores: the embedded single-replica mode, and the fallback of each replica.
+
+They keep the Redis stores' contracts (``tests/test_store_contracts.py`` runs the same cases
+against both), TTLs included, with one documented difference: the room store's fill lock is
+always granted. In one process the cache's singleflight already makes one filler per room and
+generation, and a real lock would make a read after a write wait for the fill that started
+before it (Redis's lock does that across replicas; in process nothing needs it).
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from gateway import budget
@@ -41,29 +49,47 @@ class MemoryBudgetStore:
 
 
 class MemorySignatureStore:
-    def __init__(self) -> None:
-        self._sigs: dict[str, Signature] = {}
+    """Signatures that expire after the ``ttl`` they were put with, and an issue lock per key
+    that expires too (a holder that never unlocks does not block issuing for ever)."""
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._sigs: dict[str, tuple[Signature, float]] = {}  # signature, when it expires
+        self._locks: dict[str, tuple[str, float]] = {}  # holder's token, when the lock expires
 
     async def get(self, key: str) -> Signature | None:
-        return self._sigs.get(key)
+        entry = self._sigs.get(key)
+        if entry is None or entry[1] <= self._clock():
+            return None
+        return entry[0]
 
     async def put(self, key: str, sig: Signature, ttl: float) -> None:
-        self._sigs[key] = sig
+        now = self._clock()
+        self._sigs = {k: v for k, v in self._sigs.items() if v[1] > now}  # a few keys: one per tenant
+        self._sigs[key] = (sig, now + ttl)
 
     async def drop(self, key: str, value: str) -> None:
-        if (current := self._sigs.get(key)) is not None and current.value == value:
+        if (current := await self.get(key)) is not None and current.value == value:
             del self._sigs[key]
 
     async def lock(self, key: str, ttl: float) -> str | None:
-        return "local"  # one process: the Signer's own lock already makes one issuer
+        now = self._clock()
+        held = self._locks.get(key)
+        if held is not None and held[1] > now:
+            return None
+        token = secrets.token_hex(8)
+        self._locks[key] = (token, now + ttl)
+        return token
 
     async def unlock(self, key: str, token: str) -> None:
-        return None
+        if (held := self._locks.get(key)) is not None and held[0] == token:
+            del self._locks[key]
 
 
 class MemoryRoomStore:
     """Rooms with their store time, and a generation per invalidated room.
 
+    A room is kept ``max_age`` seconds (the cache's TTL plus its stale bound), as Redis keeps it.
     Bounded: past ``max_rooms`` the expired entries go first, then the oldest. Generations are
     kept ``fence_seconds`` (longer than any fill may last) after the invalidation that set them.
     """
@@ -82,9 +108,10 @@ class MemoryRoomStore:
     async def get(self, key: str) -> Lookup:
         generation = self._generations.get(key, (0, 0.0))[0]
         entry = self._rooms.get(key)
-        if entry is None:
+        age = 0.0 if entry is None else self._clock() - entry[1]
+        if entry is None or age >= self._max_age:
             return Lookup(body=None, age=0.0, generation=generation)
-        return Lookup(body=entry[0], age=self._clock() - entry[1], generation=generation, stored_at=entry[1])
+        return Lookup(body=entry[0], age=age, generation=generation, stored_at=entry[1])
 
     async def put(self, key: str, body: bytes, generation: int) -> bool:
         if self._generations.get(key, (0, 0.0))[0] != generation:
