@@ -3,6 +3,9 @@
 
     python3 scripts/dev.py demo    set up .venv, run `gateway demo` (emulator, in-process stores)
     python3 scripts/dev.py test    set up .venv, run every check: ruff, mypy, import layers, pytest
+                                   (the suite under branch coverage, then the `slow` tests untraced)
+    python3 scripts/dev.py test ARGS...   the same checks, then `pytest ARGS` alone, e.g.
+                                   `-m "not slow"` while iterating, or one file
     python3 scripts/dev.py bench   set up .venv, run the benchmarks in bench/
 
 Setup is idempotent: .venv is created once and the project reinstalled only when
@@ -16,7 +19,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import venv
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +61,54 @@ def test(args: list[str]) -> None:
     run(BIN / "ruff", "format", "--check", "src", "tests", "bench", "scripts")
     run(BIN / "mypy")
     run(BIN / "lint-imports")
-    run(PY, "-m", "pytest", *args)
+    if args:
+        run(PY, "-m", "pytest", *args)
+        return
+    suite()
+
+
+def suite() -> None:
+    """Every test, in two runs: all but the ``slow`` ones under branch coverage (subprocesses
+    too: [tool.coverage] in pyproject.toml), its report, then the ``slow`` ones untraced (load
+    and timing tests: the tracer would take the CPU their bounds are about). Both always run;
+    the exit code is the first failure's. The last line totals both runs."""
+    run(PY, "-m", "coverage", "erase")
+    results: list[Path] = []
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, command in (
+            ("measured", [PY, "-m", "coverage", "run", "-m", "pytest", "-m", "not slow"]),
+            ("slow", [PY, "-m", "pytest", "-m", "slow"]),
+        ):
+            results.append(Path(tmp, f"{name}.xml"))
+            try:
+                run(*command, f"--junitxml={results[-1]}")
+            except subprocess.CalledProcessError as exc:
+                failed = failed or exc.returncode
+            if name == "measured":
+                run(PY, "-m", "coverage", "combine", "--quiet")
+                run(PY, "-m", "coverage", "report")
+        print(totals(results), flush=True)
+    if failed:
+        sys.exit(failed)
+
+
+def totals(reports: list[Path]) -> str:
+    """One plain line for both runs: 'suite: N passed, N failed, N skipped'."""
+    passed = failed = skipped = 0
+    for report in reports:
+        if not report.exists():  # the run died before writing it
+            failed += 1
+            continue
+        for case in ET.parse(report).getroot().iter("testcase"):  # noqa: S314 - pytest's own file
+            outcome = {child.tag for child in case}
+            if outcome & {"failure", "error"}:
+                failed += 1
+            elif "skipped" in outcome:
+                skipped += 1
+            else:
+                passed += 1
+    return f"suite: {passed} passed, {failed} failed, {skipped} skipped"
 
 
 def bench(args: list[str]) -> None:

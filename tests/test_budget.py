@@ -331,6 +331,7 @@ async def test_a_paused_tenant_gets_no_slot() -> None:
     assert (await paced.acquire("app", "any-api", qps=200, max_wait=10)).waited == 0.0
 
 
+@pytest.mark.slow
 async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_url: str, emulator: Emulator) -> None:
     """600 writes/s for 3 s through one gateway: Tencent never sees more than 200 in a sliding
     second, never answers 60007, and the budget is used; the excess waits, then gets 429."""
@@ -348,6 +349,7 @@ async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_u
     assert statuses.count(429) > 0
 
 
+@pytest.mark.slow
 async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() -> None:
     """The send window is checked right before the request is written: callers whose slots
     pass while the event loop is stalled (here: by the second call's handler) send nothing,
@@ -391,6 +393,7 @@ class SlowFirstConnect(PooledTransport):
         return await super().post(origin, target, body, on_time)
 
 
+@pytest.mark.slow
 async def test_a_slow_connect_on_a_slow_tenant_is_not_refused(upstream_url: str, emulator: Emulator) -> None:
     """1 call/s, no wait allowed: the first call's connect outlasts its slot's send window. It
     sends nothing then, takes its slot back and goes at once; Tencent sees it exactly once.
@@ -416,6 +419,7 @@ class NeverOnTime(PooledTransport):
         return await super().post(origin, target, body, on_time)
 
 
+@pytest.mark.slow
 async def test_a_call_that_can_never_leave_in_time_ends_at_the_deadline(upstream_url: str, emulator: Emulator) -> None:
     """Each handed-back slot is free again at once, so nothing but the deadline ends the re-booking:
     the caller gets a 504 at the deadline (the last try's wait or the loop's own check), and
