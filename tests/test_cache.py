@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from gateway.cache import RoomCache
+import pytest
+
+from gateway.cache import Filled, RoomCache
 from gateway.emulator import Emulator
 from gateway.emulator.state import HTTP_502
 from gateway.stores.memory import MemoryRoomStore
+from gateway.stores.redis import Redis, RedisRoomStore, connect
 from tests.support import APP_ID, TOKENS, Gateway, blast, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
@@ -135,3 +139,87 @@ async def test_memory_store_stays_bounded() -> None:
     await cache.invalidate("k4")
     assert (await store.get("k4")).body is None
     assert not await store.put("k4", b"y", 0), "a fill from before the invalidation is refused"
+
+
+# ---------------------------------------------------------------------- two replicas' caches on one Redis
+
+
+def replica_cache(redis: Redis, **options: float) -> RoomCache:
+    """One replica's room cache on the fleet's Redis (TTL 1 s, stale bound 5 s)."""
+    return RoomCache(store=RedisRoomStore(redis, keep=6.0), ttl=1.0, stale_ttl=5.0, **options)
+
+
+@pytest.fixture
+async def fleet_redis(redis_url: str) -> AsyncIterator[Redis]:
+    """The fleet's Redis (a real server), as each replica's store reaches it."""
+    redis = Redis(connect(redis_url, timeout=1.0), prefix="c:", timeout=1.0)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+async def test_a_replica_waits_for_the_fill_another_replica_holds(fleet_redis: Redis) -> None:
+    """While replica A fills a room under the fleet's lock, replica B's read waits and serves
+    A's answer: one upstream call for both."""
+    a, b = replica_cache(fleet_redis), replica_cache(fleet_redis)
+    release, fetched = asyncio.Event(), []
+
+    async def slow_fetch() -> Filled:
+        fetched.append("a")
+        await release.wait()
+        return Filled(body=b'{"room_id":"r"}', upstream_request_id="up-1")
+
+    async def never() -> Filled:
+        raise AssertionError("replica B called Tencent")
+
+    first = asyncio.create_task(a.read("1400:r", slow_fetch))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(b.read("1400:r", never))
+    await asyncio.sleep(0.05)
+    release.set()
+    ours, theirs = await first, await second
+    assert (ours.status, ours.upstream_request_id) == ("miss", "up-1")
+    assert (theirs.status, theirs.body) == ("miss", b'{"room_id":"r"}')
+    assert (fetched, a.fill_waits, b.fill_waits) == (["a"], 0, 1)
+
+
+async def test_a_fill_lock_held_past_its_ttl_no_longer_blocks(fleet_redis: Redis) -> None:
+    """A replica that took the lock and hung (its lock not yet expired) holds the others up for
+    ``lock_ttl`` only: then a waiter fills without the lock rather than stall its caller."""
+    stuck = await RedisRoomStore(fleet_redis, keep=6.0).lock("1400:r", 30.0)
+    assert stuck is not None
+    cache = replica_cache(fleet_redis, lock_ttl=0.2)
+    started = asyncio.get_running_loop().time()
+
+    async def fetch() -> Filled:
+        return Filled(body=b"fresh", upstream_request_id="up-2")
+
+    result = await cache.read("1400:r", fetch)
+    waited = asyncio.get_running_loop().time() - started
+    assert (result.body, result.upstream_request_id) == (b"fresh", "up-2")
+    assert 0.2 <= waited < 1.0
+    assert cache.fill_waits == 1
+
+
+async def test_the_next_lock_holder_serves_what_the_last_one_filled(fleet_redis: Redis) -> None:
+    """A fill that gets the lock after another replica filled the room (since this read looked)
+    serves that fill instead of calling Tencent again; a fill stored before the look is not used."""
+    a, b = replica_cache(fleet_redis), replica_cache(fleet_redis)
+    looked = await RedisRoomStore(fleet_redis, keep=6.0).get("1400:r")  # B looks: nothing yet
+
+    async def fetch() -> Filled:
+        return Filled(body=b"from-a", upstream_request_id="up-a")
+
+    await a.read("1400:r", fetch)  # meanwhile A fills, and releases the lock
+
+    async def never() -> Filled:
+        raise AssertionError("called Tencent a second time")
+
+    assert await b._fill("1400:r", looked, never) == Filled(body=b"from-a", upstream_request_id="")
+    after = await RedisRoomStore(fleet_redis, keep=6.0).get("1400:r")  # B looks after A's fill ...
+
+    async def again() -> Filled:
+        return Filled(body=b"from-b", upstream_request_id="up-b")
+
+    assert (await b._fill("1400:r", after, again)).body == b"from-b"  # ... so that one is no newer
