@@ -59,3 +59,45 @@ async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
     await asyncio.sleep(0.01)
     first.cancel()
     assert (await second) == ("done", True)
+
+
+async def test_a_failure_nobody_waits_for_any_more_is_still_retrieved() -> None:
+    """Every caller gave up, then the call failed: its error is marked retrieved (no "exception
+    was never retrieved" at garbage collection, an error under -W error) and the key is free."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+
+    async def fails_late() -> int:
+        await asyncio.sleep(0.02)
+        raise ValueError("late")
+
+    flight: SingleFlight[int] = SingleFlight()
+    caller = asyncio.create_task(flight.do("k", fails_late))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0.05)
+    import gc
+
+    gc.collect()
+    assert unretrieved == []
+    assert len(flight) == 0
+
+
+async def test_a_cancelled_call_frees_its_key() -> None:
+    """A call cancelled itself (the loop shutting down) frees the key: the next caller runs anew."""
+    calls = 0
+
+    async def cancelled() -> int:
+        nonlocal calls
+        calls += 1
+        raise asyncio.CancelledError
+
+    flight: SingleFlight[int] = SingleFlight()
+    with pytest.raises(asyncio.CancelledError):
+        await flight.do("k", cancelled)
+    await asyncio.sleep(0)
+    assert len(flight) == 0
+    with pytest.raises(asyncio.CancelledError):
+        await flight.do("k", cancelled)
+    assert calls == 2
