@@ -9,6 +9,7 @@ import pytest
 
 from gateway.emulator import Emulator, serve_emulator
 from gateway.logs import JsonFormatter
+from tests.proxies import PASSWORD as PROXY_PASSWORD
 from tests.redis_servers import RedisServer, cluster, standalone
 from tests.support import KEY, OTHER_KEY, TOKENS, Gateway, new_emulator, start_gateway
 
@@ -17,9 +18,9 @@ SEEN_USERSIGS: set[str] = set()
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_leaks() -> Iterator[None]:
-    """After the whole suite: no log record any test produced holds a secret key, a bearer token
-    or a UserSig that any emulator saw. (Records are kept and formatted only at the end, so the
-    timing-sensitive tests do not pay for it.)"""
+    """After the whole suite: no log record any test produced holds a secret key, a bearer token,
+    the egress proxy's password or a UserSig that any emulator saw. (Records are kept and
+    formatted only at the end, so the timing-sensitive tests do not pay for it.)"""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -37,7 +38,7 @@ def no_secret_leaks() -> Iterator[None]:
     root.setLevel(level)
     formatter = JsonFormatter()
     text = "\n".join(formatter.format(r) for r in records)
-    for secret in (KEY, OTHER_KEY, *TOKENS.values(), *SEEN_USERSIGS):
+    for secret in (KEY, OTHER_KEY, PROXY_PASSWORD, *TOKENS.values(), *SEEN_USERSIGS):
         assert secret not in text, "a secret reached the logs"
 
 

@@ -19,7 +19,7 @@ from gateway.app import create_app
 from gateway.emulator import Emulator
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
-from gateway.transport import OnTime, Reply, Sender, TooLate
+from gateway.transport import OnTime, Proxy, Reply, Sender, TooLate
 from tests import openloop
 
 APP_ID = 1400000001
@@ -76,8 +76,14 @@ callers:
 SECRETS = {"ACME_SECRET_KEY": KEY, "GLOBEX_SECRET_KEY": OTHER_KEY}
 
 
-def directory(base_url: str, qps: int = 200) -> Directory:
-    return resolve(parse_config(config_yaml(base_url, qps).encode(), source="test.yaml"), SECRETS)
+def directory(
+    base_url: str, qps: int = 200, *, proxy_url: str | None = None, env: dict[str, str] | None = None
+) -> Directory:
+    """The suite's tenants and callers; ``proxy_url`` for acme, ``env`` beside the secrets (HTTPS_PROXY, ...)."""
+    text = config_yaml(base_url, qps)
+    if proxy_url is not None:
+        text = text.replace(f"    qps: {qps}\n", f"    qps: {qps}\n    proxy_url: {proxy_url}\n", 1)
+    return resolve(parse_config(text.encode(), source="test.yaml"), {**SECRETS, **(env or {})})
 
 
 def new_emulator() -> Emulator:
@@ -133,7 +139,9 @@ class ScriptedTencent:
         self.answer = answer
         self.calls: list[Call] = []
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
         if on_time is not None and not on_time():
             raise TooLate
         parts = urlsplit(target)
@@ -165,12 +173,14 @@ async def start_gateway(
     transport_factory: Callable[[], Sender] | None = None,
     qps: int = 200,
     direct_routes: bool = True,
+    proxy_url: str | None = None,
+    env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Gateway]:
     app = create_app(
         settings(**overrides),
         env={},
-        directory=directory(upstream_url, qps),
+        directory=directory(upstream_url, qps, proxy_url=proxy_url, env=env),
         transport_factory=transport_factory,
         direct_routes=direct_routes,
     )

@@ -16,7 +16,7 @@ from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
-from gateway.transport import OnTime, PooledTransport, Reply
+from gateway.transport import OnTime, PooledTransport, Proxy, Reply
 from tests.support import APP_ID, TOKENS, Call, ScriptedTencent, blast, start_gateway
 
 
@@ -386,11 +386,13 @@ class SlowFirstConnect(PooledTransport):
         super().__init__(connections=8)
         self.connected: set[str] = set()
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
         if origin not in self.connected:
             self.connected.add(origin)
             await asyncio.sleep(0.03)
-        return await super().post(origin, target, body, on_time)
+        return await super().post(origin, target, body, on_time, proxy=proxy)
 
 
 @pytest.mark.slow
@@ -414,9 +416,11 @@ class NeverOnTime(PooledTransport):
     def __init__(self) -> None:
         super().__init__(connections=8)
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
         await asyncio.sleep(0.03)
-        return await super().post(origin, target, body, on_time)
+        return await super().post(origin, target, body, on_time, proxy=proxy)
 
 
 @pytest.mark.slow

@@ -442,7 +442,7 @@ def test_https_verifies_the_server_and_speaks_tls(loop_kind: str) -> None:
         server = Server(lambda body: OK)
         async with listen(server.handle, server_tls) as origin:
             port = origin.rsplit(":", 1)[1]
-            transport = PooledTransport(connections=2, tls_context=client_tls)
+            transport = PooledTransport(connections=2, tls=client_tls)
             reply = await transport.post(f"https://localhost:{port}", "/v4/tls", b"{}")
             assert (reply.status, reply.content) == (200, b'{"ok": 1}\r\n')
             assert f"Host: localhost:{port}\r\n".encode() in server.requests[0]

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 
@@ -32,7 +33,7 @@ from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
 from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Directory, load_directory
-from gateway.transport import PooledTransport, Sender
+from gateway.transport import PooledTransport, Sender, tls_context
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.app")
@@ -80,6 +81,17 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
     )
 
 
+def _pooled(settings: Settings) -> Callable[[], Sender]:
+    """The production transport's factory, its TLS settings checked now (a bad CA file stops start-up)."""
+    try:
+        tls = tls_context(settings.upstream_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"invalid setting GATEWAY_UPSTREAM_CA_FILE: cannot load {settings.upstream_ca_file!r} ({exc})"
+        ) from exc
+    return lambda: PooledTransport(connections=settings.upstream_connections, tls=tls)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -100,7 +112,7 @@ def create_app(
     stores = build_stores(settings, breaker, clock)
     metrics = Metrics(CollectorRegistry())
     upstream = Upstream(
-        transport_factory=transport_factory or (lambda: PooledTransport(connections=settings.upstream_connections)),
+        transport_factory=transport_factory or _pooled(settings),
         random32=lambda: rng.getrandbits(32),
         metrics=metrics,
         clock=clock,

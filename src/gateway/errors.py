@@ -20,6 +20,7 @@ into this tree, so nothing above it ever looks at an ErrorCode.
     │   └── UpstreamRateLimited        429    rate_limited      (Tencent said "too frequent")
     ├── UpstreamMisconfigured          503    upstream_misconfigured
     │   ├── SignatureRejected          503    upstream_misconfigured (retried once with a new sig)
+    │   ├── EgressProxyRefused         503    upstream_misconfigured (the egress proxy said no)
     │   └── UpstreamLockedOut          503    upstream_misconfigured (70050 cool-down)
     ├── UpstreamUnavailable            502    upstream_unavailable   (transient: retried)
     ├── UpstreamRejected               502    upstream_rejected      (an ErrorCode we do not map)
@@ -114,6 +115,12 @@ class UpstreamMisconfigured(GatewayError):
 
 class SignatureRejected(UpstreamMisconfigured):
     """Tencent rejected the UserSig in a way a fresh signature may cure (70001, 70052, ...)."""
+
+
+class EgressProxyRefused(UpstreamMisconfigured):
+    """The egress proxy refused the call (407, 401, 403): its credentials or policy, not Tencent."""
+
+    title = "The egress proxy refused the gateway"
 
 
 class UpstreamLockedOut(UpstreamMisconfigured):

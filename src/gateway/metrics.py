@@ -50,7 +50,7 @@ class Metrics:
         )
         self.upstream_calls = Counter(
             "gateway_upstream_calls",
-            "Calls to Tencent by outcome: its ErrorCode, or a transport failure",
+            "Calls to Tencent by outcome: its ErrorCode, other, transport, timeout, proxy or proxy_refused",
             ["tenant", "api", "code"],
             registry=registry,
         )

@@ -177,7 +177,9 @@ class RoomService:
                 await self._pause(tenant, policy.lockout, "Tencent locked the app out (70050)", exc)
                 raise
             except errors.UpstreamMisconfigured as exc:
-                await self._pause(tenant, policy.misconfig_cooldown, "Tencent rejected the credentials", exc)
+                refused = isinstance(exc, errors.EgressProxyRefused)
+                why = "the egress proxy refused the gateway" if refused else "Tencent rejected the credentials"
+                await self._pause(tenant, policy.misconfig_cooldown, why, exc)
                 raise
             except errors.UpstreamRateLimited as exc:
                 await self._budget.defer(str(tenant.sdkappid), api, policy.rate_limit_pause)

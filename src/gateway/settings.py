@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rate_limit_pause: float = 1.0
     misconfig_cooldown: float = 15.0
     upstream_connections: int = 256
+    upstream_ca_file: str | None = None  # a CA bundle for TLS to Tencent (a TLS-intercepting proxy's)
     # signatures
     usersig_ttl: int = 7 * 86400
     usersig_refresh_margin: int = 86400

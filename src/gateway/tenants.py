@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -45,6 +47,7 @@ class TenantConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     secret_key_file: str | None = None
     base_url: Annotated[str, Meta(pattern=r"^https?://[^/?#]+$")] | None = None
     qps: Annotated[int, Meta(ge=1, le=100_000)] = 200
+    proxy_url: str | None = None  # http://[user:password@]host[:port]; else HTTPS_PROXY / HTTP_PROXY
 
 
 class CallerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -89,6 +92,7 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     secret_key: Secret
     base_url: str
     qps: int
+    proxy_url: Secret | None = None  # the egress proxy to Tencent, if any (its URL may hold a password)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,14 +199,77 @@ def resolve(config: ConfigFile, env: Mapping[str, str], *, sources: tuple[str, .
 
 
 def _tenant(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Tenant:
+    base_url = cfg.base_url or f"https://{REGION_DOMAINS[cfg.region]}"
+    proxy = cfg.proxy_url or egress_proxy(base_url, env)
+    if proxy is not None:
+        where = f"tenants.{name}.proxy_url" if cfg.proxy_url else "HTTPS_PROXY / HTTP_PROXY"
+        _check_proxy_url(proxy, where)
     return Tenant(
         name=name,
         sdkappid=cfg.sdkappid,
         identifier=cfg.identifier,
         secret_key=Secret(_secret_key(name, cfg, env)),
-        base_url=cfg.base_url or f"https://{REGION_DOMAINS[cfg.region]}",
+        base_url=base_url,
         qps=cfg.qps,
+        proxy_url=None if proxy is None else Secret(proxy),
     )
+
+
+def egress_proxy(base_url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy the environment names for ``base_url``, as curl and requests read it: for an
+    https URL ``https_proxy`` (else ``HTTPS_PROXY``), for http ``http_proxy`` (else
+    ``HTTP_PROXY``), unless ``no_proxy`` / ``NO_PROXY`` matches the host."""
+    scheme, _, rest = base_url.partition("://")
+    names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy", "HTTP_PROXY")
+    proxy = next((env[n] for n in names if env.get(n)), None)
+    if proxy is None:
+        return None
+    host, port = _host_port(rest, 443 if scheme == "https" else 80)
+    bypass = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    return None if any(_bypasses(entry.strip().lower(), host, port) for entry in bypass.split(",")) else proxy
+
+
+def _host_port(authority: str, default: int) -> tuple[str, int]:
+    if authority.startswith("["):  # [v6]:port
+        host, _, tail = authority[1:].partition("]")
+        return host.lower(), int(tail[1:]) if tail.startswith(":") else default
+    host, _, port = authority.partition(":")
+    return host.lower(), int(port) if port else default
+
+
+def _bypasses(entry: str, host: str, port: int) -> bool:
+    """One NO_PROXY entry: ``*``; a name, matching it and its subdomains (a leading dot is the
+    same); an IP address or CIDR block; any of these with ``:port``."""
+    if not entry:
+        return False
+    if entry == "*":
+        return True
+    name, want = entry, None
+    if entry.startswith("["):  # [v6] or [v6]:port
+        name, _, tail = entry[1:].partition("]")
+        want = int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else None
+    elif entry.count(":") == 1:  # name:port (a bare IPv6 address has more colons)
+        name, _, tail = entry.partition(":")
+        want = int(tail) if tail.isdigit() else -1
+    if want is not None and want != port:
+        return False
+    name = name.lstrip(".")
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False)
+    except ValueError:
+        return host == name or host.endswith("." + name)
+
+
+def _check_proxy_url(url: str, where: str) -> None:
+    """Refused at load time, naming where it came from but never its password."""
+    parts = urlsplit(url)
+    try:
+        ok = parts.scheme == "http" and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+        port_ok = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:
+        ok = port_ok = False
+    if not (ok and port_ok):
+        raise ConfigError(f"{where}: a proxy URL is http://[user:password@]host[:port] (only http:// proxies)")
 
 
 def _secret_key(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> str:

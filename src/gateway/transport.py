@@ -16,17 +16,26 @@ code production runs. (It used to be an httpx transport too, with a second path 
 Errors are httpx's: a refused or failed connection is a ``ConnectError``, a connection lost or a
 reply llhttp rejects a ``RemoteProtocolError``. Timeouts are the caller's (``asyncio.timeout``):
 a call cancelled mid-exchange closes its socket, since its reply may still arrive.
+
+Egress proxies (``Proxy``): an https origin is reached through a ``CONNECT`` tunnel, with TLS to
+the origin inside it (the certificate and name checked are the origin's, not the proxy's); an
+http origin through absolute-form requests on a connection to the proxy. Tunnels are pooled and
+kept alive like direct sockets, and ``on_time`` is still asked after the tunnel and handshake,
+right before the request's first byte. A proxy that refuses us (401, 403, 407) is
+``ProxyRefused``; one that is down, or cannot reach the origin, ``httpx.ProxyError``. Neither
+message carries the proxy's credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple, Protocol, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 import httpx
@@ -41,6 +50,58 @@ class TooLate(Exception):
 
 
 OnTime = Callable[[], bool]  # asked right before a request is written: may it still leave?
+_REFUSALS = frozenset({401, 403, 407})  # a proxy's "not you" or "not there": credentials or policy
+
+
+class Proxy(NamedTuple):
+    """An egress HTTP proxy: where it listens, and the ``Proxy-Authorization`` it wants (Basic,
+    from the URL's userinfo). It shows itself without the credentials."""
+
+    host: str
+    port: int
+    authorization: bytes | None = None
+
+    def __repr__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+
+def proxy_from_url(url: str) -> Proxy:
+    """``http://[user:password@]host[:port]`` (port 80 if absent, as urllib3 reads it); ValueError
+    for anything else (the message never holds the password)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError("a proxy URL is http://[user:password@]host[:port] (only http:// proxies)")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError("the proxy URL's port is not a number from 1 to 65535") from exc
+    authorization = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = b"Basic " + base64.b64encode(pair.encode())
+    return Proxy(parts.hostname, port, authorization)
+
+
+class ProxyRefused(httpx.ProxyError):
+    """The proxy refused the call (407: credentials wanted or wrong; 401/403: credentials or its
+    policy): nothing reached the origin, and retrying will not help."""
+
+    def __init__(self, proxy: Proxy, status: int) -> None:
+        super().__init__(f"the egress proxy {proxy} answered {status}")
+        self.proxy = proxy
+        self.status = status
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verification against the system's CAs, or only ``ca_file``'s (a TLS-intercepting proxy's
+    bundle: GATEWAY_UPSTREAM_CA_FILE); TLS 1.2 at least."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class Reply(NamedTuple):
@@ -52,10 +113,13 @@ class Reply(NamedTuple):
 class Sender(Protocol):
     """What ``Upstream`` needs of the network: POST a JSON body, get the reply."""
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
-        """POST ``body`` to ``target`` (path and query, already encoded) at ``origin``. ``on_time``
-        is asked immediately before the request's first byte is written; if it says no, nothing
-        is written and ``TooLate`` raised. Failures are httpx's ``TransportError``s."""
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
+        """POST ``body`` to ``target`` (path and query, already encoded) at ``origin``, through
+        ``proxy`` if given. ``on_time`` is asked immediately before the request's first byte is
+        written; if it says no, nothing is written and ``TooLate`` raised. Failures are httpx's
+        ``TransportError``s (``ProxyRefused`` and ``httpx.ProxyError`` for the proxy's)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -65,23 +129,47 @@ class _Origin(NamedTuple):
     host: str
     port: int
     tls: ssl.SSLContext | None
+    authority: bytes  # host[:port] as the Host header and a CONNECT name it
     head: bytes  # the request headers every call to this origin shares
 
 
-def _origin(url: str, tls_context: ssl.SSLContext | None) -> _Origin:
+def _origin(url: str, tls: ssl.SSLContext) -> _Origin:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) origin: {url!r}")
-    tls = (tls_context or ssl.create_default_context()) if parts.scheme == "https" else None
-    port = parts.port or (443 if tls else 80)
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
-    if ":" in parts.hostname:  # IPv6 literal
-        host = f"[{parts.hostname}]" if parts.port is None else f"[{parts.hostname}]:{port}"
+    context = tls if parts.scheme == "https" else None
+    port = parts.port or (443 if context else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 literal
+    authority = (host if parts.port is None else f"{host}:{port}").encode("idna")
     head = (
-        b"Host: " + host.encode("idna") + b"\r\nUser-Agent: " + _USER_AGENT + b"\r\n"
+        b"Host: " + authority + b"\r\nUser-Agent: " + _USER_AGENT + b"\r\n"
         b"Content-Type: application/json\r\nAccept: application/json\r\nAccept-Encoding: identity\r\n"
     )
-    return _Origin(parts.hostname, port, tls, head)
+    return _Origin(parts.hostname, port, context, authority, head)
+
+
+class _TunnelHead(asyncio.Protocol):
+    """A connection to the proxy until it answers our CONNECT: its status, once the head is in."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        self._buffer = b""
+        self.status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\r\n\r\n" in self._buffer and not self.status.done():
+            line = self._buffer.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0].startswith(b"HTTP/1.") and line[1].isdigit():
+                self.status.set_result(int(line[1]))
+            else:
+                self.status.set_exception(httpx.ProxyError(f"the egress proxy {self._proxy} answered no HTTP"))
+        elif len(self._buffer) > 16384 and not self.status.done():
+            self.status.set_exception(httpx.ProxyError(f"the egress proxy {self._proxy} sent an endless head"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.status.done():
+            self.status.set_exception(httpx.ProxyError(f"the egress proxy {self._proxy} closed the tunnel"))
 
 
 class _Connection(asyncio.Protocol):
@@ -179,10 +267,18 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pool:
-    """At most ``limit`` sockets to one origin; idle ones are reused newest first."""
+    """At most ``limit`` sockets to one origin (through one proxy, or none); idle ones are reused
+    newest first."""
 
-    def __init__(self, origin: _Origin, *, limit: int, keepalive: float) -> None:
+    def __init__(self, origin: _Origin, *, proxy: Proxy | None, limit: int, keepalive: float) -> None:
         self._origin = origin
+        self._proxy = proxy
+        # An http origin through a proxy: absolute-form requests, each with our credentials.
+        self.absolute = proxy is not None and origin.tls is None
+        self._target = b"http://" + origin.authority if self.absolute else b""
+        self._head = origin.head
+        if self.absolute and proxy is not None and proxy.authorization is not None:
+            self._head += b"Proxy-Authorization: " + proxy.authorization + b"\r\n"
         self._limit = limit
         self._keepalive = keepalive
         self._idle: list[_Connection] = []
@@ -194,9 +290,10 @@ class _Pool:
         return b"".join(
             (
                 b"POST ",
+                self._target,
                 target.encode("ascii"),
                 b" HTTP/1.1\r\n",
-                self._origin.head,
+                self._head,
                 b"Content-Length: ",
                 str(len(body)).encode(),
                 b"\r\n\r\n",
@@ -232,24 +329,67 @@ class _Pool:
                 raise
 
     async def _connect(self) -> _Connection:
-        origin = self._origin
         self.open += 1
         try:
-            _, conn = await asyncio.get_running_loop().create_connection(
-                _Connection,
-                origin.host,
-                origin.port,
-                ssl=origin.tls,
-                server_hostname=origin.host if origin.tls else None,
-            )
-        except OSError as exc:
-            self.open -= 1
-            self._wake()
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+            return await self._open()
         except BaseException:
             self.open -= 1
             self._wake()
             raise
+
+    async def _open(self) -> _Connection:
+        """A new socket: to the origin, to the proxy (absolute-form), or a tunnel through it."""
+        origin, proxy, loop = self._origin, self._proxy, asyncio.get_running_loop()
+        if proxy is None:
+            try:
+                _, conn = await loop.create_connection(
+                    _Connection,
+                    origin.host,
+                    origin.port,
+                    ssl=origin.tls,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+            except OSError as exc:
+                raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+            return conn
+        try:
+            raw, answer = await loop.create_connection(lambda: _TunnelHead(proxy), proxy.host, proxy.port)
+        except OSError as exc:
+            raise httpx.ProxyError(f"the egress proxy {proxy} is unreachable ({type(exc).__name__})") from exc
+        if self.absolute:
+            conn = _Connection()
+            raw.set_protocol(conn)
+            conn.connection_made(raw)
+            return conn
+        try:
+            return await self._tunnel(raw, answer, proxy)
+        except BaseException:
+            raw.close()
+            raise
+
+    async def _tunnel(self, raw: asyncio.BaseTransport, answer: _TunnelHead, proxy: Proxy) -> _Connection:
+        """CONNECT to the origin through ``proxy``, then TLS to the origin's name inside it."""
+        origin = self._origin
+        head = b"CONNECT " + origin.authority + b" HTTP/1.1\r\nHost: " + origin.authority + b"\r\n"
+        if proxy.authorization is not None:
+            head += b"Proxy-Authorization: " + proxy.authorization + b"\r\n"
+        cast(asyncio.Transport, raw).write(head + b"\r\n")
+        status = await answer.status
+        if status in _REFUSALS:
+            raise ProxyRefused(proxy, status)
+        if not 200 <= status < 300:  # 502, 504: it could not reach the origin
+            raise httpx.ProxyError(f"the egress proxy {proxy} could not open a tunnel ({status})")
+        assert origin.tls is not None  # only https origins are tunnelled
+        conn = _Connection()
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                cast(asyncio.WriteTransport, raw), conn, origin.tls, server_hostname=origin.host
+            )
+        except OSError as exc:  # ssl.SSLError: the origin's certificate or name did not verify
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        if tls is None:
+            raise httpx.ConnectError("the tunnel closed during the TLS handshake")
+        conn.connection_made(tls)
         return conn
 
     def release(self, conn: _Connection, *, reuse: bool) -> None:
@@ -281,34 +421,37 @@ class _Pool:
 
 
 class PooledTransport:
-    """Keep-alive pools of at most ``connections`` sockets per origin. HTTPS origins are verified
-    against the system's CAs (``tls_context`` replaces that: tests bring their own CA)."""
+    """Keep-alive pools of at most ``connections`` sockets per origin (and proxy). HTTPS origins
+    are verified with ``tls`` (default: the system's CAs, TLS 1.2 at least; see ``tls_context``)."""
 
-    def __init__(self, *, connections: int, keepalive: float = 15.0, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, connections: int, keepalive: float = 15.0, tls: ssl.SSLContext | None = None) -> None:
         self._connections = connections
         self._keepalive = keepalive
-        self._tls_context = tls_context
-        self._pools: dict[str, _Pool] = {}
+        self._tls = tls or tls_context()
+        self._pools: dict[tuple[str, Proxy | None], _Pool] = {}
 
     @property
     def open_connections(self) -> int:
         """Sockets the pools hold now (idle or busy); tests use it to find leaks."""
         return sum(pool.open for pool in self._pools.values())
 
-    def _pool(self, origin: str) -> _Pool:
-        pool = self._pools.get(origin)
+    def _pool(self, origin: str, proxy: Proxy | None = None) -> _Pool:
+        pool = self._pools.get((origin, proxy))
         if pool is None:
-            pool = self._pools[origin] = _Pool(
-                _origin(origin, self._tls_context), limit=self._connections, keepalive=self._keepalive
+            pool = self._pools[(origin, proxy)] = _Pool(
+                _origin(origin, self._tls), proxy=proxy, limit=self._connections, keepalive=self._keepalive
             )
         return pool
 
-    async def post(self, origin: str, target: str, body: bytes, on_time: OnTime | None = None) -> Reply:
-        """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``.
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
+        """POST ``body`` (JSON) to ``target`` (path and query, already encoded) at ``origin``,
+        through ``proxy`` if given.
 
         ``on_time`` is asked once a socket is ready, immediately before the request is written
         (nothing awaits in between); if it says no, nothing is written and ``TooLate`` raised."""
-        pool = self._pool(origin)
+        pool = self._pool(origin, proxy)
         request = pool.request(target, body)
         conn = pool.take() or await pool.acquire()
         if on_time is not None and not on_time():
@@ -320,6 +463,8 @@ class PooledTransport:
             reuse = conn.keep_alive
         finally:
             pool.release(conn, reuse=reuse)
+        if pool.absolute and proxy is not None and reply.status in _REFUSALS:
+            raise ProxyRefused(proxy, reply.status)  # (Tencent answers its errors with HTTP 200)
         return _decoded(reply)
 
     async def aclose(self) -> None:

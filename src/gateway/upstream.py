@@ -22,7 +22,7 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import OnTime, Reply, Sender, TooLate
+from gateway.transport import OnTime, Proxy, ProxyRefused, Reply, Sender, TooLate, proxy_from_url
 
 Api = Literal["get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata"]
 R = TypeVar("R", bound=Envelope)
@@ -66,15 +66,22 @@ class Upstream:
         self._metrics = metrics
         self._clock = clock
         self._transports: dict[str, Sender] = {}
-        self._senders: dict[str, Send] = {}
+        self._senders: dict[tuple[str, str | None], Send] = {}
         self._queries: dict[tuple[int, str, str], str] = {}
         self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
 
-    def _sender(self, base_url: str) -> Send:
-        send = self._senders.get(base_url)
+    def _sender(self, tenant: Tenant) -> Send:
+        """The tenant's way to Tencent: its base URL's transport, through its proxy if it has one."""
+        proxy_url = None if tenant.proxy_url is None else tenant.proxy_url.reveal()
+        send = self._senders.get((tenant.base_url, proxy_url))
         if send is None:
-            transport = self._transports[base_url] = self._transport_factory()
-            send = self._senders[base_url] = functools.partial(transport.post, base_url)
+            transport = self._transports.get(tenant.base_url)
+            if transport is None:
+                transport = self._transports[tenant.base_url] = self._transport_factory()
+            proxy: Proxy | None = None if proxy_url is None else proxy_from_url(proxy_url)
+            send = self._senders[(tenant.base_url, proxy_url)] = functools.partial(
+                transport.post, tenant.base_url, proxy=proxy
+            )
         return send
 
     def _query(self, tenant: Tenant, usersig: str) -> str:
@@ -117,9 +124,13 @@ class Upstream:
         try:
             try:
                 async with asyncio.timeout(within):
-                    status, _, content = await self._sender(tenant.base_url)(target, body, on_time)
+                    status, _, content = await self._sender(tenant)(target, body, on_time)
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.3g} s") from exc
+            except ProxyRefused as exc:  # its message names the proxy, never its credentials
+                raise errors.EgressProxyRefused(f"Tencent {api}: {exc}; check its credentials and policy") from exc
+            except httpx.ProxyError as exc:
+                raise errors.UpstreamUnavailable(f"Tencent {api}: {exc}") from exc
             except httpx.TransportError as exc:
                 raise errors.UpstreamUnavailable(f"Tencent {api}: connection failed ({type(exc).__name__})") from exc
             if status != 200:
@@ -150,9 +161,12 @@ class Upstream:
 
 
 def _outcome(exc: errors.GatewayError) -> str:
-    """The metric label for a failed call: a known ErrorCode, or what went wrong on the way."""
+    """The metric label for a failed call: a known ErrorCode, or what went wrong on the way
+    (the egress proxy's failures apart from the network's and Tencent's)."""
     if exc.upstream_code is not None:
         return str(exc.upstream_code) if exc.upstream_code in ERROR_CODES else "other"
+    if isinstance(exc.__cause__, httpx.ProxyError):
+        return "proxy_refused" if isinstance(exc.__cause__, ProxyRefused) else "proxy"
     return "timeout" if isinstance(exc, errors.UpstreamTimeout) else "transport"
 
 

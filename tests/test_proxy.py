@@ -1,0 +1,302 @@
+"""Reaching Tencent through an egress proxy: a real proxy process (proxy.py) on loopback, the
+transport on both event loops, and the gateway in front of the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from gateway.emulator import Emulator
+from gateway.errors import ConfigError
+from gateway.tenants import egress_proxy as proxy_for
+from gateway.tenants import parse_config, resolve
+from gateway.transport import PooledTransport, ProxyRefused, TooLate, proxy_from_url
+from tests.proxies import PASSWORD, EgressProxy, egress_proxy
+from tests.redis_servers import free_port
+from tests.support import APP_ID, SECRETS, TOKENS, blast, config_yaml, start_gateway
+from tests.test_transport import OK, Server, listen, run
+
+ROOM = "/v1/tenants/acme/rooms/room-1"
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressProxy]:
+    """One proxy.py for the module, wanting Basic credentials."""
+    with egress_proxy(tmp_path_factory.mktemp("proxy")) as running:
+        yield running
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts: a test CA, and a certificate for ``localhost`` only."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+# ---------------------------------------------------------------------- the transport
+
+
+def test_https_goes_through_a_tunnel_kept_alive_and_verified_against_the_origin(
+    loop_kind: str, proxy: EgressProxy, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """An https origin through the proxy: one CONNECT, TLS to the origin's name inside it (a
+    certificate for another name fails), calls reusing the tunnel, the window asked after it."""
+    server_tls, client_tls = tls
+    via = proxy_from_url(proxy.url())
+
+    async def main() -> None:
+        server = Server(lambda body: OK)
+        async with listen(server.handle, server_tls) as origin:
+            port = int(origin.rsplit(":", 1)[1])
+            before = len(proxy.lines(f"CONNECT localhost:{port}"))
+            transport = PooledTransport(connections=2, tls=client_tls)
+            for _ in range(3):
+                reply = await transport.post(f"https://localhost:{port}", "/v4/t", b"{}", proxy=via)
+                assert (reply.status, reply.content) == (200, b'{"ok": 1}\r\n')
+            with pytest.raises(TooLate):
+                await transport.post(f"https://localhost:{port}", "/v4/t", b"{}", lambda: False, proxy=via)
+            assert server.connections == 1, "one tunnel, kept alive"
+            assert len(server.requests) == 3
+            assert f"Host: localhost:{port}\r\n".encode() in server.requests[0]
+            assert b"Proxy-Authorization" not in server.requests[0], "the credentials stay with the proxy"
+            with pytest.raises(httpx.ConnectError):  # the certificate names localhost, not 127.0.0.1
+                await transport.post(f"https://127.0.0.1:{port}", "/v4/t", b"{}", proxy=via)
+            await transport.aclose()
+            seen.update(port=port, before=before)
+
+    seen: dict[str, int] = {}
+    run(loop_kind, main)  # the tunnel is logged once it has closed, with the loop
+    connects = proxy.wait_for(f"CONNECT localhost:{seen['port']}", seen["before"] + 1)
+    assert len(connects) == seen["before"] + 1
+
+
+def test_http_goes_as_absolute_form_requests(loop_kind: str, proxy: EgressProxy) -> None:
+    """An http origin through the proxy: absolute-form requests the proxy relays."""
+    via = proxy_from_url(proxy.url())
+
+    async def main() -> None:
+        server = Server(lambda body: OK)
+        async with listen(server.handle) as origin:
+            transport = PooledTransport(connections=2)
+            reply = await transport.post(origin, "/v4/abs?q=1", b"{}", proxy=via)
+            assert (reply.status, reply.content) == (200, b'{"ok": 1}\r\n')
+            assert server.requests[0].startswith(b"POST /v4/abs?q=1 HTTP/1.1\r\n")
+            await transport.aclose()
+            hosts.append(origin.removeprefix("http://"))
+
+    hosts: list[str] = []
+    run(loop_kind, main)
+    assert proxy.wait_for(f"POST {hosts[0]}/v4/abs", 1)
+
+
+def test_proxy_failures_are_told_apart(loop_kind: str, proxy: EgressProxy) -> None:
+    """Wrong credentials are ProxyRefused (407), for a tunnel and for absolute-form alike; a
+    proxy that cannot reach the origin, or is down, is httpx.ProxyError; no message holds the
+    password."""
+    wrong = proxy_from_url(proxy.url(password="wrong-password"))
+    dead = proxy_from_url(f"http://u:{PASSWORD}@127.0.0.1:{free_port()}")
+    right = proxy_from_url(proxy.url())
+
+    async def main() -> None:
+        transport = PooledTransport(connections=2)
+        async with listen(Server(lambda body: OK).handle) as origin:
+            for target in (origin, origin.replace("http://", "https://")):
+                with pytest.raises(ProxyRefused) as refused:
+                    await transport.post(target, "/v4/x", b"{}", proxy=wrong)
+                assert refused.value.status == 407
+                assert "wrong-password" not in str(refused.value)
+        nowhere = f"https://127.0.0.1:{free_port()}"
+        with pytest.raises(httpx.ProxyError) as unreachable:
+            await transport.post(nowhere, "/v4/x", b"{}", proxy=right)
+        assert not isinstance(unreachable.value, ProxyRefused)
+        with pytest.raises(httpx.ProxyError, match="unreachable") as down:
+            await transport.post(nowhere, "/v4/x", b"{}", proxy=dead)
+        assert PASSWORD not in str(down.value)
+        assert transport.open_connections == 0
+        await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_proxy_shows_itself_without_its_credentials() -> None:
+    """A Proxy's repr is its address alone; its URL's userinfo becomes Basic credentials."""
+    via = proxy_from_url("http://us%40er:p%3Ass@egress.internal:3128")
+    assert repr(via) == str(via) == "http://egress.internal:3128"
+    assert via.authorization == b"Basic dXNAZXI6cDpzcw=="  # us@er:p:ss
+    assert proxy_from_url("http://egress.internal").port == 80
+    for bad in ("https://egress:443", "socks5://egress:1080", "http://egress:3128/path", "http://egress:99999"):
+        with pytest.raises(ValueError, match="proxy"):
+            proxy_from_url(bad)
+
+
+# ---------------------------------------------------------------------- choosing the proxy
+
+
+@pytest.mark.parametrize(
+    ("env", "base_url", "expected"),
+    [
+        ({"HTTPS_PROXY": "http://p:1"}, "https://adminapisgp.im.qcloud.com", "http://p:1"),
+        ({"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"}, "https://a.com", "http://lower:1"),
+        ({"HTTPS_PROXY": "http://p:1"}, "http://a.com", None),
+        ({"HTTP_PROXY": "http://p:2"}, "http://a.com:8080", "http://p:2"),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "qcloud.com"}, "https://adminapisgp.im.qcloud.com", None),
+        ({"HTTPS_PROXY": "http://p:1", "no_proxy": ".qcloud.com"}, "https://adminapisgp.im.qcloud.com", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "cloud.com"}, "https://adminapisgp.im.qcloud.com", "http://p:1"),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://a.com", None),
+        ({"HTTP_PROXY": "http://p:2", "NO_PROXY": "10.0.0.0/8, 127.0.0.1"}, "http://127.0.0.1:9100", None),
+        ({"HTTP_PROXY": "http://p:2", "NO_PROXY": "10.0.0.0/8"}, "http://10.1.2.3:9100", None),
+        ({"HTTP_PROXY": "http://p:2", "NO_PROXY": "a.com:9100"}, "http://a.com:9100", None),
+        ({"HTTP_PROXY": "http://p:2", "NO_PROXY": "a.com:9100"}, "http://a.com:9200", "http://p:2"),
+        ({"HTTP_PROXY": "http://p:2", "NO_PROXY": "[::1]"}, "http://[::1]:9100", None),
+        ({}, "https://a.com", None),
+    ],
+)
+def test_the_environment_names_the_proxy_as_curl_reads_it(
+    env: dict[str, str], base_url: str, expected: str | None
+) -> None:
+    """HTTPS_PROXY for https, HTTP_PROXY for http, lower case first; NO_PROXY by name and its
+    subdomains, IP or CIDR, with or without a port, or ``*``."""
+    assert proxy_for(base_url, env) == expected
+
+
+def tenant_config(base_url: str, extra: str = "") -> bytes:
+    """The suite's config with acme's base URL replaced and ``extra`` lines added to acme."""
+    text = config_yaml(base_url).replace("    qps: 200\n", f"    qps: 200\n{extra}", 1)
+    return text.encode()
+
+
+def test_a_tenants_proxy_url_overrides_the_environment_and_is_a_secret() -> None:
+    """``proxy_url`` wins over HTTPS_PROXY and NO_PROXY; the resolved URL never prints."""
+    config = parse_config(
+        tenant_config("http://127.0.0.1:9", "    proxy_url: http://u:s3cret@egress:3128\n"), source="t"
+    )
+    env = {**SECRETS, "HTTP_PROXY": "http://other:1", "NO_PROXY": "*"}
+    acme = resolve(config, env).tenants["acme"]
+    assert acme.proxy_url is not None
+    assert acme.proxy_url.reveal() == "http://u:s3cret@egress:3128"
+    assert "s3cret" not in repr(acme)
+
+
+@pytest.mark.parametrize("bad", ["https://egress:3128", "egress:3128", "http://u:pw@egress:notaport"])
+def test_a_bad_proxy_url_stops_start_up_naming_the_field_not_the_password(bad: str) -> None:
+    """A proxy URL the gateway cannot use is a config error naming the field, never the password."""
+    config = parse_config(tenant_config("http://127.0.0.1:9", f"    proxy_url: {bad}\n"), source="t")
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.proxy_url") as error:
+        resolve(config, SECRETS)
+    assert "pw" not in str(error.value)
+    env = {**SECRETS, "HTTPS_PROXY": bad}
+    with pytest.raises(ConfigError, match="HTTPS_PROXY"):
+        resolve(parse_config(tenant_config("https://127.0.0.1:9"), source="t"), env)
+
+
+# ---------------------------------------------------------------------- the gateway
+
+
+async def test_calls_to_tencent_cross_the_proxy(upstream_url: str, emulator: Emulator, proxy: EgressProxy) -> None:
+    """With the tenant's proxy_url, the gateway's calls reach the emulator through the proxy."""
+    host = upstream_url.removeprefix("http://")
+    before = len(proxy.lines(f"POST {host}/v4/live_engine_http_srv/get_room_info"))
+    async with start_gateway(upstream_url, proxy_url=proxy.url()) as gateway:
+        response = await gateway.client.get(ROOM)
+    assert response.status_code == 200
+    assert response.json()["room_id"] == "room-1"
+    assert emulator.calls["get_room_info"] == 1
+    assert len(proxy.wait_for(f"POST {host}/v4/live_engine_http_srv/get_room_info", before + 1)) == before + 1
+
+
+async def test_no_proxy_bypasses_it(upstream_url: str, emulator: Emulator, proxy: EgressProxy) -> None:
+    """HTTP_PROXY set and the emulator's host in NO_PROXY: the call goes direct."""
+    before = len(proxy.lines())
+    env = {"HTTP_PROXY": proxy.url(), "NO_PROXY": "localhost,127.0.0.1"}
+    async with start_gateway(upstream_url, env=env) as gateway:
+        assert (await gateway.client.get(ROOM)).status_code == 200
+    assert emulator.calls["get_room_info"] == 1
+    await asyncio.sleep(0.2)  # (the proxy writes its log behind)
+    assert len(proxy.lines()) == before
+
+
+async def test_wrong_proxy_credentials_pause_the_tenant_without_a_retry_storm(
+    upstream_url: str, emulator: Emulator, proxy: EgressProxy
+) -> None:
+    """A 407: 503 upstream_misconfigured naming the proxy (not its password), one attempt only,
+    and the tenant paused, so the next call does not reach the proxy at all."""
+    wrong = proxy.url(password="not-the-password")
+    refused = "ProxyAuthenticationFailed"
+    before = len(proxy.lines(kind=refused))
+    async with start_gateway(upstream_url, proxy_url=wrong, misconfig_cooldown=5.0) as gateway:
+        first = await gateway.client.get(ROOM)
+        second = await gateway.client.get("/v1/tenants/acme/rooms/room-2")
+        metrics = (await gateway.client.get("/metrics")).text
+    assert (first.status_code, first.json()["code"]) == (503, "upstream_misconfigured")
+    assert f"http://127.0.0.1:{proxy.port}" in first.json()["detail"]
+    assert "not-the-password" not in first.text
+    assert int(first.headers["retry-after"]) >= 1
+    assert (second.status_code, second.json()["code"]) == (503, "upstream_misconfigured")
+    assert "paused" in second.json()["detail"]
+    await asyncio.sleep(0.2)  # (the proxy writes its log behind)
+    assert len(proxy.wait_for("", before + 1, kind=refused)) == before + 1, "one attempt reached the proxy"
+    assert emulator.calls["get_room_info"] == 0
+    assert 'code="proxy_refused"' in metrics
+    assert "not-the-password" not in metrics
+
+
+async def test_a_proxy_that_is_down_is_a_502_within_the_deadline(upstream_url: str, emulator: Emulator) -> None:
+    """Nothing listening at the proxy: retried as transient, then 502 upstream_unavailable, well
+    inside the deadline, counted as the proxy's failure."""
+    started = time.monotonic()
+    async with start_gateway(upstream_url, proxy_url=f"http://u:p@127.0.0.1:{free_port()}", deadline=5.0) as gateway:
+        response = await gateway.client.get(ROOM)
+        metrics = (await gateway.client.get("/metrics")).text
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_unavailable")
+    assert "egress proxy" in response.json()["detail"]
+    assert time.monotonic() - started < 5.0
+    assert emulator.calls["get_room_info"] == 0
+    assert 'code="proxy"' in metrics
+
+
+async def test_a_bad_ca_file_stops_start_up(tmp_path: Path) -> None:
+    """GATEWAY_UPSTREAM_CA_FILE that cannot be loaded is a config error naming the setting."""
+    from gateway.app import create_app
+    from tests.support import directory, settings
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    for ca_file in (str(bad), str(tmp_path / "missing.pem")):
+        with pytest.raises(ConfigError, match="GATEWAY_UPSTREAM_CA_FILE"):
+            create_app(settings(upstream_ca_file=ca_file), env={}, directory=directory("http://127.0.0.1:9"))
+
+
+@pytest.mark.slow
+async def test_the_budget_holds_with_the_proxy_in_the_path(
+    upstream_url: str, emulator: Emulator, proxy: EgressProxy
+) -> None:
+    """3x a 50/s budget offered for 3 s through the proxy: Tencent sees at most 50 calls in any
+    sliding second (the send window is checked after the proxy hop is set up) and no 60007."""
+    paths = [f"/v1/tenants/acme/rooms/room-{n % 3 + 1}" for n in range(450)]
+    async with start_gateway(upstream_url, qps=50, proxy_url=proxy.url(), budget_max_wait=0.5) as gateway:
+        statuses = await blast(
+            gateway.url, paths, token=TOKENS["rw"], method="PATCH", json={"activity_status": 1}, spacing=1 / 150
+        )
+    key = f"{APP_ID}:update_room_info"
+    assert emulator.busiest_second(key) <= 50
+    assert emulator.busiest_second(key) >= 40
+    assert emulator.codes[60007] == 0
+    assert set(statuses) <= {204, 429}
+    assert statuses.count(204) == emulator.calls["update_room_info"]
