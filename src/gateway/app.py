@@ -89,6 +89,10 @@ def _pooled(settings: Settings) -> Callable[[], Sender]:
         raise ConfigError(
             f"invalid setting GATEWAY_UPSTREAM_CA_FILE: cannot load {settings.upstream_ca_file!r} ({exc})"
         ) from exc
+    log.info(
+        "upstream TLS",
+        extra={"fields": {"ca_file": settings.upstream_ca_file or "system default", "minimum_version": "TLSv1.2"}},
+    )
     return lambda: PooledTransport(connections=settings.upstream_connections, tls=tls)
 
 
