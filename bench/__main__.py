@@ -13,6 +13,7 @@ BENCHES = {
     "fixed_window": "bench.fixed_window",
     "coalescing": "bench.coalescing",
     "cost": "bench.cost",
+    "proxy": "bench.proxy",
 }
 
 

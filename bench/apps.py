@@ -1,7 +1,7 @@
 """The gateway as `gateway serve` runs it (uvloop, httptools, JSON logs, gc.freeze), plus a bare
 Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
 
-    python -m bench.apps PORT     (env: BENCH_UPSTREAM, BENCH_QPS, and any GATEWAY_* setting)
+    python -m bench.apps PORT     (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, and any GATEWAY_* setting)
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def bare(room_id: str) -> Response[bytes]:
 def build(port: int) -> Litestar:
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
     upstream = os.environ["BENCH_UPSTREAM"]
-    app = create_app(settings, env=SECRETS, directory=directory(upstream, int(os.environ.get("BENCH_QPS", "200"))))
+    qps, proxy = int(os.environ.get("BENCH_QPS", "200")), os.environ.get("BENCH_PROXY")
+    app = create_app(settings, env=SECRETS, directory=directory(upstream, qps, proxy_url=proxy))
     app.register(bare)
     return app
 
