@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from gateway.emulator import Emulator
+from gateway.emulator import Emulator, serve_emulator
 from gateway.errors import ConfigError
 from gateway.tenants import egress_proxy as proxy_for
 from gateway.tenants import parse_config, resolve
@@ -269,6 +269,40 @@ async def test_a_proxy_that_is_down_is_a_502_within_the_deadline(upstream_url: s
     assert time.monotonic() - started < 5.0
     assert emulator.calls["get_room_info"] == 0
     assert 'code="proxy"' in metrics
+
+
+async def test_https_tencent_through_the_proxy_is_verified_with_the_ca_file(
+    emulator: Emulator, proxy: EgressProxy, tmp_path: Path
+) -> None:
+    """Tencent over https (the emulator with a test CA's certificate for localhost) through the
+    proxy: with GATEWAY_UPSTREAM_CA_FILE naming that CA the call succeeds through a CONNECT
+    tunnel; with the system's CAs it is refused as a failed connection (502), never sent."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    async with serve_emulator(emulator, ssl_context=server_tls) as url:
+        base = url.replace("127.0.0.1", "localhost")
+        port = base.rsplit(":", 1)[1]
+        async with start_gateway(base, proxy_url=proxy.url(), upstream_ca_file=str(ca_file)) as gateway:
+            trusted = await gateway.client.get(ROOM)
+        async with start_gateway(base, proxy_url=proxy.url(), retry_attempts=1) as gateway:
+            untrusted = await gateway.client.get(ROOM)
+    assert trusted.status_code == 200, trusted.text
+    assert (untrusted.status_code, untrusted.json()["code"]) == (502, "upstream_unavailable")
+    assert emulator.calls["get_room_info"] == 1
+    assert proxy.wait_for(f"CONNECT localhost:{port}", 2)
+
+
+def test_tls_to_tencent_is_1_2_at_least(tmp_path: Path) -> None:
+    """The upstream TLS context refuses anything older than TLS 1.2, with or without a CA file."""
+    from gateway.transport import tls_context
+
+    assert tls_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    assert tls_context(str(ca_file)).minimum_version == ssl.TLSVersion.TLSv1_2
 
 
 async def test_a_bad_ca_file_stops_start_up(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,17 +95,19 @@ def create_emulator_app(emulator: Emulator) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_emulator(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Run the emulator in the current event loop; yields its base URL."""
+async def serve_emulator(
+    emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """Run the emulator in the current event loop (over TLS with ``ssl_context``); yields its base URL."""
     runner = web.AppRunner(create_emulator_app(emulator), access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
     await site.start()
     bound = sock.getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        yield f"{'https' if ssl_context else 'http'}://{host}:{bound}"
     finally:
         await runner.cleanup()
