@@ -51,6 +51,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def summarise(runs: dict[str, list[dict[str, object]]], width: int = 18) -> tuple[dict[str, float], dict[str, float]]:
+    """Print each column's median req/s, median p50 and total errors over its runs (``load``
+    results); return the medians (req/s, p50 ms) by column."""
+    rps = {k: median([float(r["rps"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
+    p50 = {k: median([float(r["p50_ms"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
+    errors = {k: sum(int(r["errors"]) for r in v) for k, v in runs.items()}  # type: ignore[call-overload]
+    for key in runs:
+        print(f"  {key:{width}s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")
+    return rps, p50
+
+
 def cpu_ticks() -> tuple[int, int] | None:
     """(stolen, all) CPU ticks of this machine so far, from /proc/stat (None elsewhere)."""
     try:

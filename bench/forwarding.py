@@ -20,7 +20,7 @@ import sys
 from tests.support import APP_ID, KEY, TOKENS
 from TLSSigAPIv2 import TLSSigAPIv2
 
-from bench._harness import GATEWAY, Steal, free_port, load, median, process
+from bench._harness import GATEWAY, Steal, free_port, load, process, summarise
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
@@ -77,12 +77,8 @@ def main() -> None:
                                 generator=generator,
                             )
                         )
-            rps = {k: median([float(r["rps"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
-            p50 = {k: median([float(r["p50_ms"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
-            errors = {k: sum(int(r["errors"]) for r in v) for k, v in runs.items()}  # type: ignore[call-overload]
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
-            for key in runs:
-                print(f"  {key:18s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")
+            rps, p50 = summarise(runs)
             first = generators[0]
             print(
                 f"  throughput: gateway driven by {first} / direct aiohttp client = "

@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.proxies import egress_proxy
 from tests.support import KEY, TOKENS
 
-from bench._harness import GATEWAY, Steal, free_port, load, median, process
+from bench._harness import GATEWAY, Steal, free_port, load, process, summarise
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
@@ -61,12 +61,8 @@ def main() -> None:
                         runs.setdefault(name, []).append(
                             load(urls, concurrency=callers, seconds=seconds, method="PATCH", body=body, headers=AUTH)
                         )
-            rps = {k: median([float(r["rps"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
-            p50 = {k: median([float(r["p50_ms"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
-            errors = {k: sum(int(r["errors"]) for r in v) for k, v in runs.items()}  # type: ignore[call-overload]
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
-            for key in runs:
-                print(f"  {key:10s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")
+            rps, p50 = summarise(runs, width=10)
             print(
                 f"  through the proxy / direct: throughput {rps['via proxy'] / rps['direct']:.2f}, "
                 f"added p50 {p50['via proxy'] - p50['direct']:+.2f} ms"

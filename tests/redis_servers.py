@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 CLUSTER_SLOTS = 16384
@@ -174,3 +175,13 @@ def cluster(nodes: int = 3) -> Iterator[list[RedisServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+def url_for(request: pytest.FixtureRequest, kind: str) -> str:
+    """The URL of the session's standalone server or 3-node cluster (``kind``), for a fixture
+    parametrized over both."""
+    if kind == "standalone":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
+    return f"redis+cluster://127.0.0.1:{nodes[0].port}"

@@ -13,18 +13,13 @@ import redis.asyncio as aioredis
 from gateway.budget import Grant, Refusal
 from gateway.health import StoreUnavailable
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, connect
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, url_for
 
 
 @pytest.fixture(params=["standalone", "cluster"])
 async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     """A Redis wrapper on a fresh key prefix, on the standalone server or the cluster."""
-    if request.param == "standalone":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        url = server.url
-    else:
-        nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
-        url = f"redis+cluster://127.0.0.1:{nodes[0].port}"
+    url = url_for(request, request.param)
     wrapper = Redis(connect(url, timeout=2.0), prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=2.0)
     await wrapper.start()  # as the app does at start-up
     try:

@@ -17,7 +17,7 @@ from gateway.cache import RoomStore
 from gateway.signing import Signature, SignatureStore
 from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
-from tests.redis_servers import RedisServer
+from tests.redis_servers import url_for
 
 
 @dataclass
@@ -43,12 +43,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             lambda keep: MemoryRoomStore(clock=clock, max_age=keep, max_rooms=1000),
         )
         return
-    if request.param == "standalone":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        url = server.url
-    else:
-        nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
-        url = f"redis+cluster://127.0.0.1:{nodes[0].port}"
+    url = url_for(request, request.param)
     redis = Redis(connect(url, timeout=2.0), prefix=f"c{uuid.uuid4().hex[:8]}:", timeout=2.0)
     await redis.start()
     try:
