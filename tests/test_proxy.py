@@ -141,7 +141,8 @@ def test_a_proxy_shows_itself_without_its_credentials() -> None:
     assert repr(via) == str(via) == "http://egress.internal:3128"
     assert via.authorization == b"Basic dXNAZXI6cDpzcw=="  # us@er:p:ss
     assert proxy_from_url("http://egress.internal").port == 80
-    for bad in ("https://egress:443", "socks5://egress:1080", "http://egress:3128/path", "http://egress:99999"):
+    bad_urls = ("https://egress:443", "socks5://egress:1080", "http://egress:3128/path", "http://egress:99999")
+    for bad in (*bad_urls, "http://egress:0"):
         with pytest.raises(ValueError, match="proxy"):
             proxy_from_url(bad)
 

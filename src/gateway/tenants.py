@@ -14,13 +14,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
 from gateway.errors import ConfigError, Forbidden, TenantNotFound, Unauthenticated
 from gateway.models import Scope
+from gateway.transport import proxy_from_url
 
 Region = Literal["china", "singapore", "usa", "jakarta", "seoul", "tokyo", "frankfurt", "mumbai"]
 
@@ -261,15 +261,12 @@ def _bypasses(entry: str, host: str, port: int) -> bool:
 
 
 def _check_proxy_url(url: str, where: str) -> None:
-    """Refused at load time, naming where it came from but never its password."""
-    parts = urlsplit(url)
+    """Refused at load time, naming where it came from (the transport's message never holds
+    the password)."""
     try:
-        ok = parts.scheme == "http" and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
-        port_ok = parts.port is None or 1 <= parts.port <= 65535
-    except ValueError:
-        ok = port_ok = False
-    if not (ok and port_ok):
-        raise ConfigError(f"{where}: a proxy URL is http://[user:password@]host[:port] (only http:// proxies)")
+        proxy_from_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _secret_key(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> str:

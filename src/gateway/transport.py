@@ -76,9 +76,11 @@ def proxy_from_url(url: str) -> Proxy:
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise ValueError("a proxy URL is http://[user:password@]host[:port] (only http:// proxies)")
     try:
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
     except ValueError as exc:
         raise ValueError("the proxy URL's port is not a number from 1 to 65535") from exc
+    if not 1 <= port <= 65535:
+        raise ValueError("the proxy URL's port is not a number from 1 to 65535")
     authorization = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -352,17 +354,15 @@ class _Pool:
             except OSError as exc:
                 raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
             return conn
+        factory: Callable[[], asyncio.Protocol] = _Connection if self.absolute else lambda: _TunnelHead(proxy)
         try:
-            raw, answer = await loop.create_connection(lambda: _TunnelHead(proxy), proxy.host, proxy.port)
+            raw, protocol = await loop.create_connection(factory, proxy.host, proxy.port)
         except OSError as exc:
             raise httpx.ProxyError(f"the egress proxy {proxy} is unreachable ({type(exc).__name__})") from exc
         if self.absolute:
-            conn = _Connection()
-            raw.set_protocol(conn)
-            conn.connection_made(raw)
-            return conn
+            return cast(_Connection, protocol)
         try:
-            return await self._tunnel(raw, answer, proxy)
+            return await self._tunnel(raw, cast(_TunnelHead, protocol), proxy)
         except BaseException:
             raw.close()
             raise
