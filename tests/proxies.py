@@ -3,6 +3,7 @@ with Basic credentials, and its access log to read which calls crossed it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -28,6 +29,16 @@ class EgressProxy:
         tunnel once it closes) or ``ProxyAuthenticationFailed`` (one per refused request)."""
         text = self._log.read_text() if self._log.exists() else ""
         return [line for line in text.splitlines() if kind in line and what in line]
+
+    async def closed(self, what: str, count: int = 1, within: float = 5.0) -> None:
+        """Wait, without blocking the event loop, until ``count`` tunnels whose log line holds
+        ``what`` have closed (a tunnel is logged once the proxy has closed both its sides), then
+        a moment more: the origin's end of a refused handshake must be torn down by this loop,
+        before the loop closes, or it is left behind unclosed."""
+        end = time.monotonic() + within
+        while len(self.lines(what)) < count and time.monotonic() < end:  # noqa: ASYNC110 - another process writes the log
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
 
     def wait_for(self, what: str, count: int, within: float = 5.0, kind: str = "access_log") -> list[str]:
         """The lines (see ``lines``) once there are ``count`` (the log is written behind)."""

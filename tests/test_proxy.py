@@ -78,7 +78,9 @@ def test_https_goes_through_a_tunnel_kept_alive_and_verified_against_the_origin(
             assert b"Proxy-Authorization" not in server.requests[0], "the credentials stay with the proxy"
             with pytest.raises(httpx.ConnectError):  # the certificate names localhost, not 127.0.0.1
                 await transport.post(f"https://127.0.0.1:{port}", "/v4/t", b"{}", proxy=via)
+            await proxy.closed(f"CONNECT 127.0.0.1:{port}")
             await transport.aclose()
+            await proxy.closed(f"CONNECT localhost:{port}", before + 1)  # the TLS close, through the proxy
             seen.update(port=port, before=before)
 
     seen: dict[str, int] = {}
@@ -290,6 +292,7 @@ async def test_https_tencent_through_the_proxy_is_verified_with_the_ca_file(
             trusted = await gateway.client.get(ROOM)
         async with start_gateway(base, proxy_url=proxy.url(), retry_attempts=1) as gateway:
             untrusted = await gateway.client.get(ROOM)
+        await proxy.closed(f"CONNECT localhost:{port}", count=2)
     assert trusted.status_code == 200, trusted.text
     assert (untrusted.status_code, untrusted.json()["code"]) == (502, "upstream_unavailable")
     assert emulator.calls["get_room_info"] == 1
