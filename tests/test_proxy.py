@@ -18,9 +18,10 @@ from gateway.errors import ConfigError
 from gateway.tenants import egress_proxy as proxy_for
 from gateway.tenants import parse_config, resolve
 from gateway.transport import PooledTransport, ProxyRefused, TooLate, proxy_from_url
+from tests.fleet import Fleet
 from tests.proxies import PASSWORD, EgressProxy, egress_proxy
 from tests.redis_servers import free_port
-from tests.support import APP_ID, SECRETS, TOKENS, blast, config_yaml, start_gateway
+from tests.support import APP_ID, SECRETS, TOKENS, blast, config_yaml, drive, start_gateway
 from tests.test_transport import OK, Server, listen, run
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
@@ -133,6 +134,30 @@ def test_proxy_failures_are_told_apart(loop_kind: str, proxy: EgressProxy) -> No
         assert PASSWORD not in str(down.value)
         assert transport.open_connections == 0
         await transport.aclose()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_proxy_refusing_by_policy_is_refused_too(loop_kind: str, status: int) -> None:
+    """A proxy that answers 401 (tinyproxy's answer to wrong credentials) or 403 (a destination
+    its policy forbids), to a CONNECT or to an absolute-form request, is ProxyRefused as a 407 is."""
+    answer = f"HTTP/1.1 {status} No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+
+    async def main() -> None:
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+
+        async with listen(refuse) as fake_proxy:
+            via = proxy_from_url(fake_proxy.replace("http://", "http://u:p@"))
+            transport = PooledTransport(connections=1)
+            for origin in ("https://tencent.invalid", "http://tencent.invalid"):
+                with pytest.raises(ProxyRefused) as refused:
+                    await transport.post(origin, "/v4/x", b"{}", proxy=via)
+                assert refused.value.status == status
+            await transport.aclose()
 
     run(loop_kind, main)
 
@@ -296,7 +321,7 @@ async def test_https_tencent_through_the_proxy_is_verified_with_the_ca_file(
     assert trusted.status_code == 200, trusted.text
     assert (untrusted.status_code, untrusted.json()["code"]) == (502, "upstream_unavailable")
     assert emulator.calls["get_room_info"] == 1
-    assert proxy.wait_for(f"CONNECT localhost:{port}", 2)
+    assert len(proxy.wait_for(f"CONNECT localhost:{port}", 2)) == 2
 
 
 def test_tls_to_tencent_is_1_2_at_least(tmp_path: Path) -> None:
@@ -338,3 +363,37 @@ async def test_the_budget_holds_with_the_proxy_in_the_path(
     assert emulator.codes[60007] == 0
     assert set(statuses) <= {204, 429}
     assert statuses.count(204) == emulator.calls["update_room_info"]
+
+
+@pytest.mark.slow
+async def test_the_fleet_budget_holds_with_the_proxy_in_the_path(
+    tmp_path: Path, redis_url: str, proxy: EgressProxy
+) -> None:
+    """Two replicas on one Redis, each reaching Tencent through the proxy (HTTP_PROXY), offered
+    3x the 200/s budget for 5 s: Tencent never sees more than 200 calls in a sliding second and
+    never answers 60007; every caller gets a 204 or a 429."""
+    running = Fleet(tmp_path, redis_url, 2)
+    running.env["HTTP_PROXY"] = proxy.url()
+    before = len(proxy.lines("update_room_info"))
+    try:
+        running.start()
+        running.reset()
+        results = await drive(
+            running.urls,
+            [f"/v1/tenants/acme/rooms/room-{n}" for n in range(1, 11)],
+            token=TOKENS["rw"],
+            rate=600,
+            seconds=5,
+            method="PATCH",
+            json={"activity_status": 1},
+        )
+        stats = running.stats()
+    finally:
+        running.close()
+    key = f"{APP_ID}:update_room_info"
+    assert {status for status, _ in results} <= {204, 429}
+    assert stats["busiest_second"][key] <= 200
+    assert stats["codes"].get("60007", 0) == 0
+    assert stats["calls"]["update_room_info"] >= 400, "the calls did not get through"
+    # proxy.py logs a kept-alive connection once, when it closes (the replicas have stopped now)
+    assert len(proxy.wait_for("update_room_info", before + 1)) > before, "the writes did not cross the proxy"
