@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateway import budget
-from gateway.budget import Booking, Budget, Grant, Refusal
+from gateway.budget import FORGET_AFTER, Booking, Budget, Grant, Refusal, interval_for
 from gateway.emulator import Emulator
 from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.health import Breaker
@@ -164,26 +164,27 @@ class Members:
     def __init__(self) -> None:
         self.lapsed = 0
         self.kept_for = 3600.0  # how long Redis has kept the record of beats
+        self.size = 1  # the fleet in the record, this replica included
         self.beats: list[str] = []
         self.left: list[str] = []
 
-    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float, int]:
         self.beats.append(replica)
-        return self.lapsed, self.kept_for
+        return self.lapsed, self.kept_for, self.size
 
     async def leave(self, replica: str) -> None:
         self.left.append(replica)
 
 
 def fleet_budget(
-    t: FakeTime, members: Members, breaker: Breaker, grace: float = 0.0
+    t: FakeTime, members: Members, breaker: Breaker, grace: float = 0.0, degraded_share: int = 4
 ) -> tuple[Budget, MemoryBudgetStore, MemoryBudgetStore]:
     local, shared = MemoryBudgetStore(clock=t.clock), MemoryBudgetStore(clock=t.clock)  # shared: as Redis
     paced = Budget(
         local=local,
         shared=shared,
         breaker=breaker,
-        degraded_share=4,
+        degraded_share=degraded_share,
         grace=grace,
         members=members,
         replica="r1",
@@ -194,6 +195,43 @@ def fleet_budget(
         sleep=t.sleep,
     )
     return paced, local, shared
+
+
+@pytest.mark.parametrize(("configured", "seen", "share"), [(1, 4, 4), (4, 2, 4), (2, 5, 5), (1, 1, 1)])
+async def test_cut_off_a_replica_paces_at_the_larger_of_the_configured_and_the_seen_fleet(
+    configured: int, seen: int, share: int
+) -> None:
+    """GATEWAY_MAX_REPLICAS left at 1 (or set too small) in a fleet the heartbeats show larger:
+    cut off from Redis, the replica paces at 200 / the fleet it saw, not at the whole budget."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=60.0, clock=t.clock, threshold=1)
+    paced, _, _ = fleet_budget(t, members, breaker, degraded_share=configured)
+    members.size = seen
+    await paced.heartbeat()
+    assert paced.fleet_seen == seen
+    breaker.failed("redis down")
+    t.now += 10.0  # long past any hold for the others to notice
+    await paced.acquire("1400", "api", 200, 5.0)
+    before = t.now
+    for _ in range(10):
+        await paced.acquire("1400", "api", 200, 5.0)
+    assert t.now - before == pytest.approx(10 * interval_for(200 // share, 0.015), rel=1e-6)
+
+
+async def test_the_largest_fleet_seen_is_kept_for_the_forget_horizon() -> None:
+    """A fleet that scaled down keeps its old share for FORGET_AFTER (a replica that vanished may
+    still be pacing alone that long), then gives way to the size the heartbeats show now."""
+    t, members = FakeTime(), Members()
+    paced, _, _ = fleet_budget(t, members, Breaker(cool_off=60.0, clock=t.clock), degraded_share=1)
+    members.size = 5
+    await paced.heartbeat()
+    members.size = 2
+    t.now += FORGET_AFTER - 1
+    await paced.heartbeat()
+    assert paced.fleet_seen == 5
+    t.now += 2
+    await paced.heartbeat()
+    assert paced.fleet_seen == 2
 
 
 async def test_the_shared_schedule_leaves_room_for_replicas_that_fell_silent() -> None:

@@ -48,19 +48,20 @@ async def test_heartbeats_count_replicas_that_fell_silent_until_forgotten(redis:
     Each beat says how long the record has been kept; if Redis loses it, that starts again."""
     store = RedisBudgetStore(redis)
     beats = [await store.beat(r, 0.2, 0.8) for r in ("a", "b", "c")]
-    assert [lapsed for lapsed, _ in beats] == [0, 0, 0]
+    assert [lapsed for lapsed, _, _ in beats] == [0, 0, 0]
+    assert [size for _, _, size in beats] == [1, 2, 3]  # the fleet in the record, each beater included
     assert beats[0][1] == 0.0
     await store.leave("c")
     await asyncio.sleep(0.35)  # "b" falls silent
-    lapsed, kept_for = await store.beat("a", 0.2, 0.8)
-    assert (lapsed, round(kept_for, 1)) == (1, 0.4)
+    lapsed, kept_for, size = await store.beat("a", 0.2, 0.8)
+    assert (lapsed, round(kept_for, 1), size) == (1, 0.4, 2)  # "b", lapsed, still counts in the size
     assert (await store.beat("b", 0.2, 0.8))[0] == 0  # back: "a" beat just now
     await asyncio.sleep(0.35)
     assert (await store.beat("a", 0.2, 0.8))[0] == 1
     await asyncio.sleep(0.6)  # "b" silent for 0.95 s: forgotten
-    assert (await store.beat("a", 0.2, 0.8))[0] == 0
+    assert (await store.beat("a", 0.2, 0.8))[::2] == (0, 1)
     await redis.run(redis.client.delete(f"{redis.prefix}fleet:{{fleet}}"))  # Redis lost the record
-    assert await store.beat("a", 0.2, 0.8) == (0, 0.0)
+    assert await store.beat("a", 0.2, 0.8) == (0, 0.0, 1)
 
 
 async def test_reads_in_one_turn_share_one_pipeline_and_one_call_per_room(redis: Redis) -> None:

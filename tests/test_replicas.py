@@ -125,10 +125,16 @@ async def readiness(running: Fleet) -> list[dict[str, str]]:
         return [(await client.get(url + "/readyz")).json() for url in running.urls]
 
 
-async def test_redis_restart_mid_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_replicas", [3, 1], ids=["fleet-size-set", "fleet-size-unset"])
+async def test_redis_restart_mid_run(tmp_path: Path, max_replicas: int) -> None:
     """Redis killed for 3 s and restarted during steady 3x-budget load: no 5xx, readiness stays up
-    (degraded), Tencent never sees more than 200 in a sliding second, shared state resumes."""
-    with standalone() as redis, fleet(tmp_path, redis.url, replicas=3, budget_max_wait=1.0) as running:
+    (degraded), Tencent never sees more than 200 in a sliding second, shared state resumes. So
+    also when GATEWAY_MAX_REPLICAS is left at its default (1) in a fleet of 3: each replica paces
+    at the budget over the largest fleet it saw in the heartbeats."""
+    with (
+        standalone() as redis,
+        fleet(tmp_path, redis.url, replicas=3, budget_max_wait=1.0, max_replicas=max_replicas) as running,
+    ):
         running.reset()
         load = steady_writes(running, seconds=9)
         await asyncio.sleep(2.5)

@@ -174,6 +174,7 @@ def create_app(
                 "gateway_fleet_heartbeats": budget.beats,
                 "gateway_redis_degraded": 1 if breaker.degraded else 0,
                 "gateway_fleet_lapsed_replicas": budget.lapsed,
+                "gateway_fleet_replicas_seen": budget.fleet_seen,
             }
         )
     )

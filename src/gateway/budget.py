@@ -28,7 +28,10 @@ stores make it atomic (a dict in process, one Lua script in Redis using Redis's 
 can also be *paused* (Tencent locked it out, or rejected its credentials): then no slot at all.
 
 With a shared (Redis) store the budget is the fleet's. While Redis is unreachable each replica
-paces on its own at ``limit // degraded_share`` (the fleet's maximum size). Slots already granted
+paces on its own at ``limit // share``, the share being the larger of ``degraded_share`` (the
+configured maximum fleet size, GATEWAY_MAX_REPLICAS) and the largest fleet its heartbeats saw in
+the last ``FORGET_AFTER`` seconds (every replica in the record, lapsed ones included): a fleet
+never told its size, or told too small a one, still stays within the limit. Slots already granted
 by the shared schedule still go out, so the local schedule starts after them: the queue ahead of
 the shared schedule when this replica last booked (at most the wait cap), carried forward to the
 moment Redis failed. Replicas do not recover at the same instant, so for ``grace`` seconds
@@ -175,9 +178,10 @@ class BudgetStore(Protocol):
 class Members(Protocol):
     """The fleet's heartbeats (Redis)."""
 
-    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
-        """Record this replica's beat: the number of others silent for over ``lapse_after``, and
-        for how many seconds the record of beats has been kept (it restarts if Redis loses it)."""
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float, int]:
+        """Record this replica's beat: the number of others silent for over ``lapse_after``, for
+        how many seconds the record of beats has been kept (it restarts if Redis loses it), and
+        the fleet's size (every replica in the record, this one and the lapsed included)."""
         ...
 
     async def leave(self, replica: str) -> None: ...
@@ -231,7 +235,7 @@ class Budget:
         self._local = local
         self._shared = shared
         self._breaker = breaker
-        self._share = degraded_share if shared is not None else 1
+        self._configured_share = degraded_share if shared is not None else 1
         self._grace = grace
         self._members = members
         self._replica = replica
@@ -246,6 +250,8 @@ class Budget:
         self._local_only: dict[tuple[str, str], float] = {}
         self._sync = ClockSync()
         self.lapsed = 0  # other replicas silent in Redis: each may be pacing on its own share
+        self.fleet_seen = 1  # the largest fleet the heartbeats showed within FORGET_AFTER ...
+        self._fleet_seen_at = float("-inf")  # ... and when it was seen
         self.beats = 0  # heartbeats sent (Redis round trips that no call made)
         self._last_beat: float | None = None
         self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
@@ -321,6 +327,18 @@ class Budget:
             self._local_only[key] = decision.booking.end  # the local store's clock is ours
         return decision, now + decision.wait, False
 
+    @property
+    def _share(self) -> int:
+        """How many replicas may be pacing alone: the configured fleet size or the largest seen."""
+        return max(self._configured_share, self.fleet_seen) if self._shared is not None else 1
+
+    def _saw_fleet(self, size: int) -> None:
+        """Remember the largest fleet seen; a larger one seen over FORGET_AFTER ago gives way to
+        today's (a fleet that scaled down stops costing its old share after that long)."""
+        now = self._clock()
+        if size >= self.fleet_seen or now - self._fleet_seen_at > FORGET_AFTER:
+            self.fleet_seen, self._fleet_seen_at = max(1, size), now
+
     def _shared_interval(self, qps: int) -> float:
         """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""
         share = max(1, qps // self._share)
@@ -347,7 +365,7 @@ class Budget:
             for key in list(self._local_only):
                 await self._rejoin(self._shared, key)
             self.beats += 1
-            lapsed, kept_for = await self._members.beat(self._replica, LAPSE_AFTER, FORGET_AFTER)
+            lapsed, kept_for, size = await self._members.beat(self._replica, LAPSE_AFTER, FORGET_AFTER)
         except StoreUnavailable as exc:
             self._breaker.failed(exc)
             return
@@ -357,6 +375,7 @@ class Budget:
             # Every replica still pacing alone is in the record, counted as lapsed: the grace
             # after the last recovery is not needed.
             self._grace_waived_for = recovered
+        self._saw_fleet(size)
         self.lapsed, self._last_beat = lapsed, self._clock()
 
     async def _rejoin(self, shared: BudgetStore, key: tuple[str, str]) -> None:

@@ -157,6 +157,11 @@ class StateCollector(Collector):
             "Other replicas silent in Redis without leaving: the shared budget leaves room for their shares",
             value=state.get("gateway_fleet_lapsed_replicas", 0),
         )
+        yield GaugeMetricFamily(
+            "gateway_fleet_replicas_seen",
+            "The largest fleet this replica's heartbeats showed in 10 minutes: its degraded pace divides the budget by this",
+            value=state.get("gateway_fleet_replicas_seen", 1),
+        )
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()

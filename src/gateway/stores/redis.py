@@ -161,10 +161,10 @@ class RedisBudgetStore:
         key = self._keys(scope, "")[1]
         await self._r.run(self._r.client.set(key, f"{code} {reason}", px=max(1, round(seconds * 1000))))
 
-    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float]:
+    async def beat(self, replica: str, lapse_after: float, forget_after: float) -> tuple[int, float, int]:
         args = [replica, round(lapse_after * _US), round(forget_after * _US)]
-        lapsed, age = await self._r.script("beat", self._fleet, args)
-        return int(lapsed), int(age) / _US
+        lapsed, age, size = await self._r.script("beat", self._fleet, args)
+        return int(lapsed), int(age) / _US, int(size)
 
     async def leave(self, replica: str) -> None:
         await self._r.run(self._r.client.zrem(self._fleet[0], replica))
