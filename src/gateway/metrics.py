@@ -159,7 +159,7 @@ class StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gateway_fleet_replicas_seen",
-            "The largest fleet this replica's heartbeats showed in 10 minutes: its degraded pace divides the budget by this",
+            "The largest fleet this replica's heartbeats showed in 10 minutes (its degraded pace divides by it)",
             value=state.get("gateway_fleet_replicas_seen", 1),
         )
 
