@@ -349,7 +349,7 @@ class Budget:
         lapse, their next beat, a slow Redis call) and the slots they booked at the full rate
         before that (up to the booking horizon) have passed. Zero if it never beat: nobody
         counts on it then (a replica that has never reached Redis can't be protected); zero in a
-        fleet of one (``degraded_share`` 1: there are no others)."""
+        fleet of one (a share of 1: configured so, and no other replica ever seen)."""
         if self._last_beat is None or self._share == 1:
             return 0.0
         noticed = self._last_beat + LAPSE_AFTER + BEAT_EVERY + self._store_timeout
