@@ -4,11 +4,15 @@ holds the issue lock."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.cache import Lookup
+from gateway.emulator import Emulator
+from gateway.emulator.state import HTTP_502
 from gateway.health import Breaker
 from gateway.signing import Signature, Signer
 from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
@@ -16,6 +20,9 @@ from gateway.stores.memory import MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Secret, Tenant
 from tests.redis_servers import RedisServer, standalone
+from tests.support import start_gateway
+
+ROOM = "/v1/tenants/acme/rooms/room-1"
 
 SIG = Signature(value="sig-1", expires_at=1_800_000_000.0)
 
@@ -181,3 +188,89 @@ async def test_if_the_other_replica_never_finishes_it_issues_after_the_wait() ->
     assert await signer.get(TENANT) == "ours-1"
     assert issued == ["ours-1"]
     assert clock.now - 1_700_000_000.0 >= 2.0
+
+
+# ---------------------------------------------------------------------- stale reads through an outage
+
+
+async def test_a_room_redis_served_is_kept_here_as_old_as_it_was(own_redis: RedisServer, redis: Redis) -> None:
+    """Every room Redis serves or stores through the replica is copied into its own store with
+    its age in Redis: once Redis is lost, the copy is there, no younger than it was."""
+    local = MemoryRoomStore(clock=time.monotonic, max_age=5.0, max_rooms=10)
+    rooms = FailoverRoomStore(shared=RedisRoomStore(redis, keep=5.0), local=local, breaker=breaker())
+    assert await rooms.put("1400:r1", b"filled", 0)  # a fill, stored through this replica
+    assert (await local.get("1400:r1")).body == b"filled"
+    await RedisRoomStore(redis, keep=5.0).put("1400:r2", b"theirs", 0)  # another replica's fill
+    await asyncio.sleep(0.2)
+    served = await rooms.get("1400:r2")
+    assert served.body == b"theirs"
+    own_redis.kill()
+    for _ in range(3):
+        copy = await rooms.get("1400:r2")
+        assert copy.body == b"theirs"
+        assert copy.age >= served.age >= 0.2
+
+
+class Late:
+    """A Redis room store whose reads come back late: each read is made, then held until
+    ``release`` is set (a reply computed before a write that arrives after it)."""
+
+    def __init__(self, store: RedisRoomStore) -> None:
+        self._store = store
+        self.release = asyncio.Event()
+
+    async def get(self, key: str) -> Lookup:
+        found = await self._store.get(key)
+        await self.release.wait()
+        return found
+
+    async def put(self, key: str, body: bytes, generation: int) -> bool:
+        return await self._store.put(key, body, generation)
+
+    async def invalidate(self, key: str) -> None:
+        await self._store.invalidate(key)
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return await self._store.lock(key, ttl)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._store.unlock(key, token)
+
+
+async def test_no_copy_is_kept_of_a_read_a_write_overtook(redis: Redis) -> None:
+    """A Redis read that started before a write and answers after it returns the old room to its
+    caller, but leaves no copy here: a later outage cannot serve the pre-write room."""
+    shared = RedisRoomStore(redis, keep=5.0)
+    await shared.put("1400:r1", b"before", 0)
+    local = MemoryRoomStore(clock=time.monotonic, max_age=5.0, max_rooms=10)
+    late = Late(shared)
+    rooms = FailoverRoomStore(shared=late, local=local, breaker=breaker())
+    read = asyncio.create_task(rooms.get("1400:r1"))
+    await asyncio.sleep(0.05)
+    await rooms.invalidate("1400:r1")  # the write, while the read's reply is on its way
+    late.release.set()
+    assert (await read).body == b"before"
+    assert (await local.get("1400:r1")).body is None
+
+
+async def test_through_an_outage_a_recent_room_is_served_stale_and_a_write_still_wins(
+    own_redis: RedisServer, upstream_url: str, emulator: Emulator
+) -> None:
+    """A gateway in Redis mode reads a room, then loses Redis while Tencent fails too: the
+    replica's copy is served ``X-Cache: stale``. A write through it during the outage removes
+    the copy, so a later failing read is an error, never the pre-write room."""
+    async with start_gateway(
+        upstream_url, redis_url=own_redis.url, cache_ttl=0.2, stale_ttl=10.0, retry_attempts=2
+    ) as gateway:
+        assert (await gateway.client.get(ROOM)).status_code == 200  # filled through Redis
+        own_redis.kill()
+        await asyncio.sleep(0.3)  # past the TTL
+        emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
+        stale = await gateway.client.get(ROOM)
+        assert (stale.status_code, stale.headers["x-cache"]) == (200, "stale"), stale.text
+        assert stale.json()["room_name"] == "room-1"
+        assert (await gateway.client.patch(ROOM, json={"room_name": "During"})).status_code == 204
+        emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
+        assert (await gateway.client.get(ROOM)).status_code == 502
+        fresh = await gateway.client.get(ROOM)
+    assert (fresh.status_code, fresh.json()["room_name"]) == (200, "During")

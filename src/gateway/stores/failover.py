@@ -13,6 +13,7 @@ from typing import TypeVar
 from gateway.cache import Lookup, RoomStore
 from gateway.health import Breaker, StoreUnavailable
 from gateway.signing import Signature, SignatureStore
+from gateway.stores.memory import MemoryRoomStore
 
 T = TypeVar("T")
 
@@ -30,20 +31,45 @@ async def _either(breaker: Breaker, shared: Callable[[], Awaitable[T]], local: C
 
 
 class FailoverRoomStore:
-    def __init__(self, *, shared: RoomStore, local: RoomStore, breaker: Breaker) -> None:
+    """Redis's rooms while it answers; the replica's own while it does not. The replica keeps a
+    copy of every room Redis served or stored through it (bounded like its own cache), as old as
+    it is in Redis, so that a room read recently can still be served stale when Redis is lost
+    and Tencent cannot be called. A write invalidates both tiers, and a copy is not kept if a
+    write invalidated the room here while the Redis call was under way: read-your-writes through
+    one replica holds across an outage too."""
+
+    def __init__(self, *, shared: RoomStore, local: MemoryRoomStore, breaker: Breaker) -> None:
         self._shared = shared
         self._local = local
         self._breaker = breaker
 
     async def get(self, key: str) -> Lookup:
-        return await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+        if self._breaker.allows():
+            fence = self._local.generation(key)
+            try:
+                found = await self._shared.get(key)
+            except StoreUnavailable as exc:
+                self._breaker.failed(exc)
+            else:
+                self._breaker.succeeded()
+                if found.body is not None:
+                    self._local.keep(key, found.body, found.age, found.stored_at, fence)
+                return found
+        return await self._local.get(key)
 
     async def put(self, key: str, body: bytes, generation: int) -> bool:
-        return await _either(
-            self._breaker,
-            lambda: self._shared.put(key, body, generation),
-            lambda: self._local.put(key, body, generation),
-        )
+        if self._breaker.allows():
+            fence = self._local.generation(key)
+            try:
+                stored = await self._shared.put(key, body, generation)
+            except StoreUnavailable as exc:
+                self._breaker.failed(exc)
+            else:
+                self._breaker.succeeded()
+                if stored:
+                    self._local.keep(key, body, 0.0, None, fence)
+                return stored
+        return await self._local.put(key, body, generation)
 
     async def invalidate(self, key: str) -> None:
         await self._local.invalidate(key)

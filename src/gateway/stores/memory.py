@@ -104,6 +104,7 @@ class MemoryRoomStore:
         self._rooms: dict[str, tuple[bytes, float]] = {}
         self._generations: dict[str, tuple[int, float]] = {}
         self._counter = 0
+        self._copies: dict[str, float] = {}  # rooms held as copies of the shared store's: its store time
 
     async def get(self, key: str) -> Lookup:
         generation = self._generations.get(key, (0, 0.0))[0]
@@ -116,15 +117,37 @@ class MemoryRoomStore:
     async def put(self, key: str, body: bytes, generation: int) -> bool:
         if self._generations.get(key, (0, 0.0))[0] != generation:
             return False  # a write invalidated the room while this fill was in flight
+        self._copies.pop(key, None)
+        self._store(key, body, self._clock())
+        return True
+
+    def generation(self, key: str) -> int:
+        """The room's generation here now (a fence for ``keep``)."""
+        return self._generations.get(key, (0, 0.0))[0]
+
+    def keep(self, key: str, body: bytes, age: float, stored_at: float | None, generation: int) -> None:
+        """Hold a copy of what the shared store (Redis) served or stored, as old as it is there,
+        so that it can be served stale if Redis is lost; not if a write invalidated the room here
+        since ``generation`` was read (before the shared call began). Cheap when the copy is
+        already held: ``stored_at``, the shared store's store time, tells (None: not known, as
+        for a fill just stored; kept then, and once more when a read shows its store time)."""
+        if stored_at is not None and self._copies.get(key) == stored_at:
+            return
+        if self._generations.get(key, (0, 0.0))[0] != generation:
+            return
+        self._copies[key] = stored_at if stored_at is not None else float("nan")  # nan equals nothing
+        self._store(key, body, self._clock() - age)
+
+    def _store(self, key: str, body: bytes, stored: float) -> None:
         self._rooms.pop(key, None)  # re-insert at the end: dict order is store order
-        self._rooms[key] = (body, self._clock())
+        self._rooms[key] = (body, stored)
         if len(self._rooms) > self._max_rooms:
             self._prune()
-        return True
 
     async def invalidate(self, key: str) -> None:
         self._counter += 1
         self._rooms.pop(key, None)
+        self._copies.pop(key, None)
         self._generations[key] = (self._counter, self._clock())
         if len(self._generations) > self._max_rooms:
             horizon = self._clock() - self._fence
@@ -141,3 +164,4 @@ class MemoryRoomStore:
         self._rooms = {k: v for k, v in self._rooms.items() if v[1] > horizon}
         while len(self._rooms) > self._max_rooms:
             del self._rooms[next(iter(self._rooms))]
+        self._copies = {k: v for k, v in self._copies.items() if k in self._rooms}
