@@ -274,3 +274,25 @@ async def test_through_an_outage_a_recent_room_is_served_stale_and_a_write_still
         assert (await gateway.client.get(ROOM)).status_code == 502
         fresh = await gateway.client.get(ROOM)
     assert (fresh.status_code, fresh.json()["room_name"]) == (200, "During")
+
+
+async def test_a_write_through_another_replica_before_the_outage_removes_the_copy(
+    own_redis: RedisServer, redis: Redis
+) -> None:
+    """Replica A holds a copy; replica B's write invalidates the room in Redis; A's next read
+    finds no room there and drops its copy. So when Redis is lost afterwards, A cannot serve the
+    room as it was before B's write (a write acknowledged before the outage stays seen)."""
+    a_local = MemoryRoomStore(clock=time.monotonic, max_age=5.0, max_rooms=10)
+    a = FailoverRoomStore(shared=RedisRoomStore(redis, keep=5.0), local=a_local, breaker=breaker())
+    b = FailoverRoomStore(
+        shared=RedisRoomStore(redis, keep=5.0),
+        local=MemoryRoomStore(clock=time.monotonic, max_age=5.0, max_rooms=10),
+        breaker=breaker(),
+    )
+    assert await a.put("1400:r1", b"before", 0)
+    assert (await a_local.get("1400:r1")).body == b"before"
+    await b.invalidate("1400:r1")  # B's write
+    assert (await a.get("1400:r1")).body is None  # Redis: no room (a fill would follow)
+    own_redis.kill()
+    for _ in range(3):
+        assert (await a.get("1400:r1")).body is None

@@ -36,7 +36,9 @@ class FailoverRoomStore:
     it is in Redis, so that a room read recently can still be served stale when Redis is lost
     and Tencent cannot be called. A write invalidates both tiers, and a copy is not kept if a
     write invalidated the room here while the Redis call was under way: read-your-writes through
-    one replica holds across an outage too."""
+    one replica holds across an outage too. A copy goes when Redis shows the room gone (expired,
+    or invalidated by another replica's write), so a write acknowledged before the outage is not
+    undone by it."""
 
     def __init__(self, *, shared: RoomStore, local: MemoryRoomStore, breaker: Breaker) -> None:
         self._shared = shared
@@ -54,6 +56,8 @@ class FailoverRoomStore:
                 self._breaker.succeeded()
                 if found.body is not None:
                     self._local.keep(key, found.body, found.age, found.stored_at, fence)
+                else:
+                    self._local.drop_copy(key)
                 return found
         return await self._local.get(key)
 

@@ -138,6 +138,12 @@ class MemoryRoomStore:
         self._copies[key] = stored_at if stored_at is not None else float("nan")  # nan equals nothing
         self._store(key, body, self._clock() - age)
 
+    def drop_copy(self, key: str) -> None:
+        """The shared store holds no such room (it expired, or another replica's write
+        invalidated it): this replica's copy must not outlive it."""
+        if self._copies.pop(key, None) is not None:
+            self._rooms.pop(key, None)
+
     def _store(self, key: str, body: bytes, stored: float) -> None:
         self._rooms.pop(key, None)  # re-insert at the end: dict order is store order
         self._rooms[key] = (body, stored)
