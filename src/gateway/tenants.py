@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -219,22 +220,15 @@ def egress_proxy(base_url: str, env: Mapping[str, str]) -> str | None:
     """The proxy the environment names for ``base_url``, as curl and requests read it: for an
     https URL ``https_proxy`` (else ``HTTPS_PROXY``), for http ``http_proxy`` (else
     ``HTTP_PROXY``), unless ``no_proxy`` / ``NO_PROXY`` matches the host."""
-    scheme, _, rest = base_url.partition("://")
-    names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy", "HTTP_PROXY")
+    parts = urlsplit(base_url)  # (base_url's form was checked: http(s)://host[:port])
+    https = parts.scheme == "https"
+    names = ("https_proxy", "HTTPS_PROXY") if https else ("http_proxy", "HTTP_PROXY")
     proxy = next((env[n] for n in names if env.get(n)), None)
     if proxy is None:
         return None
-    host, port = _host_port(rest, 443 if scheme == "https" else 80)
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
     bypass = env.get("no_proxy") or env.get("NO_PROXY") or ""
     return None if any(_bypasses(entry.strip().lower(), host, port) for entry in bypass.split(",")) else proxy
-
-
-def _host_port(authority: str, default: int) -> tuple[str, int]:
-    if authority.startswith("["):  # [v6]:port
-        host, _, tail = authority[1:].partition("]")
-        return host.lower(), int(tail[1:]) if tail.startswith(":") else default
-    host, _, port = authority.partition(":")
-    return host.lower(), int(port) if port else default
 
 
 def _bypasses(entry: str, host: str, port: int) -> bool:

@@ -68,6 +68,11 @@ class Proxy(NamedTuple):
     def __str__(self) -> str:
         return self.__repr__()
 
+    @property
+    def header(self) -> bytes:
+        """Its ``Proxy-Authorization`` header line, or nothing when it wants no credentials."""
+        return b"" if self.authorization is None else b"Proxy-Authorization: " + self.authorization + b"\r\n"
+
 
 def proxy_from_url(url: str) -> Proxy:
     """``http://[user:password@]host[:port]`` (port 80 if absent, as urllib3 reads it); ValueError
@@ -278,9 +283,7 @@ class _Pool:
         # An http origin through a proxy: absolute-form requests, each with our credentials.
         self.absolute = proxy is not None and origin.tls is None
         self._target = b"http://" + origin.authority if self.absolute else b""
-        self._head = origin.head
-        if self.absolute and proxy is not None and proxy.authorization is not None:
-            self._head += b"Proxy-Authorization: " + proxy.authorization + b"\r\n"
+        self._head = origin.head + (proxy.header if self.absolute and proxy is not None else b"")
         self._limit = limit
         self._keepalive = keepalive
         self._idle: list[_Connection] = []
@@ -371,9 +374,7 @@ class _Pool:
         """CONNECT to the origin through ``proxy``, then TLS to the origin's name inside it."""
         origin = self._origin
         head = b"CONNECT " + origin.authority + b" HTTP/1.1\r\nHost: " + origin.authority + b"\r\n"
-        if proxy.authorization is not None:
-            head += b"Proxy-Authorization: " + proxy.authorization + b"\r\n"
-        cast(asyncio.Transport, raw).write(head + b"\r\n")
+        cast(asyncio.Transport, raw).write(head + proxy.header + b"\r\n")
         status = await answer.status
         if status in _REFUSALS:
             raise ProxyRefused(proxy, status)
