@@ -10,9 +10,13 @@ import time
 import pytest
 
 from gateway import budget
-from gateway.budget import FORGET_AFTER, Booking, Budget, Grant, Refusal, interval_for
+from gateway.budget import FORGET_AFTER, HORIZON, Booking, EmbeddedBudget, Fleet, Grant, Paused, Refusal, Share, Slot
+from gateway.budget import schedule as sched
+from gateway.budget.clock import ClockSync
+from gateway.budget.dispatch import SLACK, Dispatcher
+from gateway.budget.modes import FleetBudget, Mode
+from gateway.budget.schedule import interval_for
 from gateway.emulator import Emulator
-from gateway.errors import RateLimited, UpstreamLockedOut
 from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
@@ -23,6 +27,9 @@ from tests.support import APP_ID, TOKENS, Call, ScriptedTencent, blast, start_ga
 def busiest_second(times: list[float]) -> int:
     times = sorted(times)
     return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
+
+
+ME = Share("checkout")
 
 
 class FakeTime:
@@ -48,7 +55,7 @@ def test_no_sliding_second_exceeds_the_limit_despite_late_arrivals(limit: int, j
     tat, now, arrivals = 0.0, 0.0, []
     for _ in range(limit * 30):
         now += rng.expovariate(3 * limit)
-        tat, decision = budget.reserve(tat, now, interval, max_wait=float("inf"))
+        tat, decision = sched.reserve(tat, now, interval, max_wait=float("inf"))
         assert isinstance(decision, Grant)
         arrivals.append(now + decision.wait + rng.uniform(0, jitter))
     assert busiest_second(arrivals) <= limit
@@ -68,10 +75,10 @@ def test_exact_slot_spacing_would_overrun_with_late_arrivals() -> None:
 
 def test_a_refusal_books_nothing() -> None:
     """Past the wait cap the call is refused and the schedule is unchanged."""
-    tat, decision = budget.reserve(tat=10.0, now=5.0, interval=0.1, max_wait=2.0)
+    tat, decision = sched.reserve(tat=10.0, now=5.0, interval=0.1, max_wait=2.0)
     assert decision == Refusal(retry_after=3.0)
     assert tat == 10.0
-    tat, decision = budget.reserve(tat=10.0, now=8.5, interval=0.1, max_wait=2.0)
+    tat, decision = sched.reserve(tat=10.0, now=8.5, interval=0.1, max_wait=2.0)
     assert decision == Grant(wait=1.5, booking=Booking(start=10.0, end=10.1))
     assert tat == pytest.approx(10.1)
 
@@ -80,69 +87,80 @@ def test_an_unused_slot_handed_back_is_undone_while_nobody_booked_after_it() -> 
     """A call that could not leave in time hands its slot back: while the TAT is still where
     its booking left it, the schedule goes back to that slot (the next booking is now, not an
     interval later); once anybody booked after it, the handed-back slot changes nothing."""
-    tat, first = budget.reserve(tat=0.0, now=10.0, interval=1.0, max_wait=0.0)
+    tat, first = sched.reserve(tat=0.0, now=10.0, interval=1.0, max_wait=0.0)
     assert isinstance(first, Grant)
     assert first.booking == Booking(start=10.0, end=11.0)
     assert tat == 11.0
-    tat, again = budget.reserve(tat, now=10.02, interval=1.0, max_wait=0.0, unbook=first.booking)
+    tat, again = sched.reserve(tat, now=10.02, interval=1.0, max_wait=0.0, unbook=first.booking)
     assert again == Grant(wait=0.0, booking=Booking(start=10.02, end=11.02))
     # Somebody booked after the slot: handing it back must not free a slot under theirs.
-    tat, mine = budget.reserve(tat=0.0, now=20.0, interval=1.0, max_wait=5.0)
-    tat, theirs = budget.reserve(tat, now=20.0, interval=1.0, max_wait=5.0)
+    tat, mine = sched.reserve(tat=0.0, now=20.0, interval=1.0, max_wait=5.0)
+    tat, theirs = sched.reserve(tat, now=20.0, interval=1.0, max_wait=5.0)
     assert isinstance(mine, Grant)
     assert isinstance(theirs, Grant)
-    tat, rebooked = budget.reserve(tat, now=20.02, interval=1.0, max_wait=5.0, unbook=mine.booking)
+    tat, rebooked = sched.reserve(tat, now=20.02, interval=1.0, max_wait=5.0, unbook=mine.booking)
     assert rebooked == Grant(wait=pytest.approx(1.98), booking=Booking(start=22.0, end=23.0))
+
+
+def embedded(t: FakeTime, jitter: float) -> EmbeddedBudget:
+    return EmbeddedBudget(store=MemoryBudgetStore(clock=t.clock), jitter=jitter, clock=t.clock, sleep=t.sleep)
+
+
+async def slot(paced: EmbeddedBudget | FleetBudget, qps: int, max_wait: float, forfeit: Slot | None = None) -> Slot:
+    """A slot for ME on ("app", "api"), which the test expects to be granted."""
+    got = await paced.acquire("app", "api", qps=qps, max_wait=max_wait, share=ME, forfeit=forfeit)
+    assert isinstance(got, Slot), got
+    return got
 
 
 async def test_a_late_call_on_a_quiet_schedule_books_again_at_once() -> None:
     """At 1 call/s and no wait allowed, a call whose first slot passed (a slow connect) still
     goes: handed back, its slot is free again. Only the schedule that booked it takes it back."""
     t = FakeTime()
-    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.017, clock=t.clock, sleep=t.sleep)
-    first = await paced.acquire("app", "api", qps=1, max_wait=0.0)
+    paced = embedded(t, 0.017)
+    first = await slot(paced, qps=1, max_wait=0.0)
     t.now += 0.03  # the connect took 30 ms: past send_by
     assert t.now > first.send_by
-    again = await paced.acquire("app", "api", qps=1, max_wait=0.0, forfeit=first)
+    again = await slot(paced, qps=1, max_wait=0.0, forfeit=first)
     assert again.waited == 0.0
     assert again.send_by == pytest.approx(t.now + 0.017 / 3)
-    with pytest.raises(RateLimited):  # the slot is taken now: the next caller waits a second
-        await paced.acquire("app", "api", qps=1, max_wait=0.0)
+    refused = await paced.acquire("app", "api", qps=1, max_wait=0.0, share=ME)
+    assert isinstance(refused, Refusal), "the slot is taken now: the next caller waits a second"
     other = again._replace(shared=True)  # a slot of the shared schedule means nothing to this one
     t.now += 0.03
-    with pytest.raises(RateLimited):
-        await paced.acquire("app", "api", qps=1, max_wait=0.0, forfeit=other)
+    assert isinstance(await paced.acquire("app", "api", qps=1, max_wait=0.0, share=ME, forfeit=other), Refusal)
 
 
 def test_defer_pushes_the_schedule() -> None:
     """After "too frequent" no slot is granted before now + pause, and never earlier than booked."""
-    assert budget.defer(tat=3.0, now=5.0, pause=1.0) == 6.0
-    assert budget.defer(tat=9.0, now=5.0, pause=1.0) == 9.0
+    assert sched.defer(tat=3.0, now=5.0, pause=1.0) == 6.0
+    assert sched.defer(tat=9.0, now=5.0, pause=1.0) == 9.0
 
 
 async def test_acquire_paces_and_refuses_past_the_cap() -> None:
     """Callers wait their turn; one that would wait past the cap gets RateLimited with Retry-After."""
     t = FakeTime()
-    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.0, clock=t.clock, sleep=t.sleep)
-    waits = [(await paced.acquire("app", "api", qps=2, max_wait=10)).waited for _ in range(3)]
+    paced = embedded(t, 0.0)
+    waits = [(await slot(paced, qps=2, max_wait=10)).waited for _ in range(3)]
     interval = budget.interval_for(2, 0.0)
     assert waits == pytest.approx([0.0, interval, interval])
     t.now -= 2 * interval  # three callers at once: the next would wait 3 intervals
-    with pytest.raises(RateLimited) as refused:
-        await paced.acquire("app", "api", qps=2, max_wait=0.5)
-    assert refused.value.retry_after is not None
-    assert refused.value.retry_after >= 1
+    began = t.now
+    refused = await paced.acquire("app", "api", qps=2, max_wait=0.5, share=ME)
+    assert isinstance(refused, Refusal)
+    assert refused.retry_after > 0
+    assert 0.5 <= t.now - began <= 0.5 + SLACK, "it waited its cap, no longer"
 
 
 async def test_a_slot_says_when_its_call_must_leave() -> None:
     """A slot's send window is a third of the jitter; a caller woken late keeps the slot's own
     deadline (the send-time check then refuses it, see test_a_call_that_cannot_leave_in_time...)."""
     t = FakeTime()
-    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.015, clock=t.clock, sleep=t.sleep)
-    first = await paced.acquire("app", "api", qps=100, max_wait=10)
+    paced = embedded(t, 0.015)
+    first = await slot(paced, qps=100, max_wait=10)
     assert first.send_by == pytest.approx(1000.0 + 0.005)
     t.overshoot = 0.02
-    late = await paced.acquire("app", "api", qps=100, max_wait=10)  # sleeps, wakes 20 ms late
+    late = await slot(paced, qps=100, max_wait=10)  # sleeps, wakes 20 ms late
     interval = budget.interval_for(100, 0.015)
     assert late.send_by == pytest.approx(1000.0 + interval + 0.005)
     assert t.now > late.send_by
@@ -177,18 +195,18 @@ class Members:
 
 
 def fleet_budget(
-    t: FakeTime, members: Members, breaker: Breaker, grace: float = 0.0, degraded_share: int = 4
-) -> tuple[Budget, MemoryBudgetStore, MemoryBudgetStore]:
+    t: FakeTime, members: Members | None, breaker: Breaker, grace: float = 0.0, degraded_share: int = 4
+) -> tuple[FleetBudget, MemoryBudgetStore, MemoryBudgetStore]:
     local, shared = MemoryBudgetStore(clock=t.clock), MemoryBudgetStore(clock=t.clock)  # shared: as Redis
-    paced = Budget(
-        local=local,
-        shared=shared,
+    paced = FleetBudget(
+        shared=Dispatcher(store=shared, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
+        shared_store=shared,
+        local=Dispatcher(store=local, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
+        local_store=local,
         breaker=breaker,
-        degraded_share=degraded_share,
+        fleet=Fleet(members=members, replica="r1", configured=degraded_share, clock=t.clock),
         grace=grace,
-        members=members,
-        replica="r1",
-        booking_horizon=2.0,
+        horizon=HORIZON,
         store_timeout=0.5,
         jitter=0.015,
         clock=t.clock,
@@ -208,13 +226,13 @@ async def test_cut_off_a_replica_paces_at_the_larger_of_the_configured_and_the_s
     paced, _, _ = fleet_budget(t, members, breaker, degraded_share=configured)
     members.size = seen
     await paced.heartbeat()
-    assert paced.fleet_seen == seen
+    assert paced.fleet.seen == seen
     breaker.failed("redis down")
     t.now += 10.0  # long past any hold for the others to notice
-    await paced.acquire("1400", "api", 200, 5.0)
+    await paced.acquire("1400", "api", qps=200, max_wait=5.0, share=ME)
     before = t.now
     for _ in range(10):
-        await paced.acquire("1400", "api", 200, 5.0)
+        await paced.acquire("1400", "api", qps=200, max_wait=5.0, share=ME)
     assert t.now - before == pytest.approx(10 * interval_for(200 // share, 0.015), rel=1e-6)
 
 
@@ -228,10 +246,10 @@ async def test_the_largest_fleet_seen_is_kept_for_the_forget_horizon() -> None:
     members.size = 2
     t.now += FORGET_AFTER - 1
     await paced.heartbeat()
-    assert paced.fleet_seen == 5
+    assert paced.fleet.seen == 5
     t.now += 2
     await paced.heartbeat()
-    assert paced.fleet_seen == 2
+    assert paced.fleet.seen == 2
 
 
 async def test_the_shared_schedule_leaves_room_for_replicas_that_fell_silent() -> None:
@@ -240,15 +258,15 @@ async def test_the_shared_schedule_leaves_room_for_replicas_that_fell_silent() -
     t, members = FakeTime(), Members()
     paced, _, _ = fleet_budget(t, members, Breaker(cool_off=1.0, clock=t.clock))
     await paced.heartbeat()
-    first = await paced.acquire("app", "api", qps=200, max_wait=10)
-    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    first = await slot(paced, qps=200, max_wait=10)
+    second = await slot(paced, qps=200, max_wait=10)
     assert second.send_by - first.send_by == pytest.approx(budget.interval_for(200, 0.015))
     members.lapsed = 1
     await paced.heartbeat()
-    third = await paced.acquire("app", "api", qps=200, max_wait=10)
-    fourth = await paced.acquire("app", "api", qps=200, max_wait=10)
+    third = await slot(paced, qps=200, max_wait=10)
+    fourth = await slot(paced, qps=200, max_wait=10)
     assert fourth.send_by - third.send_by == pytest.approx(budget.interval_for(150, 0.015))
-    assert paced.lapsed == 1
+    assert paced.fleet.lapsed == 1
     assert members.beats == ["r1", "r1"]
     await paced.leave()  # on a clean shutdown
     assert members.left == ["r1"]
@@ -266,10 +284,10 @@ async def test_a_replica_cut_off_from_redis_waits_until_the_others_have_noticed(
     for _ in range(3):
         breaker.failed("redis down")
     assert breaker.degraded
-    first = await paced.acquire("app", "api", qps=200, max_wait=10)
+    first = await slot(paced, qps=200, max_wait=10)
     noticed = beat + budget.LAPSE_AFTER + budget.BEAT_EVERY + 0.5
-    assert first.send_by - budget.SEND_SHARE * 0.015 == pytest.approx(noticed + 2.0)
-    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    assert first.send_by - budget.SEND_SHARE * 0.015 == pytest.approx(noticed + HORIZON)
+    second = await slot(paced, qps=200, max_wait=10)
     assert second.send_by - first.send_by == pytest.approx(budget.interval_for(50, 0.015))
 
 
@@ -277,21 +295,12 @@ async def test_a_fleet_of_one_does_not_wait_for_others_to_notice() -> None:
     """With GATEWAY_MAX_REPLICAS=1 there is nobody to notice: degraded, the replica goes on at once."""
     t, members = FakeTime(), Members()
     breaker = Breaker(cool_off=60.0, clock=t.clock)
-    local = MemoryBudgetStore(clock=t.clock)
-    paced = Budget(
-        local=local,
-        shared=MemoryBudgetStore(clock=t.clock),
-        breaker=breaker,
-        members=members,
-        booking_horizon=2.0,
-        jitter=0.015,
-        clock=t.clock,
-        sleep=t.sleep,
-    )
+    paced, _, _ = fleet_budget(t, members, breaker, degraded_share=1)
     await paced.heartbeat()
     for _ in range(3):
         breaker.failed("redis down")
-    assert (await paced.acquire("app", "api", qps=200, max_wait=10)).waited == 0.0
+    assert paced.mode() is Mode.DEGRADED, "no hold: nobody else to notice"
+    assert (await slot(paced, qps=200, max_wait=10)).waited == 0.0
 
 
 async def test_back_from_a_cut_a_replica_pushes_the_shared_schedule_past_its_slots_then_beats() -> None:
@@ -304,7 +313,7 @@ async def test_back_from_a_cut_a_replica_pushes_the_shared_schedule_past_its_slo
     for _ in range(3):
         breaker.failed("redis down")
     for _ in range(3):  # local slots at its share of 4/s: 1.015 s apart, the last at 2.03 s
-        await paced.acquire("app", "api", qps=4, max_wait=10)
+        await slot(paced, qps=4, max_wait=10)
     t.now += 0.98  # 3.01 s: past the cool-off; the last slot's interval runs until 3.045 s
     assert local.ahead("app", "api") == pytest.approx(0.035, abs=1e-5)
     await paced.heartbeat()
@@ -323,14 +332,14 @@ async def test_back_from_a_cut_before_any_local_slot_the_shared_schedule_is_not_
     await paced.heartbeat()  # it beat: the others count on it, so it holds when cut off
     for _ in range(3):
         breaker.failed("redis down")
-    with pytest.raises(RateLimited):
-        await paced.acquire("app", "api", qps=200, max_wait=1.0)
-    assert local.ahead("app", "api") > 4.0  # the hold, in the local schedule
+    assert paced.mode() is Mode.HOLD
+    assert isinstance(await paced.acquire("app", "api", qps=200, max_wait=1.0, share=ME), Refusal)
+    assert local.ahead("app", "api") > 1.0  # the hold, in the local schedule
     t.now += 0.02
     await paced.heartbeat()
     assert not breaker.degraded
     assert shared.ahead("app", "api") == 0.0
-    assert (await paced.acquire("app", "api", qps=200, max_wait=1.0)).waited == 0.0
+    assert (await slot(paced, qps=200, max_wait=1.0)).waited == 0.0
 
 
 @pytest.mark.parametrize("kept", [True, False])
@@ -346,13 +355,13 @@ async def test_after_redis_returns_the_grace_lasts_until_a_beat_shows_the_fleet_
     for _ in range(3):
         breaker.failed("redis down")
     t.now += 5.0
-    first = await paced.acquire("app", "api", qps=200, max_wait=10)  # recovers: in grace
-    second = await paced.acquire("app", "api", qps=200, max_wait=10)
+    first = await slot(paced, qps=200, max_wait=10)  # recovers: in grace
+    second = await slot(paced, qps=200, max_wait=10)
     assert second.send_by - first.send_by == pytest.approx(budget.interval_for(50, 0.015))
     members.kept_for, members.lapsed = (3600.0 if kept else 5.0), 1
     await paced.heartbeat()
-    third = await paced.acquire("app", "api", qps=200, max_wait=10)
-    fourth = await paced.acquire("app", "api", qps=200, max_wait=10)
+    third = await slot(paced, qps=200, max_wait=10)
+    fourth = await slot(paced, qps=200, max_wait=10)
     expected = budget.interval_for(150, 0.015) if kept else budget.interval_for(50, 0.015)
     assert fourth.send_by - third.send_by == pytest.approx(expected)
 
@@ -360,13 +369,14 @@ async def test_after_redis_returns_the_grace_lasts_until_a_beat_shows_the_fleet_
 async def test_a_paused_tenant_gets_no_slot() -> None:
     """While a tenant is paused (70050) every acquire fails at once with the time left."""
     t = FakeTime()
-    paced = Budget(local=MemoryBudgetStore(clock=t.clock), jitter=0.01, clock=t.clock, sleep=t.sleep)
+    paced = embedded(t, 0.01)
     await paced.pause("app", 60.0, 70050, "locked out")
-    with pytest.raises(UpstreamLockedOut) as paused:
-        await paced.acquire("app", "any-api", qps=200, max_wait=10)
-    assert paused.value.retry_after == 60.0
+    paused = await paced.acquire("app", "any-api", qps=200, max_wait=10, share=ME)
+    assert paused == Paused(left=60.0, code=70050, reason="locked out")
     t.now += 60.0
-    assert (await paced.acquire("app", "any-api", qps=200, max_wait=10)).waited == 0.0
+    resumed = await paced.acquire("app", "any-api", qps=200, max_wait=10, share=ME)
+    assert isinstance(resumed, Slot)
+    assert resumed.waited == 0.0
 
 
 @pytest.mark.slow
@@ -389,15 +399,17 @@ async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_u
 
 @pytest.mark.slow
 async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() -> None:
-    """The send window is checked right before the request is written: callers whose slots
-    pass while the event loop is stalled (here: by the second call's handler) send nothing,
-    book new slots and still succeed, each call reaching Tencent exactly once."""
+    """The send window is checked right before the request is written: a caller whose slot
+    passes while the event loop is stalled (here: by the second call's handler) sends nothing,
+    books a new slot and still succeeds, each call reaching Tencent exactly once. (Callers book
+    just in time, the horizon ahead, so a stall costs the slots within the horizon, not one per
+    waiting caller as when every caller booked its slot on arrival.)"""
     sent: list[float] = []
 
     def upstream(call: Call) -> tuple[int, bytes]:
         sent.append(time.monotonic())
-        if len(sent) == 2:  # 50 ms in: all eight have booked their slots, 50 ms apart, by now
-            time.sleep(0.2)  # stalls the whole loop: the next slots pass meanwhile
+        if len(sent) == 2:  # 50 ms in: the third slot (within the horizon) is booked by now
+            time.sleep(0.2)  # stalls the whole loop: that slot passes meanwhile
         return 200, b'{"ActionStatus":"OK","ErrorCode":0,"RequestId":"r"}'
 
     tencent = ScriptedTencent(upstream)
@@ -411,7 +423,7 @@ async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() 
     missed = [line for line in metrics.splitlines() if line.startswith("gateway_budget_slots_missed_total{")]
     assert len(missed) == 1
     forfeited = float(missed[0].rsplit(" ", 1)[1])
-    assert forfeited >= 2
+    assert forfeited >= 1
     grants = [line for line in metrics.splitlines() if line.startswith("gateway_budget_grants_total{")]
     assert float(grants[0].rsplit(" ", 1)[1]) == 8 + forfeited
 
@@ -480,7 +492,7 @@ async def test_a_call_that_can_never_leave_in_time_ends_at_the_deadline(upstream
 
 def test_clock_sync_trusts_the_quickest_round_trip() -> None:
     """The offset comes from the round trip with the least slack, so a slow reply can't skew it."""
-    sync = budget.ClockSync(window=10.0)
+    sync = ClockSync(window=10.0)
     # Remote clock = ours + 500 s. A quick round trip (1 ms) and then a slow one whose
     # decision happened right at the start of a 40 ms round trip.
     sync.sample(sent=100.000, received=100.001, remote=600.0005)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.budget import Grant, Refusal
+from gateway.budget.schedule import Booked, Terms, Want
 from gateway.health import StoreUnavailable
 from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, connect
 from tests.redis_servers import RedisServer, url_for
@@ -28,18 +28,23 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
         await wrapper.aclose()
 
 
-async def test_reserve_admits_exactly_what_the_cap_allows(redis: Redis) -> None:
-    """300 concurrent callers, 0.5 s slots, 5 s cap: exactly 11 grants (waits 0, 0.5 .. 5 s), 289 refusals.
+TERMS = Terms(interval=0.01, horizon=1.0, borrow=0.02, active=1.0)
+
+
+async def test_concurrent_bookings_admit_exactly_what_the_horizon_allows(redis: Redis) -> None:
+    """300 concurrent one-slot bookings, 0.5 s slots, a 5 s horizon: exactly 11 granted (waits
+    0, 0.5 .. 5 s, one slot each, whoever asked), the other 289 nothing: the script is atomic.
 
     (Slots are long so that the few milliseconds Redis takes to run 300 scripts cannot open one more.)"""
     store = RedisBudgetStore(redis)
-    decisions = await asyncio.gather(*(store.reserve("1400", "api", 0.5, 5.0) for _ in range(300)))
-    grants = sorted(d.wait for d in decisions if isinstance(d, Grant))
-    assert len(grants) == 11
-    assert sum(isinstance(d, Refusal) for d in decisions) == 289
-    # one slot each, 0.5 s apart in Redis's clock
-    assert grants[0] < 0.05
-    assert all(abs((b - a) - 0.5) < 0.05 for a, b in itertools.pairwise(grants))
+    terms = Terms(interval=0.5, horizon=5.0, borrow=5.0, active=10.0)
+    booked = await asyncio.gather(
+        *(store.book("1400", "api", [Want(f"c{i % 7}", 1, 1, 5.0)], terms) for i in range(300))
+    )
+    waits = sorted(s - b.at for b in booked if isinstance(b, Booked) for slots in b.slots.values() for s in slots)
+    assert len(waits) == 11
+    assert waits[0] < 0.05
+    assert all(abs((b - a) - 0.5) < 0.05 for a, b in itertools.pairwise(waits))
 
 
 async def test_heartbeats_count_replicas_that_fell_silent_until_forgotten(redis: Redis) -> None:
@@ -131,7 +136,7 @@ async def test_an_unreachable_redis_is_store_unavailable() -> None:
     """Nothing listening: StoreUnavailable within the timeout, never a redis-py error."""
     dead = Redis(connect("redis://127.0.0.1:1", timeout=0.2), prefix="x:", timeout=0.2)
     with pytest.raises(StoreUnavailable):
-        await RedisBudgetStore(dead).reserve("1400", "api", 0.01, 1.0)
+        await RedisBudgetStore(dead).book("1400", "api", [Want("a", 1, 1, 1.0)], TERMS)
     await dead.aclose()
 
 
@@ -144,7 +149,7 @@ async def test_a_slow_redis_is_store_unavailable(redis_server: RedisServer) -> N
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(StoreUnavailable):
-        await RedisBudgetStore(slow).reserve("1400", "api", 0.01, 1.0)
+        await RedisBudgetStore(slow).book("1400", "api", [Want("a", 1, 1, 1.0)], TERMS)
     assert loop.time() - started < 0.3
     await task
     blocker.close()

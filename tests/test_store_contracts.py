@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.budget import BudgetStore, Grant, Paused, Refusal
+from gateway.budget import BudgetStore, Paused
+from gateway.budget.schedule import Booked, Booking, Terms, Want
 from gateway.cache import RoomStore
 from gateway.signing import Signature, SignatureStore
 from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
@@ -59,70 +60,138 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
 
 # ---------------------------------------------------------------------- budget
 
+TERMS = Terms(interval=0.1, horizon=1.05, borrow=0.15, active=10.0)  # long slots: Redis's pace can't matter
 
-async def test_a_refusal_books_nothing(stores: Stores) -> None:
-    """Refused callers leave the schedule as it was: the next caller's wait is unchanged."""
+
+async def waits(
+    store: BudgetStore,
+    *wants: tuple[str, int, int],
+    scope: str = "1400",
+    api: str = "api",
+    terms: Terms = TERMS,
+    within: float | None = None,
+    unbook: tuple[Booking, ...] = (),
+) -> dict[str, list[float]]:
+    """Book for (caller, weight, wanted) at once: each caller's waits, in seconds from the store's now."""
+    limit = terms.horizon if within is None else within
+    booked = await store.book(scope, api, [Want(c, w, n, limit) for c, w, n in wants], terms, unbook)
+    assert isinstance(booked, Booked), booked
+    return {caller: [round(start - booked.at, 3) for start in starts] for caller, starts in booked.slots.items()}
+
+
+async def test_a_booking_that_grants_nothing_changes_nothing(stores: Stores) -> None:
+    """Callers whose caps are too short get no slot and leave the schedule as it was."""
     store = stores.budget
-    first = await store.reserve("1400", "api", 0.5, 10.0)
-    assert isinstance(first, Grant)
+    assert (await waits(store, ("a", 1, 1)))["a"] == [0.0]
     for _ in range(20):
-        assert isinstance(await store.reserve("1400", "api", 0.5, 0.1), Refusal)
-    after = await store.reserve("1400", "api", 0.5, 10.0)
-    assert isinstance(after, Grant)
-    assert 0.4 < after.wait <= 0.5
+        assert (await waits(store, ("b", 1, 1), within=0.05))["b"] == []
+    after = (await waits(store, ("a", 1, 1)))["a"]
+    assert len(after) == 1
+    assert 0.05 < after[0] <= 0.1
+
+
+async def test_a_batch_books_consecutive_slots_up_to_the_horizon(stores: Stores) -> None:
+    """One caller alone asking for 30 slots gets the 11 within the horizon, spaced by the interval."""
+    got = (await waits(stores.budget, ("a", 1, 30)))["a"]
+    assert got == pytest.approx([k / 10 for k in range(11)], abs=0.01)
 
 
 async def test_an_unused_slot_handed_back_is_undone_while_nobody_booked_after_it(stores: Stores) -> None:
     """A handed-back slot is undone only while the TAT is still where its booking left it
     (compared exactly, in Redis in microseconds); after another booking it changes nothing."""
     store = stores.budget
-    first = await store.reserve("1400", "api", 1.0, 0.0)
-    assert isinstance(first, Grant)
-    assert first.booking is not None
-    assert first.booking.end - first.booking.start == pytest.approx(1.0)
-    assert isinstance(await store.reserve("1400", "api", 1.0, 0.0), Refusal)
-    again = await store.reserve("1400", "api", 1.0, 0.0, first.booking)
-    assert isinstance(again, Grant)
-    assert again.wait == 0.0
-    assert again.booking is not None
-    assert again.booking.start > first.booking.start
-    theirs = await store.reserve("1400", "api", 1.0, 5.0)
-    assert isinstance(theirs, Grant)
-    assert theirs.wait > 0.9
-    late = await store.reserve("1400", "api", 1.0, 0.0, again.booking)  # booked after: not undone
-    assert isinstance(late, Refusal)
+    terms = Terms(interval=1.0, horizon=5.0, borrow=5.0, active=10.0)
+    first = await store.book("1400", "api", [Want("a", 1, 1, 0.0)], terms)
+    assert isinstance(first, Booked)
+    start = first.slots["a"][0]
+    booking = Booking(start, start + first.interval)
+    assert (await waits(store, ("a", 1, 1), terms=terms, within=0.0))["a"] == []
+    again = await store.book("1400", "api", [Want("a", 1, 1, 0.0)], terms, [booking])
+    assert isinstance(again, Booked)
+    assert again.slots["a"][0] == pytest.approx(again.at, abs=1e-6)
+    theirs = (await waits(store, ("b", 1, 1), terms=terms))["b"]
+    assert theirs[0] > 0.9
+    mine = Booking(again.slots["a"][0], again.slots["a"][0] + again.interval)
+    late = await waits(store, ("a", 1, 1), terms=terms, within=0.0, unbook=(mine,))  # booked after: not undone
+    assert late["a"] == []
 
 
 async def test_defer_pushes_the_schedule(stores: Stores) -> None:
     """After "too frequent" the next slot is at least the pause away."""
     store = stores.budget
     await store.defer("1400", "api", 0.8)
-    nxt = await store.reserve("1400", "api", 0.01, 5.0)
-    assert isinstance(nxt, Grant)
-    assert 0.7 < nxt.wait <= 0.8
+    nxt = (await waits(store, ("a", 1, 1)))["a"]
+    assert 0.7 < nxt[0] <= 0.8
 
 
 async def test_pause_stops_every_api_of_the_tenant_until_it_expires(stores: Stores) -> None:
     """A paused tenant gets Paused (with the code and reason) on every API, until it expires."""
     store = stores.budget
     await store.pause("1400", 0.3, 70050, "locked out")
-    decision = await store.reserve("1400", "get_room_info", 0.01, 1.0)
+    decision = await store.book("1400", "get_room_info", [Want("a", 1, 1, 1.0)], TERMS)
     assert isinstance(decision, Paused)
     assert (decision.code, decision.reason) == (70050, "locked out")
     assert 0.1 < decision.left <= 0.3
-    assert isinstance(await store.reserve("1401", "get_room_info", 0.01, 1.0), Grant), "other tenants run"
+    assert (await waits(store, ("a", 1, 1), scope="1401"))["a"] == [0.0], "other tenants run"
     await asyncio.sleep(0.35)
-    assert isinstance(await store.reserve("1400", "set_room_metadata", 0.01, 1.0), Grant)
+    assert (await waits(store, ("a", 1, 1), api="set_room_metadata"))["a"] == [0.0]
 
 
 async def test_schedules_are_per_tenant_and_api(stores: Stores) -> None:
     """Booking one (tenant, API) schedule leaves every other one idle."""
     store = stores.budget
-    assert isinstance(await store.reserve("1400", "a", 10.0, 0.0), Grant)
+    assert (await waits(store, ("a", 1, 5), api="a"))["a"][0] == 0.0
     for scope, api in (("1400", "b"), ("1401", "a")):
-        other = await store.reserve(scope, api, 10.0, 0.0)
-        assert isinstance(other, Grant)
-        assert other.wait == 0.0
+        assert (await waits(store, ("a", 1, 1), scope=scope, api=api))["a"] == [0.0]
+
+
+async def test_callers_asking_together_share_slots_by_weight(stores: Stores) -> None:
+    """Weights 3:1, both asking for more than there is: over the horizon's 11 slots the heavier
+    caller takes 8 and the lighter 3 (its first slot at once: a newcomer is served by right)."""
+    got = await waits(stores.budget, ("heavy", 3, 20), ("light", 1, 20))
+    assert len(got["heavy"]) == 8
+    assert len(got["light"]) == 3
+    assert got["light"][0] == 0.1
+
+
+async def test_a_newcomer_is_served_before_a_caller_that_booked_the_horizon_alone(stores: Stores) -> None:
+    """A caller alone books the whole horizon; a second caller, arriving, waits no more than
+    the horizon, and from then on slots alternate (equal weights): nobody queues behind the burst."""
+    store = stores.budget
+    first = (await waits(store, ("batch", 1, 100)))["batch"]
+    assert len(first) == 11
+    late = await waits(store, ("batch", 1, 100), ("checkout", 1, 1))
+    assert late == {"batch": [], "checkout": []}, "the horizon is booked: nobody gets more yet"
+    await asyncio.sleep(0.6)  # the horizon now reaches six slots past the batch's
+    later = await waits(store, ("batch", 1, 100), ("checkout", 1, 3))
+    assert later["checkout"][0] <= TERMS.horizon
+    assert later["checkout"][0] < later["batch"][0], "the newcomer first"
+    merged = sorted([(w, "c") for w in later["checkout"]] + [(w, "b") for w in later["batch"]])
+    assert [who for _, who in merged[:6]] == ["c", "b", "c", "b", "c", "b"]
+
+
+async def test_a_caller_over_its_share_only_borrows_free_slots_near_now(stores: Stores) -> None:
+    """Once a caller has used its share (another caller is active), it takes no slot beyond the
+    borrow window: those stay free for callers within their share."""
+    store = stores.budget
+    await waits(store, ("quiet", 1, 1))  # active, fleet-wide, for TERMS.active
+    got = (await waits(store, ("batch", 1, 100)))["batch"]
+    # by right: its share is every other slot; borrowing: free slots within 0.15 s
+    assert all(w <= TERMS.horizon for w in got)
+    borrowed = [w for w in got if w <= TERMS.borrow + 0.01]
+    assert len(borrowed) >= 1
+    assert len(got) < 11, "it did not take the whole horizon"
+
+
+async def test_a_caller_stops_competing_after_the_active_window(stores: Stores) -> None:
+    """A caller that stopped asking no longer holds a share: after ``active`` the other gets the
+    whole horizon by right."""
+    store = stores.budget
+    terms = Terms(interval=0.1, horizon=1.05, borrow=0.15, active=0.3)
+    await waits(store, ("quiet", 1, 1), terms=terms)
+    await asyncio.sleep(0.5)
+    got = (await waits(store, ("batch", 1, 100), terms=terms))["batch"]
+    assert len(got) == 11
 
 
 # ---------------------------------------------------------------------- signatures

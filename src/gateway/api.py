@@ -27,6 +27,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import errors
+from gateway.budget import Share
 from gateway.cache import CacheResult
 from gateway.health import Breaker
 from gateway.logs import AccessLog
@@ -397,7 +398,8 @@ def _route(request: Request[Any, Any, Any]) -> tuple[Gateway, str, str]:
     return _gateway(request.app.state), params["tenant"], params["room_id"]
 
 
-def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> Tenant:
+def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> tuple[Tenant, Share]:
+    """The tenant, if the bearer may use it with this scope, and the caller's share of its budget."""
     if gateway.directory is None:
         raise errors.InternalError("configuration not loaded")
     raw = _header(request.scope["headers"], b"authorization")
@@ -405,7 +407,7 @@ def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, s
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
     resolved = gateway.directory.authorize(caller, tenant, scope)
     request.scope.setdefault("state", {})["tenant"] = resolved.name  # a configured name: safe to log
-    return resolved
+    return resolved, Share(caller.name, caller.weight)
 
 
 def _upstream_header(request_id: str | None) -> dict[str, str]:
@@ -427,10 +429,10 @@ def _no_content(outcome: Outcome) -> Response[None]:
 )
 async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
-    resolved = _authorize(request, gateway, tenant, "read")
+    resolved, share = _authorize(request, gateway, tenant, "read")
     cache_control = _header(request.scope["headers"], b"cache-control")
     bypass = b"no-cache" in cache_control.lower()
-    result: CacheResult = await gateway.service.get_room(resolved, room_id, bypass_cache=bypass)
+    result: CacheResult = await gateway.service.get_room(resolved, room_id, share=share, bypass_cache=bypass)
     headers = {"x-cache": result.status, **_upstream_header(result.upstream_request_id)}
     return Response(result.body, media_type=MediaType.JSON, headers=headers)
 
@@ -447,9 +449,9 @@ async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
     gateway, tenant, room_id = _route(request)
-    resolved = _authorize(request, gateway, tenant, "write")
+    resolved, share = _authorize(request, gateway, tenant, "write")
     data = await _decode(request, _ROOM_PATCH)
-    return _no_content(await gateway.service.update_room(resolved, room_id, data))
+    return _no_content(await gateway.service.update_room(resolved, room_id, data, share=share))
 
 
 @get(
@@ -466,8 +468,9 @@ async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
 )
 async def get_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
-    resolved = _authorize(request, gateway, tenant, "read")
-    found, outcome = await gateway.service.get_metadata(resolved, room_id, request.query_params.getall("key", []))
+    resolved, share = _authorize(request, gateway, tenant, "read")
+    keys = request.query_params.getall("key", [])
+    found, outcome = await gateway.service.get_metadata(resolved, room_id, keys, share=share)
     body = _encode(Metadata(metadata=found))
     return Response(body, media_type=MediaType.JSON, headers=_upstream_header(outcome.upstream_request_id))
 
@@ -484,9 +487,9 @@ async def get_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     gateway, tenant, room_id = _route(request)
-    resolved = _authorize(request, gateway, tenant, "write")
+    resolved, share = _authorize(request, gateway, tenant, "write")
     data = await _decode(request, _METADATA_PATCH)
-    return _no_content(await gateway.service.set_metadata(resolved, room_id, data))
+    return _no_content(await gateway.service.set_metadata(resolved, room_id, data, share=share))
 
 
 @delete(
@@ -501,9 +504,9 @@ async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
 )
 async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     gateway, tenant, room_id = _route(request)
-    resolved = _authorize(request, gateway, tenant, "write")
+    resolved, share = _authorize(request, gateway, tenant, "write")
     keys = request.query_params.getall("key", [])
-    return _no_content(await gateway.service.delete_metadata(resolved, room_id, keys))
+    return _no_content(await gateway.service.delete_metadata(resolved, room_id, keys, share=share))
 
 
 class Health(msgspec.Struct, omit_defaults=True):

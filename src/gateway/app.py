@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error
-from gateway.budget import BEAT_EVERY, Budget, BudgetStore, Members
+from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
+from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.errors import ConfigError
 from gateway.health import Breaker
@@ -81,6 +82,39 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
     )
 
 
+def build_budget(
+    settings: Settings, stores: Stores, breaker: Breaker, clock: Callable[[], float]
+) -> tuple[Budget, FleetBudget | None, list[Dispatcher]]:
+    """The embedded budget, or a replica's share of the fleet's (Redis configured): decided here,
+    once. Also the fleet budget (heartbeats) and the dispatchers (their store calls are counted)."""
+    local_store = MemoryBudgetStore(clock=clock)
+    if stores.budget is None:
+        embedded = EmbeddedBudget(store=local_store, jitter=settings.budget_jitter, clock=clock, sleep=asyncio.sleep)
+        return embedded, None, [embedded.dispatcher]
+    shared = Dispatcher(store=stores.budget, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep)
+    local = Dispatcher(store=local_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep)
+    fleet = FleetBudget(
+        shared=shared,
+        shared_store=stores.budget,
+        local=local,
+        local_store=local_store,
+        breaker=breaker,
+        fleet=Fleet(
+            members=stores.members,
+            replica=f"{socket.gethostname()}:{os.getpid()}",  # a pod restarted in place is the same replica
+            configured=settings.max_replicas,
+            clock=clock,
+        ),
+        grace=settings.budget_max_wait + 2 * settings.redis_cool_off,
+        horizon=HORIZON,
+        store_timeout=settings.redis_timeout,
+        jitter=settings.budget_jitter,
+        clock=clock,
+        sleep=asyncio.sleep,
+    )
+    return fleet, fleet, [shared, local]
+
+
 def _pooled(settings: Settings) -> Callable[[], Sender]:
     """The production transport's factory, its TLS settings checked now (a bad CA file stops start-up)."""
     try:
@@ -127,20 +161,7 @@ def create_app(
     cache = RoomCache(
         store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
     )
-    budget = Budget(
-        local=MemoryBudgetStore(clock=clock),
-        shared=stores.budget,
-        breaker=breaker,
-        degraded_share=settings.max_replicas,
-        grace=settings.budget_max_wait + 2 * settings.redis_cool_off,
-        members=stores.members,
-        replica=f"{socket.gethostname()}:{os.getpid()}",  # a pod restarted in place is the same replica
-        booking_horizon=settings.budget_max_wait,
-        store_timeout=settings.redis_timeout,
-        jitter=settings.budget_jitter,
-        clock=clock,
-        sleep=asyncio.sleep,
-    )
+    budget, fleet_budget, dispatchers = build_budget(settings, stores, breaker, clock)
     service = RoomService(
         upstream=upstream,
         signer=signer,
@@ -171,10 +192,12 @@ def create_app(
                 "gateway_room_cache_fill_waits": cache.fill_waits,
                 "gateway_redis_errors": breaker.failures,
                 "gateway_redis_round_trips": redis.round_trips if redis is not None else 0,
-                "gateway_fleet_heartbeats": budget.beats,
+                "gateway_fleet_heartbeats": fleet_budget.fleet.beats if fleet_budget else 0,
+                "gateway_budget_bookings": sum(d.bookings for d in dispatchers),
                 "gateway_redis_degraded": 1 if breaker.degraded else 0,
-                "gateway_fleet_lapsed_replicas": budget.lapsed,
-                "gateway_fleet_replicas_seen": budget.fleet_seen,
+                "gateway_fleet_lapsed_replicas": fleet_budget.fleet.lapsed if fleet_budget else 0,
+                "gateway_fleet_replicas_seen": fleet_budget.fleet.seen if fleet_budget else 1,
+                "gateway_budget_mode": fleet_budget.mode().value if fleet_budget else "embedded",
             }
         )
     )
@@ -186,14 +209,14 @@ def create_app(
     tasks: list[asyncio.Task[None]] = []
 
     async def start_redis() -> None:
-        if stores.redis is not None:
+        if stores.redis is not None and fleet_budget is not None:
             await stores.redis.start()
-            tasks.append(asyncio.create_task(beat_forever()))
+            tasks.append(asyncio.create_task(beat_forever(fleet_budget)))
 
-    async def beat_forever() -> None:
+    async def beat_forever(fleet_budget: FleetBudget) -> None:
         while True:
             try:
-                await budget.heartbeat()
+                await fleet_budget.heartbeat()
             except Exception:  # a replica that stops beating costs the fleet its share: keep going
                 log.exception("heartbeat failed")
             await asyncio.sleep(BEAT_EVERY)
@@ -214,7 +237,8 @@ def create_app(
     async def stop_background() -> None:
         for task in tasks:
             task.cancel()
-        await budget.leave()
+        if fleet_budget is not None:
+            await fleet_budget.leave()
 
     app = Litestar(
         route_handlers=ROUTES,

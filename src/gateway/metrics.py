@@ -92,6 +92,25 @@ class Metrics:
             ["tenant", "api"],
             registry=registry,
         )
+        self.caller_grants = Counter(
+            "gateway_budget_caller_grants",
+            "Budget slots booked, by calling service (its configured name)",
+            ["tenant", "caller"],
+            registry=registry,
+        )
+        self.caller_wait = Histogram(
+            "gateway_budget_caller_wait_seconds",
+            "Time a call waited for its budget slot, by calling service",
+            ["tenant", "caller"],
+            buckets=_WAIT,
+            registry=registry,
+        )
+        self.caller_refusals = Counter(
+            "gateway_budget_caller_refusals",
+            "Calls refused with 429 because no slot was free within the wait cap, by calling service",
+            ["tenant", "caller"],
+            registry=registry,
+        )
         self.budget_limit = Gauge(
             "gateway_budget_limit_per_second",
             "The configured budget per (tenant, API), for the whole fleet",
@@ -133,7 +152,7 @@ class Metrics:
 class StateCollector(Collector):
     """Counters and gauges read from the components at scrape time."""
 
-    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, read: Callable[[], dict[str, float | str]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
@@ -144,23 +163,32 @@ class StateCollector(Collector):
             "gateway_redis_errors": "Redis calls that failed or timed out",
             "gateway_redis_round_trips": "Round trips to Redis",
             "gateway_fleet_heartbeats": "Heartbeats this replica sent to Redis (included in the round trips)",
+            "gateway_budget_bookings": "Budget store calls (Redis round trips when shared), each booking a batch",
         }
         for name, text in counters.items():
-            yield CounterMetricFamily(name, text, value=state.get(name, 0))
+            yield CounterMetricFamily(name, text, value=float(state.get(name, 0)))
+        mode = GaugeMetricFamily(
+            "gateway_budget_mode",
+            "1 for the budget's mode now: embedded, shared, hold, degraded or grace (README: Redis outages)",
+            labels=["mode"],
+        )
+        for name in ("embedded", "shared", "hold", "degraded", "grace"):
+            mode.add_metric([name], 1.0 if state.get("gateway_budget_mode") == name else 0.0)
+        yield mode
         yield GaugeMetricFamily(
             "gateway_redis_degraded",
             "1 while Redis is unreachable and in-process state is used",
-            value=state.get("gateway_redis_degraded", 0),
+            value=float(state.get("gateway_redis_degraded", 0)),
         )
         yield GaugeMetricFamily(
             "gateway_fleet_lapsed_replicas",
             "Other replicas silent in Redis without leaving: the shared budget leaves room for their shares",
-            value=state.get("gateway_fleet_lapsed_replicas", 0),
+            value=float(state.get("gateway_fleet_lapsed_replicas", 0)),
         )
         yield GaugeMetricFamily(
             "gateway_fleet_replicas_seen",
             "The largest fleet this replica's heartbeats showed in 10 minutes (its degraded pace divides by it)",
-            value=state.get("gateway_fleet_replicas_seen", 1),
+            value=float(state.get("gateway_fleet_replicas_seen", 1)),
         )
 
     def describe(self) -> Iterable[Metric]:

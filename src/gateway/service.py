@@ -8,13 +8,14 @@ schedule; a 70050 lock-out (or rejected credentials) pauses the tenant's calls a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
 
 from gateway import errors, validation
-from gateway.budget import Budget, Slot
+from gateway.budget import Budget, Paused, Share, Slot
 from gateway.cache import CacheResult, Filled, RoomCache
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -36,6 +37,7 @@ from gateway.transport import TooLate
 from gateway.upstream import Api, Upstream
 
 R = TypeVar("R", bound=Envelope)
+LOCKOUT_CODE = 70050
 
 _encode = msgspec.json.Encoder().encode
 
@@ -86,12 +88,12 @@ class RoomService:
 
     # ------------------------------------------------------------------ use cases
 
-    async def get_room(self, tenant: Tenant, room_id: str, *, bypass_cache: bool = False) -> CacheResult:
+    async def get_room(self, tenant: Tenant, room_id: str, *, share: Share, bypass_cache: bool = False) -> CacheResult:
         """The room as encoded JSON, from the shared cache or one coalesced upstream call."""
         validation.room_id(room_id)
 
         async def fetch() -> Filled:
-            reply = await self._call(tenant, "get_room_info", RoomIdRequest(RoomId=room_id), RoomInfoReply)
+            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(RoomId=room_id), RoomInfoReply)
             if reply.Response is None:
                 raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
             return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
@@ -101,39 +103,42 @@ class RoomService:
         m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
         return result
 
-    async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch) -> Outcome:
+    async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch, *, share: Share) -> Outcome:
         """Apply the patch, then invalidate the room everywhere before answering."""
         validation.room_id(room_id)
         validation.room_patch(patch)
-        reply = await self._call(tenant, "update_room_info", update_to_wire(room_id, patch), Envelope)
+        reply = await self._call(tenant, share, "update_room_info", update_to_wire(room_id, patch), Envelope)
         await self._cache.invalidate(_room_key(tenant, room_id))
         return Outcome(reply.RequestId or None)
 
-    async def get_metadata(self, tenant: Tenant, room_id: str, keys: list[str]) -> tuple[dict[str, str], Outcome]:
+    async def get_metadata(
+        self, tenant: Tenant, room_id: str, keys: list[str], *, share: Share
+    ) -> tuple[dict[str, str], Outcome]:
         """The room's metadata; all keys when ``keys`` is empty."""
         validation.room_id(room_id)
         wanted = validation.metadata_keys(keys, required=False)
-        reply = await self._call(tenant, "get_room_metadata", KeysRequest(RoomId=room_id, Keys=wanted), MetadataReply)
+        request = KeysRequest(RoomId=room_id, Keys=wanted)
+        reply = await self._call(tenant, share, "get_room_metadata", request, MetadataReply)
         items = reply.Response.Metadata if reply.Response is not None else []
         return {item.Key: item.Value for item in items}, Outcome(reply.RequestId or None)
 
-    async def set_metadata(self, tenant: Tenant, room_id: str, patch: MetadataPatch) -> Outcome:
+    async def set_metadata(self, tenant: Tenant, room_id: str, patch: MetadataPatch, *, share: Share) -> Outcome:
         """Upsert the given keys."""
         validation.room_id(room_id)
         validation.metadata_patch(patch)
         items = [MetadataItem(Key=k, Value=v) for k, v in patch.metadata.items()]
         reply = await self._call(
-            tenant, "set_room_metadata", SetMetadataRequest(RoomId=room_id, Metadata=items), Envelope
+            tenant, share, "set_room_metadata", SetMetadataRequest(RoomId=room_id, Metadata=items), Envelope
         )
         return Outcome(reply.RequestId or None)
 
-    async def delete_metadata(self, tenant: Tenant, room_id: str, keys: list[str]) -> Outcome:
+    async def delete_metadata(self, tenant: Tenant, room_id: str, keys: list[str], *, share: Share) -> Outcome:
         """Delete the keys; a 100503 after an attempt that may have applied counts as done."""
         validation.room_id(room_id)
         wanted = validation.metadata_keys(keys, required=True)
         request = KeysRequest(RoomId=room_id, Keys=wanted)
         reply = await self._call(
-            tenant, "del_room_metadata", request, Envelope, done_if_retried=errors.MetadataKeysNotFound
+            tenant, share, "del_room_metadata", request, Envelope, done_if_retried=errors.MetadataKeysNotFound
         )
         return Outcome(reply.RequestId or None)
 
@@ -142,6 +147,7 @@ class RoomService:
     async def _call(
         self,
         tenant: Tenant,
+        share: Share,
         api: Api,
         request: msgspec.Struct,
         reply: type[R],
@@ -162,7 +168,7 @@ class RoomService:
             usersig = await self._signer.get(tenant)  # before the slot: its send window is short
             try:
                 return await self._send(
-                    tenant, api, body=body, usersig=usersig, reply=reply, deadline=deadline, last=last
+                    tenant, share, api, body=body, usersig=usersig, reply=reply, deadline=deadline, last=last
                 )
             except errors.SignatureRejected as exc:
                 m.usersig_rejections.labels(tenant=tenant.name).inc()
@@ -204,6 +210,7 @@ class RoomService:
     async def _send(
         self,
         tenant: Tenant,
+        share: Share,
         api: Api,
         *,
         body: bytes,
@@ -219,7 +226,7 @@ class RoomService:
         until = min(deadline, self._clock() + self._policy.max_wait)  # the wait cap spans re-bookings
         slot: Slot | None = None
         while True:
-            slot = await self._slot(tenant, api, until, last, forfeit=slot)
+            slot = await self._slot(tenant, share, api, until=until, last=last, forfeit=slot)
             timeout = min(self._policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(
@@ -233,21 +240,38 @@ class RoomService:
                     ) from late
 
     async def _slot(
-        self, tenant: Tenant, api: Api, until: float, last: errors.GatewayError | None, forfeit: Slot | None
+        self,
+        tenant: Tenant,
+        share: Share,
+        api: Api,
+        *,
+        until: float,
+        last: errors.GatewayError | None,
+        forfeit: Slot | None,
     ) -> Slot:
         """Wait for a budget slot, at most until ``until``. Past that: the last attempt's error if
         there was one (the caller learns why it failed, not merely that the retry found no slot)."""
-        try:
-            slot = await self._budget.acquire(
-                str(tenant.sdkappid), api, tenant.qps, max(0.0, until - self._clock()), forfeit
-            )
-        except errors.RateLimited as refused:
-            self._metrics.budget_refusals.labels(tenant=tenant.name, api=api).inc()
-            raise (last if last is not None else refused) from None
         m = self._metrics
-        m.child(m.budget_wait, tenant.name, api).observe(slot.waited)
-        m.child(m.budget_grants, tenant.name, api).inc()
-        return slot
+        wait = max(0.0, until - self._clock())
+        got = await self._budget.acquire(
+            str(tenant.sdkappid), api, qps=tenant.qps, max_wait=wait, share=share, forfeit=forfeit
+        )
+        if isinstance(got, Slot):
+            m.child(m.budget_wait, tenant.name, api).observe(got.waited)
+            m.child(m.budget_grants, tenant.name, api).inc()
+            m.child(m.caller_wait, tenant.name, share.name).observe(got.waited)
+            m.child(m.caller_grants, tenant.name, share.name).inc()
+            return got
+        if isinstance(got, Paused):
+            cls = errors.UpstreamLockedOut if got.code == LOCKOUT_CODE else errors.UpstreamMisconfigured
+            raise cls(f"calls to Tencent for this tenant are paused: {got.reason}", retry_after=got.left)
+        m.child(m.budget_refusals, tenant.name, api).inc()
+        m.child(m.caller_refusals, tenant.name, share.name).inc()
+        refused = errors.RateLimited(
+            f"the request budget for {api} is exhausted; try again shortly",
+            retry_after=max(1.0, math.ceil(got.retry_after)),
+        )
+        raise (last if last is not None else refused) from None
 
     async def _pause(self, tenant: Tenant, seconds: float, reason: str, exc: errors.GatewayError | None = None) -> None:
         code = exc.upstream_code if exc is not None and exc.upstream_code is not None else 0

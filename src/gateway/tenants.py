@@ -55,6 +55,7 @@ class CallerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token_sha256: _Sha256
     tenants: list[str]
     scopes: list[Scope]
+    weight: Annotated[int, Meta(ge=1, le=1000)] = 1  # its share of a contended budget (README: Fair share)
 
 
 class ConfigFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +102,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     token_sha256: bytes
     tenants: frozenset[str]
     scopes: frozenset[str]
+    weight: int = 1
 
     def may(self, tenant: str, scope: str) -> bool:
         return ("*" in self.tenants or tenant in self.tenants) and scope in self.scopes
@@ -293,6 +295,7 @@ def _caller(name: str, cfg: CallerConfig, tenants: Mapping[str, Tenant]) -> Call
         token_sha256=bytes.fromhex(cfg.token_sha256),
         tenants=frozenset(cfg.tenants),
         scopes=frozenset(cfg.scopes),
+        weight=cfg.weight,
     )
 
 

@@ -10,42 +10,42 @@ before it (Redis's lock does that across replicas; in process nothing needs it).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from gateway import budget
-from gateway.budget import Booking, Decision, Paused
+from gateway.budget import schedule
+from gateway.budget.schedule import Booked, Booking, FairState, Paused, Terms, Want
 from gateway.cache import Lookup
 from gateway.signing import Signature
 
 
 class MemoryBudgetStore:
-    """GCRA state and pauses in dicts; atomic because the event loop runs one coroutine at a time."""
+    """Schedules and pauses in dicts; atomic because the event loop runs one coroutine at a time."""
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._tat: dict[tuple[str, str], float] = {}
+        self._schedules: dict[tuple[str, str], FairState] = {}
         self._paused: dict[str, tuple[float, int, str]] = {}
 
-    async def reserve(
-        self, scope: str, api: str, interval: float, max_wait: float, unbook: Booking | None = None
-    ) -> Decision:
+    async def book(
+        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+    ) -> Booked | Paused:
         now = self._clock()
         paused = self._paused.get(scope)
         if paused is not None and paused[0] > now:
             return Paused(left=paused[0] - now, code=paused[1], reason=paused[2])
-        tat, decision = budget.reserve(self._tat.get((scope, api), 0.0), now, interval, max_wait, at=now, unbook=unbook)
-        self._tat[(scope, api)] = tat
-        return decision
+        return schedule.book(self._schedules.setdefault((scope, api), FairState()), now, wants, terms, unbook)
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
-        self._tat[(scope, api)] = budget.defer(self._tat.get((scope, api), 0.0), self._clock(), pause)
+        state = self._schedules.setdefault((scope, api), FairState())
+        state.tat = schedule.defer(state.tat, self._clock(), pause)
 
     async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
         self._paused[scope] = (self._clock() + seconds, code, reason)
 
     def ahead(self, scope: str, api: str) -> float:
         """Seconds from now to the schedule's TAT (0 when idle): how far ahead it is booked."""
-        return max(0.0, self._tat.get((scope, api), 0.0) - self._clock())
+        state = self._schedules.get((scope, api))
+        return 0.0 if state is None else max(0.0, state.tat - self._clock())
 
 
 class MemorySignatureStore:

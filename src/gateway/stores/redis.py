@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.budget import Booking, Decision, Grant, Paused, Refusal
+from gateway.budget.schedule import Booked, Booking, Paused, Terms, Want
 from gateway.cache import Lookup
 from gateway.health import StoreUnavailable
 from gateway.signing import Signature
@@ -74,7 +74,7 @@ class Redis:
         self._timeout = timeout
         self.scripts = {
             name: client.register_script(_lua(f"{name}.lua"))
-            for name in ("reserve", "defer", "beat", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
+            for name in ("book", "defer", "beat", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
         }
         self.round_trips = 0
 
@@ -132,27 +132,44 @@ class Redis:
 
 
 class RedisBudgetStore:
+    """The fleet's schedules (``book.lua``: the TAT, and the callers competing beside it), the
+    tenants' pauses, and the fleet's heartbeats."""
+
     def __init__(self, redis: Redis) -> None:
         self._r = redis
 
     def _keys(self, scope: str, api: str) -> list[str]:
-        return [f"{self._r.prefix}budget:{{{scope}}}:{api}", f"{self._r.prefix}pause:{{{scope}}}"]
+        """The TAT, the pause and the callers: one ``{scope}`` slot. (The TAT keeps its key from
+        before fair sharing, so a fleet half upgraded still books one schedule.)"""
+        p = self._r.prefix
+        return [f"{p}budget:{{{scope}}}:{api}", f"{p}pause:{{{scope}}}", f"{p}fair:{{{scope}}}:{api}"]
 
-    async def reserve(
-        self, scope: str, api: str, interval: float, max_wait: float, unbook: Booking | None = None
-    ) -> Decision:
-        args = [round(interval * _US), round(max_wait * _US)]
-        if unbook is not None:  # microseconds again, exactly: the script compares them with the TAT
-            args += [round(unbook.start * _US), round(unbook.end * _US)]
-        reply = await self._r.script("reserve", self._keys(scope, api), args)
-        kind = int(reply[0])
-        if kind == 1:
-            wait, now, booked = int(reply[1]), int(reply[2]), int(reply[3])
-            return Grant(wait=wait / _US, at=now / _US, booking=Booking((now + wait) / _US, booked / _US))
-        if kind == 0:
-            return Refusal(retry_after=int(reply[1]) / _US)
-        code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
-        return Paused(left=int(reply[1]) / 1000, code=int(code), reason=reason)
+    async def book(
+        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+    ) -> Booked | Paused:
+        args: list[Any] = [round(t * _US) for t in terms]
+        args.append(len(unbook))
+        for handed in unbook:  # microseconds again, exactly: the script compares them with the TAT
+            args += [round(handed.start * _US), round(handed.end * _US)]
+        for want in wants:
+            args += [want.caller, want.weight, want.wanted, round(want.within * _US)]
+        reply = await self._r.script("book", self._keys(scope, api), args)
+        if int(reply[0]) == 2:
+            code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
+            return Paused(left=int(reply[1]) / 1000, code=int(code), reason=reason)
+        now, next_at = int(reply[1]), int(reply[2])
+        slots: dict[str, list[float]] = {}
+        at = 3
+        for want in wants:
+            count = int(reply[at])
+            slots[want.caller] = [int(start) / _US for start in reply[at + 1 : at + 1 + count]]
+            at += 1 + count
+        return Booked(
+            slots=slots,
+            at=now / _US,
+            interval=round(terms.interval * _US) / _US,
+            next_at=None if next_at < 0 else next_at / _US,
+        )
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
         await self._r.script("defer", self._keys(scope, api)[:1], [round(pause * _US)])

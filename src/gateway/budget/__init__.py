@@ -1,0 +1,114 @@
+"""The per-(SDKAppID, API) request budget: Tencent's limit, shared fairly between callers.
+
+Glossary (the modules, bottom up):
+
+- *limit*: Tencent's calls per second for one (SDKAppID, API); *jitter* (J): how late after its
+  slot a call may reach Tencent. Slots are spaced ``(1 + J) / limit`` apart, so no sliding
+  second at Tencent holds more than the limit (``schedule``).
+- *slot*: the moment a call may leave; its *send window* ends a third of J later (``send_by``),
+  checked right before the first byte is written. A call that misses it *forfeits* the slot,
+  hands it back (undone while nobody booked after it) and books again.
+- *TAT*: a schedule's theoretical arrival time, its next free slot (GCRA with no burst).
+- *caller*, *weight*, *share*: a configured service asking; its share of a contended budget is
+  its weight over the weights of the callers *active* (asked within the last second), fleet-wide.
+- *fair TAT*, *by right*, *borrowing*: each caller's own schedule at its share; a caller whose
+  fair TAT has come books by right up to the *horizon* ahead; free slots within the *borrow*
+  window go to anyone (``schedule.book``).
+- *dispatcher*, *pump*, *batch*: the replica's waiting callers per (SDKAppID, API), booked
+  together in one store call (one Redis round trip) by one pump (``dispatch``).
+- *store*: where schedules live: a dict in process, or Redis via one Lua script (``book.lua``).
+- *fleet*, *heartbeat*, *lapsed*, *fleet seen*: the replicas as each sees them in Redis
+  (``fleet``); *clock sync*: Redis's clock mapped onto ours (``clock``).
+- *mode*: shared, hold, degraded or grace, for a replica in a fleet (``modes``).
+- *pause*: no slot at all for a tenant Tencent locked out or refused; *defer*: no slot for a
+  while after Tencent said "too frequent".
+
+Embedded (one process, in-process schedules) or fleet (Redis, with degraded modes) is chosen at
+construction (``EmbeddedBudget`` or ``modes.FleetBudget``); the service turns a ``Refusal`` or
+``Paused`` into its errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gateway.budget.dispatch import BudgetStore, Dispatcher
+from gateway.budget.fleet import BEAT_EVERY, FORGET_AFTER, LAPSE_AFTER, Fleet, Members
+from gateway.budget.schedule import Booking, Grant, Paused, Refusal, Share, interval_for
+from gateway.budget.slots import SEND_SHARE, Slot, handed_back, slot_for
+
+HORIZON = 0.06  # seconds: how far ahead a caller within its share books (callers wait in the replica)
+BORROW = 0.02  # seconds: how far ahead a free slot may be taken by a caller over its share
+
+__all__ = [
+    "BEAT_EVERY",
+    "BORROW",
+    "FORGET_AFTER",
+    "HORIZON",
+    "LAPSE_AFTER",
+    "SEND_SHARE",
+    "Booking",
+    "Budget",
+    "BudgetStore",
+    "Dispatcher",
+    "EmbeddedBudget",
+    "Fleet",
+    "Grant",
+    "Members",
+    "Paused",
+    "Refusal",
+    "Share",
+    "Slot",
+    "interval_for",
+]
+
+
+class Budget(Protocol):
+    """What the service needs of a budget, embedded or fleet."""
+
+    async def acquire(
+        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+    ) -> Slot | Refusal | Paused:
+        """Wait for a slot (at most ``max_wait``); ``forfeit``: this caller's previous slot,
+        which its call could not use."""
+        ...
+
+    async def defer(self, scope: str, api: str, pause: float) -> None: ...
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None: ...
+
+
+class EmbeddedBudget:
+    """One process, its schedules in process: the fair dispatcher over the memory store."""
+
+    def __init__(
+        self,
+        *,
+        store: BudgetStore,
+        jitter: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        horizon: float = HORIZON,
+        borrow: float = BORROW,
+    ) -> None:
+        self._store = store
+        self.dispatcher = Dispatcher(store=store, horizon=horizon, borrow=borrow, clock=clock, sleep=sleep)
+        self._jitter = jitter
+        self._clock = clock
+        self._sleep = sleep
+
+    async def acquire(
+        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+    ) -> Slot | Refusal | Paused:
+        began = self._clock()
+        unbook = handed_back(forfeit, shared=False)
+        interval = interval_for(qps, self._jitter)
+        got = await self.dispatcher.acquire(scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook)
+        return await slot_for(got, began, shared=False, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
+
+    async def defer(self, scope: str, api: str, pause: float) -> None:
+        await self._store.defer(scope, api, pause)
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
+        await self._store.pause(scope, seconds, code, reason)

@@ -1,0 +1,182 @@
+"""A replica's budget in a fleet: the shared schedule in Redis, and what it does without it.
+
+The mode is explicit (``Mode``), and follows from the breaker, the fleet and the clock:
+
+    SHARED    Redis answers: slots come from the fleet's schedule, booked at the limit less the
+              shares of replicas that fell silent (each may be pacing on its own).
+    HOLD      Redis is lost: no local slot until the others have noticed this replica fell
+              silent and the slots they booked before that have passed (``Fleet.unseen_for``).
+    DEGRADED  Redis is lost: slots come from this replica's own schedule at its share, the limit
+              over the larger of GATEWAY_MAX_REPLICAS and the largest fleet seen.
+    GRACE     Redis is back (or being tried again): shared slots, but at the share's rate, for
+              ``grace`` seconds, since other replicas may still be pacing alone. Waived once a
+              heartbeat shows the record of beats older than the protection lasts (every
+              replica still cut off is then counted as lapsed).
+
+Back from HOLD or DEGRADED, a replica first pushes the shared schedule past the local slots it
+granted (only those: the hold before them is no slot), then beats, and the others stop leaving
+room for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable
+
+from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted
+from gateway.budget.fleet import FORGET_AFTER, Fleet
+from gateway.budget.schedule import Paused, Refusal, Share, interval_for
+from gateway.budget.slots import Slot, handed_back, slot_for
+from gateway.health import Breaker, StoreUnavailable
+
+
+class Mode(enum.Enum):
+    SHARED = "shared"
+    HOLD = "hold"
+    DEGRADED = "degraded"
+    GRACE = "grace"
+
+
+class FleetBudget:
+    """One replica's budget when Redis holds the fleet's schedules (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        shared: Dispatcher,
+        shared_store: BudgetStore,
+        local: Dispatcher,
+        local_store: BudgetStore,
+        breaker: Breaker,
+        fleet: Fleet,
+        grace: float,
+        horizon: float,
+        store_timeout: float,
+        jitter: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        """``horizon``: the furthest ahead any replica books; ``store_timeout``: the longest a
+        Redis call may take (a heartbeat's included)."""
+        self._shared, self._shared_store = shared, shared_store
+        self._local, self._local_store = local, local_store
+        self._breaker = breaker
+        self.fleet = fleet
+        self._grace = grace
+        self._horizon = horizon
+        self._store_timeout = store_timeout
+        self._jitter = jitter
+        self._clock = clock
+        self._sleep = sleep
+        # Keys booked locally while cut off, with the end of their last local slot (our clock;
+        # -inf before the first): the shared schedule must start after it on rejoining.
+        self._local_only: dict[tuple[str, str], float] = {}
+        self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
+
+    def mode(self) -> Mode:
+        if self._breaker.degraded:
+            if self._breaker.allows():
+                return Mode.GRACE  # trying Redis again: at the share's rate
+            return Mode.HOLD if self.fleet.unseen_for(self._store_timeout, self._horizon) > 0 else Mode.DEGRADED
+        recovered = self._breaker.recovered_at
+        if recovered is not None and self._clock() - recovered < self._grace and self._grace_waived_for != recovered:
+            return Mode.GRACE
+        return Mode.SHARED
+
+    async def acquire(
+        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+    ) -> Slot | Refusal | Paused:
+        """Wait for a slot, at most ``max_wait`` (plus one Redis timeout if Redis fails meanwhile)."""
+        began = self._clock()
+        key = (scope, api)
+        mode = self.mode()
+        if mode in (Mode.SHARED, Mode.GRACE):
+            interval = self._shared_interval(qps) if mode is Mode.SHARED else self._degraded_interval(qps)
+            try:
+                if key in self._local_only:  # the first shared booking after a degraded period
+                    await self._rejoin(key)
+                unbook = handed_back(forfeit, shared=True)
+                got = await self._shared.acquire(scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook)
+            except StoreUnavailable as exc:
+                self._breaker.failed(exc)
+            else:
+                self._breaker.succeeded()
+                return await self._hold(got, began, shared=True)
+        if key not in self._local_only:
+            # The first local booking of a degraded period: start after the shared slots still
+            # out, and after the others have noticed this replica fell silent.
+            self._local_only[key] = -math.inf
+            hold = self.fleet.unseen_for(self._store_timeout, self._horizon)
+            await self._local_store.defer(scope, api, max(0.0, self._shared.ahead(scope, api), hold))
+        got = await self._local.acquire(
+            scope,
+            api,
+            share,
+            interval=self._degraded_interval(qps),
+            max_wait=max(0.0, max_wait - (self._clock() - began)),
+            unbook=handed_back(forfeit, shared=False),
+        )
+        if isinstance(got, Granted):
+            self._local_only[key] = max(self._local_only.get(key, -math.inf), got.booking.end)
+        return await self._hold(got, began, shared=False)
+
+    async def _hold(self, got: Granted | Refusal | Paused, began: float, *, shared: bool) -> Slot | Refusal | Paused:
+        return await slot_for(got, began, shared=shared, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
+
+    def _shared_interval(self, qps: int) -> float:
+        """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""
+        share = max(1, qps // self.fleet.share)
+        return interval_for(max(share, qps - self.fleet.lapsed * share), self._jitter)
+
+    def _degraded_interval(self, qps: int) -> float:
+        """A replica's slot spacing when it may only count on its share of the limit."""
+        return interval_for(max(1, qps // self.fleet.share), self._jitter)
+
+    async def heartbeat(self) -> None:
+        """One beat in Redis (``fleet.BEAT_EVERY``). Back from a degraded period, this replica
+        first pushes the shared schedules past its own local slots: once it beats, the others
+        stop leaving room for it."""
+        if not self._breaker.allows():
+            return
+        try:
+            for key in list(self._local_only):
+                await self._rejoin(key)
+            await self.fleet.beat()
+        except StoreUnavailable as exc:
+            self._breaker.failed(exc)
+            return
+        self._breaker.succeeded()
+        recovered = self._breaker.recovered_at
+        if self.fleet.kept_for >= FORGET_AFTER and recovered is not None:
+            # Every replica still pacing alone is in the record, counted as lapsed: the grace
+            # after the last recovery is not needed.
+            self._grace_waived_for = recovered
+
+    async def _rejoin(self, key: tuple[str, str]) -> None:
+        """Back on the shared schedule: push it past the local slots this replica granted for
+        ``key`` (only those: pushing the fleet's schedule past the hold would stall it)."""
+        ahead = self._local_only[key] - self._clock()
+        if ahead > 0:
+            await self._shared_store.defer(*key, ahead)
+        self._local_only.pop(key, None)  # (a concurrent caller may have rejoined it meanwhile)
+
+    async def leave(self) -> None:
+        if self._breaker.allows():
+            await self.fleet.leave()
+
+    async def defer(self, scope: str, api: str, pause: float) -> None:
+        """Tencent said "too frequent": nobody gets a slot for ``pause`` seconds."""
+        await self._both(lambda store: store.defer(scope, api, pause))
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
+        """No call for the tenant for ``seconds`` (Tencent locked it out or rejected it)."""
+        await self._both(lambda store: store.pause(scope, seconds, code, reason))
+
+    async def _both(self, action: Callable[[BudgetStore], Awaitable[None]]) -> None:
+        await action(self._local_store)
+        if self._breaker.allows():
+            try:
+                await action(self._shared_store)
+            except StoreUnavailable as exc:
+                self._breaker.failed(exc)
