@@ -54,11 +54,12 @@ class Fleet:
         replicas: int,
         rooms: int = 20,
         redis_urls: dict[int, str] | None = None,
+        weights: dict[str, int] | None = None,
         **settings: Any,
     ) -> None:
         self.emulator_url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "gateway.yaml"
-        config.write_text(config_yaml(self.emulator_url))
+        config.write_text(config_yaml(self.emulator_url, weights=weights))
         self.env = {
             **os.environ,
             **SECRETS,
@@ -136,9 +137,10 @@ def fleet(
     replicas: int = 3,
     rooms: int = 20,
     redis_urls: dict[int, str] | None = None,
+    weights: dict[str, int] | None = None,
     **settings: Any,
 ) -> Iterator[Fleet]:
-    running = Fleet(tmp, redis_url, replicas, rooms, redis_urls, **settings)
+    running = Fleet(tmp, redis_url, replicas, rooms, redis_urls, weights, **settings)
     try:
         running.start()
         yield running

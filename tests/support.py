@@ -33,8 +33,16 @@ ROOMS = ("room-1", "room-2", "room-3")
 FAST = {"retry_backoff": 0.01, "retry_backoff_max": 0.05, "rate_limit_pause": 0.05, "misconfig_cooldown": 0.0}
 
 
-def config_yaml(base_url: str, qps: int = 200) -> str:
-    return f"""
+def config_yaml(base_url: str, qps: int = 200, weights: dict[str, int] | None = None) -> str:
+    """The suite's config file; ``weights``: callers' weights (else the default, 1)."""
+    digests = {k: hash_token(v) for k, v in TOKENS.items()}
+    text = _CONFIG.format(base_url=base_url, qps=qps, APP_ID=APP_ID, OTHER_APP_ID=OTHER_APP_ID, **digests)
+    for caller, weight in (weights or {}).items():
+        text = text.replace(f"  {caller}:\n", f"  {caller}:\n    weight: {weight}\n", 1)
+    return text
+
+
+_CONFIG = """
 tenants:
   acme:
     sdkappid: {APP_ID}
@@ -51,23 +59,23 @@ tenants:
     base_url: {base_url}
 callers:
   checkout:
-    token_sha256: {hash_token(TOKENS["rw"])}
+    token_sha256: {rw}
     tenants: [acme]
     scopes: [read, write]
   viewer:
-    token_sha256: {hash_token(TOKENS["ro"])}
+    token_sha256: {ro}
     tenants: [acme]
     scopes: [read]
   writer:
-    token_sha256: {hash_token(TOKENS["wo"])}
+    token_sha256: {wo}
     tenants: [acme]
     scopes: [write]
   globex-app:
-    token_sha256: {hash_token(TOKENS["other"])}
+    token_sha256: {other}
     tenants: [globex]
     scopes: [read, write]
   ops:
-    token_sha256: {hash_token(TOKENS["star"])}
+    token_sha256: {star}
     tenants: ["*"]
     scopes: [read]
 """
