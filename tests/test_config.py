@@ -32,6 +32,13 @@ def test_yaml_config_loads(tmp_path: Path) -> None:
     assert {c.name for c in directory.callers} == {"checkout", "viewer", "writer", "globex-app", "ops"}
 
 
+def test_a_callers_weight_defaults_to_one(tmp_path: Path) -> None:
+    """Weights are optional (1 each); a given weight is kept as configured."""
+    weighted = config_yaml("http://127.0.0.1:9100", weights={"writer": 4})
+    callers = {c.name: c.weight for c in load_directory(write(tmp_path, weighted), SECRETS).callers}
+    assert callers == {"checkout": 1, "viewer": 1, "writer": 4, "globex-app": 1, "ops": 1}
+
+
 def test_json_config_loads(tmp_path: Path) -> None:
     """A .json file is read as JSON."""
     config = {
@@ -76,6 +83,31 @@ BROKEN = [
     ("tenants: {}\nextra: 1\n", {}, "unknown top-level field 'extra'"),
     ("- a list\n", {}, "Expected `object`"),
     ("tenants:\n  'bad name!': {}\n", {}, "tenants.bad name!: names are"),
+    (
+        config_yaml("http://127.0.0.1:9100", weights={"checkout": 0}),
+        SECRETS,
+        "callers.checkout.weight: Expected `int` >= 1",
+    ),
+    (
+        config_yaml("http://127.0.0.1:9100", weights={"writer": -2}),
+        SECRETS,
+        "callers.writer.weight: Expected `int` >= 1",
+    ),
+    (
+        GOOD.replace("  viewer:\n", "  viewer:\n    weight: 1.5\n"),
+        SECRETS,
+        "callers.viewer.weight: Expected `int`, got `float`",
+    ),
+    (
+        GOOD.replace("  viewer:\n", "  viewer:\n    weight: heavy\n"),
+        SECRETS,
+        "callers.viewer.weight: Expected `int`, got `str`",
+    ),
+    (
+        GOOD.replace("  viewer:\n", "  viewer:\n    weight: true\n"),
+        SECRETS,
+        "callers.viewer.weight: Expected `int`, got `bool`",
+    ),
 ]
 
 
