@@ -13,6 +13,7 @@ BENCHES = {
     "fixed_window": "bench.fixed_window",
     "coalescing": "bench.coalescing",
     "cost": "bench.cost",
+    "redis_mode": "bench.redis_mode",
     "proxy": "bench.proxy",
 }
 

@@ -66,12 +66,12 @@ class _Queue:
         self.wake = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
         self.last_end = -math.inf  # the end of the last slot granted here, on our clock
+        self.short: set[str] = set()  # callers the last booking could not give all they asked for
 
     def add(self, waiter: _Waiter) -> None:
-        mine = self.callers.setdefault(waiter.caller, deque())
-        if not mine:
-            self.wake.set()  # a caller with nobody before it: book now, it may be within its share
-        mine.append(waiter)
+        if waiter.caller not in self.short:
+            self.wake.set()  # its caller is not waiting for the store: book now, it may be within its share
+        self.callers.setdefault(waiter.caller, deque()).append(waiter)
 
     def remove(self, waiter: _Waiter) -> None:
         mine = self.callers.get(waiter.caller)
@@ -99,6 +99,7 @@ class _Queue:
                 self.callers[caller] = kept
             else:
                 del self.callers[caller]
+                self.short.discard(caller)
 
     def give(self, caller: str, granted: Granted) -> None:
         """The slot to this caller's first waiter that can still use it; else back to the store."""
@@ -205,8 +206,9 @@ class Dispatcher:
         terms = Terms(interval, self._horizon, self._borrow, max(self._active, 3 * interval))
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
+        wants = queue.wants(now, self._horizon)
         try:
-            booked = await self._store.book(scope, api, queue.wants(now, self._horizon), terms, unbook)
+            booked = await self._store.book(scope, api, wants, terms, unbook)
         except StoreUnavailable as exc:
             queue.answer_all(exc)
             return None
@@ -220,6 +222,9 @@ class Dispatcher:
                 slot = self.sync.local(start)
                 queue.last_end = max(queue.last_end, slot + booked.interval)
                 queue.give(caller, Granted(slot, Booking(start, start + booked.interval)))
+        queue.short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
+        if any(caller not in queue.short for caller in queue.callers):
+            queue.wake.set()  # they came while the store was asked: ask again now
         return booked
 
     async def _sleep_until(self, queue: _Queue, booked: Booked) -> None:
