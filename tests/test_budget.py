@@ -201,7 +201,7 @@ def fleet_budget(
     paced = FleetBudget(
         shared=Dispatcher(store=shared, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
         shared_store=shared,
-        local=Dispatcher(store=local, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
+        local=Dispatcher(store=local, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep, own_clock=True),
         local_store=local,
         breaker=breaker,
         fleet=Fleet(members=members, replica="r1", configured=degraded_share, clock=t.clock),

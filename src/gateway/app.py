@@ -92,7 +92,9 @@ def build_budget(
         embedded = EmbeddedBudget(store=local_store, jitter=settings.budget_jitter, clock=clock, sleep=asyncio.sleep)
         return embedded, None, [embedded.dispatcher]
     shared = Dispatcher(store=stores.budget, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep)
-    local = Dispatcher(store=local_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep)
+    local = Dispatcher(
+        store=local_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, own_clock=True
+    )
     fleet = FleetBudget(
         shared=shared,
         shared_store=stores.budget,

@@ -93,7 +93,9 @@ class EmbeddedBudget:
         borrow: float = BORROW,
     ) -> None:
         self._store = store
-        self.dispatcher = Dispatcher(store=store, horizon=horizon, borrow=borrow, clock=clock, sleep=sleep)
+        self.dispatcher = Dispatcher(
+            store=store, horizon=horizon, borrow=borrow, clock=clock, sleep=sleep, own_clock=True
+        )
         self._jitter = jitter
         self._clock = clock
         self._sleep = sleep

@@ -1,20 +1,26 @@
 """The fair dispatcher: this replica's waiting callers, booked in batches against one store.
 
-Callers wait here, per (scope, API) and per caller in arrival order, not in the schedule. One
-*pump* per (scope, API) books for all of them at once: one store call (one Redis round trip)
-asks for every waiting caller's slots (``schedule.book`` decides who gets which), hands them out,
-then sleeps until the store says more could be granted, or until a caller with nobody waiting
-before it arrives (it may be within its share: it is booked at once, not after the others).
-So bookings that arrive together share one round trip, and a caller over its share waits here
-(and is refused here past its wait cap) without holding any of the schedule.
+Callers wait here, per (scope, API) and per caller in arrival order, not in the schedule. A
+*booking* is one store call (one Redis round trip) that asks for the slots of every waiter not
+already in another booking (``schedule.book`` decides who gets which) and hands them out.
 
-A waiter whose slot cannot be used (its wait cap passed) or a call that could not leave in time
-hands the slot back: the next booking undoes it while nobody booked after it.
+- A caller that arrives books at once, for itself and for everyone not yet asked for (so the
+  calls that arrive together share a round trip), unless ``DEPTH`` bookings of this key are
+  already in flight (then the next booking to start takes it along) or its caller is already
+  waiting on the store (the store said when it can have more: see the next point).
+- What a booking could not grant waits for a *timer*: the moment the store said more could be
+  granted, or the earliest wait cap (past it a waiter is refused here, nothing booked).
+
+So a caller over its share waits here, and is refused here, without holding any of the
+schedule; a caller within its share is booked as it arrives. A waiter whose slot cannot be
+used (its cap passed), or a call that could not leave in time, hands the slot back: the next
+booking undoes it while nobody booked after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,8 +30,9 @@ from gateway.budget.clock import ClockSync
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want
 from gateway.health import StoreUnavailable
 
+DEPTH = 4  # bookings of one (scope, API) in flight at once from one replica
 SLACK = 0.002  # a waiter's cap is kept to this closely: the store's clock is ours within half a round trip
-IDLE_GAP = 0.001  # after a booking that granted nothing, the pump waits at least this long before the next
+IDLE_GAP = 0.001  # after a booking that granted nothing, the next waits at least this long
 
 
 class BudgetStore(Protocol):
@@ -50,77 +57,111 @@ class Granted(NamedTuple):
 
 
 class _Waiter:
-    __slots__ = ("caller", "deadline", "future", "interval", "weight")
+    __slots__ = ("asked", "caller", "deadline", "future", "weight")
 
-    def __init__(self, caller: str, weight: int, interval: float, deadline: float) -> None:
-        self.caller, self.weight, self.interval, self.deadline = caller, weight, interval, deadline
+    def __init__(self, caller: str, weight: int, deadline: float) -> None:
+        self.caller, self.weight, self.deadline = caller, weight, deadline
+        self.asked = False  # in a booking now in flight
         self.future: asyncio.Future[Granted | Refusal | Paused] = asyncio.get_running_loop().create_future()
+
+    def __lt__(self, other: _Waiter) -> bool:  # (the deadline heap's tie-break)
+        return id(self) < id(other)
 
 
 class _Queue:
-    """One (scope, API)'s waiters on this replica, per caller in arrival order."""
+    """One (scope, API)'s waiters on this replica, per caller in arrival order, and a heap of
+    their deadlines (a retry's cap can be shorter than those of callers who came before it)."""
 
     def __init__(self) -> None:
         self.callers: dict[str, deque[_Waiter]] = {}
+        self.deadlines: list[tuple[float, _Waiter]] = []
+        self.interval = 0.0  # the widest spacing asked for by the waiters since the queue was empty
         self.unbook: list[Booking] = []
-        self.wake = asyncio.Event()
-        self.pump: asyncio.Task[None] | None = None
+        self.in_flight = 0
+        self.unasked = 0  # waiters in no booking now in flight
+        self.short: set[str] = set()  # callers the store could not give all they asked for
+        self.timer: asyncio.Task[None] | None = None
+        self.timer_at = math.inf
         self.last_end = -math.inf  # the end of the last slot granted here, on our clock
-        self.short: set[str] = set()  # callers the last booking could not give all they asked for
 
-    def add(self, waiter: _Waiter) -> None:
-        if waiter.caller not in self.short:
-            self.wake.set()  # its caller is not waiting for the store: book now, it may be within its share
+    def add(self, waiter: _Waiter, interval: float) -> None:
+        self.interval = max(self.interval, interval) if self.callers else interval
         self.callers.setdefault(waiter.caller, deque()).append(waiter)
+        heapq.heappush(self.deadlines, (waiter.deadline, waiter))
+        self.unasked += 1
 
-    def remove(self, waiter: _Waiter) -> None:
+    def drop(self, waiter: _Waiter) -> None:
+        """Out of the queue (answered, refused or cancelled)."""
         mine = self.callers.get(waiter.caller)
-        if mine is not None and waiter in mine:
+        if mine is None or waiter not in mine:
+            return
+        if waiter is mine[0]:
+            mine.popleft()
+        else:
             mine.remove(waiter)
-            if not mine:
-                del self.callers[waiter.caller]
+        if not waiter.asked:
+            self.unasked -= 1
+        if not mine:
+            del self.callers[waiter.caller]
+            self.short.discard(waiter.caller)
 
-    def waiters(self) -> list[_Waiter]:
-        return [w for mine in self.callers.values() for w in mine]
+    def earliest(self) -> float:
+        """The earliest deadline of a waiter still waiting (inf when none)."""
+        while self.deadlines and self.deadlines[0][1].future.done():
+            heapq.heappop(self.deadlines)
+        return self.deadlines[0][0] if self.deadlines else math.inf
 
-    def wants(self, now: float, horizon: float) -> list[Want]:
-        return [
-            Want(caller, mine[0].weight, len(mine), max(0.0, min(horizon, max(w.deadline for w in mine) - now)))
-            for caller, mine in self.callers.items()
-        ]
-
-    def expire(self, now: float, interval: float) -> None:
+    def expire(self, now: float) -> None:
         """Refuse the waiters whose cap has passed (nothing was booked for them)."""
-        for caller, mine in list(self.callers.items()):
-            kept = deque(w for w in mine if w.deadline + SLACK > now)
-            for position, waiter in enumerate(w for w in mine if w.deadline + SLACK <= now):
-                _answer(waiter, Refusal(retry_after=(len(kept) + position + 1) * interval))
-            if kept:
-                self.callers[caller] = kept
-            else:
-                del self.callers[caller]
-                self.short.discard(caller)
+        while self.earliest() + SLACK <= now:
+            _, waiter = heapq.heappop(self.deadlines)
+            ahead = len(self.callers.get(waiter.caller, ()))
+            self.drop(waiter)
+            _answer(waiter, Refusal(retry_after=ahead * self.interval))
 
-    def give(self, caller: str, granted: Granted) -> None:
-        """The slot to this caller's first waiter that can still use it; else back to the store."""
-        mine = self.callers.get(caller, deque())
-        for waiter in mine:
-            if granted.slot <= waiter.deadline + SLACK:
-                mine.remove(waiter)
-                if not mine:
-                    del self.callers[caller]
+    def ask(self, now: float, horizon: float) -> tuple[list[Want], dict[str, list[_Waiter]]]:
+        """Every caller's waiters not yet asked for, now marked asked: the demand of one booking."""
+        wants, asked = [], {}
+        for caller, mine in self.callers.items():
+            fresh = [w for w in mine if not w.asked]
+            if not fresh:
+                continue
+            for waiter in fresh:
+                waiter.asked = True
+            within = max(w.deadline for w in fresh) - now
+            wants.append(Want(caller, fresh[0].weight, len(fresh), max(0.0, min(horizon, within))))
+            asked[caller] = fresh
+        self.unasked = 0
+        return wants, asked
+
+    def give(self, asked: list[_Waiter], granted: Granted) -> bool:
+        """The slot to the first waiter of the booking that can still use it."""
+        for waiter in asked:
+            if not waiter.future.done() and granted.slot <= waiter.deadline + SLACK:
+                self.drop(waiter)
                 _answer(waiter, granted)
-                return
-        self.unbook.append(granted.booking)
+                return True
+        return False
+
+    def release(self, asked: dict[str, list[_Waiter]]) -> None:
+        """The booking's waiters it did not serve wait for the next one."""
+        for waiters in asked.values():
+            for waiter in waiters:
+                if waiter.asked and not waiter.future.done():
+                    waiter.asked = False
+                    self.unasked += 1
 
     def answer_all(self, answer: Paused | StoreUnavailable) -> None:
-        for waiter in self.waiters():
-            if isinstance(answer, StoreUnavailable):
-                if not waiter.future.done():
-                    waiter.future.set_exception(answer)
-            else:
-                _answer(waiter, answer)
+        for mine in self.callers.values():
+            for waiter in mine:
+                if isinstance(answer, StoreUnavailable):
+                    if not waiter.future.done():
+                        waiter.future.set_exception(answer)
+                else:
+                    _answer(waiter, answer)
         self.callers.clear()
+        self.short.clear()
+        self.unasked = 0
 
 
 def _answer(waiter: _Waiter, answer: Granted | Refusal | Paused) -> None:
@@ -140,10 +181,12 @@ class Dispatcher:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         active: float = 1.0,
+        own_clock: bool = False,
     ) -> None:
         """``horizon``: how far ahead a caller within its share books; ``borrow``: how far ahead
         a free slot may be taken by a caller over its share; ``active``: how long after its last
-        demand a caller still counts as competing (at least three slot intervals)."""
+        demand a caller still counts as competing (at least three slot intervals); ``own_clock``:
+        the store runs on ``clock`` (in process), so its times need no mapping."""
         self._store = store
         self._horizon = horizon
         self._borrow = borrow
@@ -151,13 +194,13 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._queues: dict[tuple[str, str], _Queue] = {}
-        self.sync = ClockSync()
+        self.sync = ClockSync(exact=own_clock)
         self.bookings = 0  # store calls made (each a Redis round trip for the shared store)
 
     async def acquire(
         self, scope: str, api: str, share: Share, *, interval: float, max_wait: float, unbook: Booking | None = None
     ) -> Granted | Refusal | Paused:
-        """A slot for ``caller`` within ``max_wait``, a Refusal (nothing booked), or Paused.
+        """A slot for ``share`` within ``max_wait``, a Refusal (nothing booked), or Paused.
         StoreUnavailable if the store failed while this caller waited."""
         queue = self._queues.setdefault((scope, api), _Queue())
         if unbook is not None:
@@ -165,14 +208,14 @@ class Dispatcher:
         ahead = len(queue.callers.get(share.name, ()))
         if ahead and ahead * interval > max_wait:  # even the whole budget could not serve it in time
             return Refusal(retry_after=ahead * interval - max_wait)
-        waiter = _Waiter(share.name, share.weight, interval, self._clock() + max_wait)
-        queue.add(waiter)
-        if queue.pump is None:
-            queue.pump = asyncio.create_task(self._pump(scope, api, queue))
+        waiter = _Waiter(share.name, share.weight, self._clock() + max_wait)
+        queue.add(waiter, interval)
         try:
+            if queue.in_flight < DEPTH and share.name not in queue.short:
+                await self._book(scope, api, queue)
             return await waiter.future
         except asyncio.CancelledError:
-            queue.remove(waiter)
+            queue.drop(waiter)
             if waiter.future.done() and not waiter.future.cancelled():
                 got = waiter.future.result()
                 if isinstance(got, Granted):
@@ -184,61 +227,71 @@ class Dispatcher:
         queue = self._queues.get((scope, api))
         return 0.0 if queue is None else max(0.0, queue.last_end - self._clock())
 
-    async def _pump(self, scope: str, api: str, queue: _Queue) -> None:
-        try:
-            while queue.callers:
-                interval = max(w.interval for w in queue.waiters())
-                queue.expire(self._clock(), interval)
-                if not queue.callers:
-                    break
-                queue.wake.clear()
-                booked = await self._book(scope, api, queue, interval)
-                if booked is None:
-                    return
-                if queue.callers:
-                    await self._sleep_until(queue, booked)
-        finally:
-            queue.pump = None  # (the queue stays: it remembers how far ahead this replica booked)
-
-    async def _book(self, scope: str, api: str, queue: _Queue, interval: float) -> Booked | None:
-        """One store call for every waiter; None if the store failed (every waiter is told)."""
+    async def _book(self, scope: str, api: str, queue: _Queue) -> None:
+        """One store call for every waiter not in another; then whatever is left is timed."""
         now = self._clock()
-        terms = Terms(interval, self._horizon, self._borrow, max(self._active, 3 * interval))
+        queue.expire(now)
+        wants, asked = queue.ask(now, self._horizon)
+        if not wants:
+            return
+        terms = Terms(queue.interval, self._horizon, self._borrow, max(self._active, 3 * queue.interval))
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
-        wants = queue.wants(now, self._horizon)
+        queue.in_flight += 1
         try:
             booked = await self._store.book(scope, api, wants, terms, unbook)
         except StoreUnavailable as exc:
-            queue.answer_all(exc)
-            return None
-        received = self._clock()
+            queue.answer_all(exc)  # every waiter falls back (the breaker counts the failure once)
+            return
+        finally:
+            queue.in_flight -= 1
         if isinstance(booked, Paused):
             queue.answer_all(booked)
-            return None
-        self.sync.sample(now, received, booked.at)
+            return
+        self.sync.sample(now, self._clock(), booked.at)
+        self._hand_out(queue, booked, asked)
+        short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
+        queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
+        self._next(scope, api, queue, booked)
+
+    def _hand_out(self, queue: _Queue, booked: Booked, asked: dict[str, list[_Waiter]]) -> None:
         for caller, starts in booked.slots.items():
             for start in starts:
                 slot = self.sync.local(start)
                 queue.last_end = max(queue.last_end, slot + booked.interval)
-                queue.give(caller, Granted(slot, Booking(start, start + booked.interval)))
-        queue.short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
-        if any(caller not in queue.short for caller in queue.callers):
-            queue.wake.set()  # they came while the store was asked: ask again now
-        return booked
+                booking = Booking(start, start + booked.interval)
+                if not queue.give(asked.get(caller, []), Granted(slot, booking)):
+                    queue.unbook.append(booking)
+        queue.release(asked)
 
-    async def _sleep_until(self, queue: _Queue, booked: Booked) -> None:
-        """Until more could be granted, a waiter's cap passes, or a new caller arrives."""
+    def _next(self, scope: str, api: str, queue: _Queue, booked: Booked) -> None:
+        """After a booking: book again now for callers who came meanwhile, or time the next."""
+        if not queue.callers:
+            return
+        came = queue.unasked and any(caller not in queue.short for caller in queue.callers)
+        if came and queue.in_flight < DEPTH:
+            self._at(scope, api, queue, self._clock())  # they came while the store was asked
+            return
         wake = math.inf if booked.next_at is None else self.sync.local(booked.next_at)
-        wake = min(wake, *(w.deadline + SLACK for w in queue.waiters()))
+        wake = min(wake, queue.earliest() + SLACK)
         if not any(booked.slots.values()):
             wake = max(wake, self._clock() + IDLE_GAP)  # nothing granted: never spin on the store
-        delay = wake - self._clock()
-        if delay <= 0 or queue.wake.is_set():
-            return
-        timer, woken = asyncio.ensure_future(self._sleep(delay)), asyncio.ensure_future(queue.wake.wait())
-        try:
-            await asyncio.wait((timer, woken), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            woken.cancel()
+        self._at(scope, api, queue, wake)
+
+    def _at(self, scope: str, api: str, queue: _Queue, when: float) -> None:
+        """A booking at ``when`` (the sooner one wins if one is timed already)."""
+        if queue.timer is not None and not queue.timer.done():
+            if queue.timer_at <= when:
+                return
+            queue.timer.cancel()
+        queue.timer_at = when
+        queue.timer = asyncio.create_task(self._timed(scope, api, queue, when - self._clock()))
+
+    async def _timed(self, scope: str, api: str, queue: _Queue, delay: float) -> None:
+        if delay > 0:
+            await self._sleep(delay)
+        queue.timer, queue.timer_at = None, math.inf
+        if queue.in_flight < DEPTH:
+            await self._book(scope, api, queue)
+        elif queue.callers:
+            self._at(scope, api, queue, self._clock() + IDLE_GAP)
