@@ -342,6 +342,34 @@ async def test_back_from_a_cut_before_any_local_slot_the_shared_schedule_is_not_
     assert (await slot(paced, qps=200, max_wait=1.0)).waited == 0.0
 
 
+async def test_back_from_a_cut_callers_still_waiting_for_a_local_slot_ask_redis() -> None:
+    """Callers queued for a local slot when Redis returns are sent to the shared schedule: a
+    local slot granted after the rejoin pushed the shared schedule would not be covered by it."""
+    t, gate = FakeTime(), asyncio.Event()
+
+    async def gated(seconds: float) -> None:  # the clock moves; the sleeper wakes when the test says
+        t.now += seconds
+        await gate.wait()
+
+    t.sleep = gated  # type: ignore[method-assign]
+    breaker = Breaker(cool_off=0.5, clock=t.clock)
+    paced, local, shared = fleet_budget(t, None, breaker)  # never beat: no hold
+    for _ in range(3):
+        breaker.failed("redis down")
+    first = await slot(paced, qps=4, max_wait=10)  # a local slot; the next is a second away
+    assert not first.shared
+    waiting = asyncio.create_task(paced.acquire("app", "api", qps=4, max_wait=10, share=ME))
+    for _ in range(3):
+        await asyncio.sleep(0)  # it queues; the local timer sleeps towards its slot
+    assert not waiting.done()
+    await paced.heartbeat()  # Redis is back (the cool-off passed on the timer's sleep)
+    gate.set()
+    got = await waiting
+    assert isinstance(got, Slot)
+    assert got.shared, "it booked the shared schedule"
+    assert local.ahead("app", "api") <= shared.ahead("app", "api") + 1e-9, "the shared schedule is past the local slots"
+
+
 @pytest.mark.parametrize("kept", [True, False])
 async def test_after_redis_returns_the_grace_lasts_until_a_beat_shows_the_fleet_was_kept(kept: bool) -> None:
     """Back from a degraded period, shared slots are booked at the degraded rate (the grace) until

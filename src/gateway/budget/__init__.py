@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway.budget.dispatch import BudgetStore, Dispatcher
+from gateway.budget.dispatch import BudgetStore, Dispatcher, Moved
 from gateway.budget.fleet import BEAT_EVERY, FORGET_AFTER, LAPSE_AFTER, Fleet, Members
 from gateway.budget.schedule import Booking, Grant, Paused, Refusal, Share, interval_for
 from gateway.budget.slots import SEND_SHARE, Slot, handed_back, slot_for
@@ -107,6 +107,8 @@ class EmbeddedBudget:
         unbook = handed_back(forfeit, shared=False)
         interval = interval_for(qps, self._jitter)
         got = await self.dispatcher.acquire(scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook)
+        if isinstance(got, Moved):  # (an embedded schedule is never given up)
+            return Refusal(retry_after=1.0)
         return await slot_for(got, began, shared=False, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
 
     async def defer(self, scope: str, api: str, pause: float) -> None:

@@ -56,13 +56,17 @@ class Granted(NamedTuple):
     booking: Booking
 
 
+class Moved(NamedTuple):
+    """The waiter was sent away unbooked (``Dispatcher.evict``): ask again, elsewhere."""
+
+
 class _Waiter:
     __slots__ = ("asked", "caller", "deadline", "future", "weight")
 
     def __init__(self, caller: str, weight: int, deadline: float) -> None:
         self.caller, self.weight, self.deadline = caller, weight, deadline
         self.asked = False  # in a booking now in flight
-        self.future: asyncio.Future[Granted | Refusal | Paused] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Granted | Refusal | Paused | Moved] = asyncio.get_running_loop().create_future()
 
     def __lt__(self, other: _Waiter) -> bool:  # (the deadline heap's tie-break)
         return id(self) < id(other)
@@ -151,7 +155,7 @@ class _Queue:
                     waiter.asked = False
                     self.unasked += 1
 
-    def answer_all(self, answer: Paused | StoreUnavailable) -> None:
+    def answer_all(self, answer: Paused | Moved | StoreUnavailable) -> None:
         for mine in self.callers.values():
             for waiter in mine:
                 if isinstance(answer, StoreUnavailable):
@@ -164,7 +168,7 @@ class _Queue:
         self.unasked = 0
 
 
-def _answer(waiter: _Waiter, answer: Granted | Refusal | Paused) -> None:
+def _answer(waiter: _Waiter, answer: Granted | Refusal | Paused | Moved) -> None:
     if not waiter.future.done():
         waiter.future.set_result(answer)
 
@@ -199,9 +203,9 @@ class Dispatcher:
 
     async def acquire(
         self, scope: str, api: str, share: Share, *, interval: float, max_wait: float, unbook: Booking | None = None
-    ) -> Granted | Refusal | Paused:
-        """A slot for ``share`` within ``max_wait``, a Refusal (nothing booked), or Paused.
-        StoreUnavailable if the store failed while this caller waited."""
+    ) -> Granted | Refusal | Paused | Moved:
+        """A slot for ``share`` within ``max_wait``, a Refusal (nothing booked), Paused, or
+        Moved (``evict``). StoreUnavailable if the store failed while this caller waited."""
         queue = self._queues.setdefault((scope, api), _Queue())
         if unbook is not None:
             queue.unbook.append(unbook)
@@ -221,6 +225,12 @@ class Dispatcher:
                 if isinstance(got, Granted):
                     queue.unbook.append(got.booking)
             raise
+
+    def evict(self, scope: str, api: str) -> None:
+        """Send every waiter of this key away unbooked (Moved): the schedule is given up."""
+        queue = self._queues.get((scope, api))
+        if queue is not None:
+            queue.answer_all(Moved())
 
     def ahead(self, scope: str, api: str) -> float:
         """Seconds from now to the end of the last slot granted here for this key (0 if past)."""

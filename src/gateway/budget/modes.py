@@ -24,7 +24,7 @@ import enum
 import math
 from collections.abc import Awaitable, Callable
 
-from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted
+from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted, Moved
 from gateway.budget.fleet import FORGET_AFTER, Fleet
 from gateway.budget.schedule import Paused, Refusal, Share, interval_for
 from gateway.budget.slots import Slot, handed_back, slot_for
@@ -89,7 +89,18 @@ class FleetBudget:
     ) -> Slot | Refusal | Paused:
         """Wait for a slot, at most ``max_wait`` (plus one Redis timeout if Redis fails meanwhile)."""
         began = self._clock()
+        while True:
+            got = await self._acquire(scope, api, qps=qps, until=began + max_wait, share=share, forfeit=forfeit)
+            if not isinstance(got, Moved):
+                return got if isinstance(got, Refusal | Paused) else got._replace(waited=self._clock() - began)
+            forfeit = None  # (evicted from the local schedule, unbooked: Redis is back, ask it)
+
+    async def _acquire(
+        self, scope: str, api: str, *, qps: int, until: float, share: Share, forfeit: Slot | None
+    ) -> Slot | Refusal | Paused | Moved:
+        began = self._clock()
         key = (scope, api)
+        max_wait = max(0.0, until - began)
         mode = self.mode()
         if mode in (Mode.SHARED, Mode.GRACE):
             interval = self._shared_interval(qps) if mode is Mode.SHARED else self._degraded_interval(qps)
@@ -121,7 +132,12 @@ class FleetBudget:
             self._local_only[key] = max(self._local_only.get(key, -math.inf), got.booking.end)
         return await self._hold(got, began, shared=False)
 
-    async def _hold(self, got: Granted | Refusal | Paused, began: float, *, shared: bool) -> Slot | Refusal | Paused:
+    async def _hold(
+        self, got: Granted | Refusal | Paused | Moved, began: float, *, shared: bool
+    ) -> Slot | Refusal | Paused | Moved:
+        """Hold a granted slot until its moment (``slots.slot_for``); a Moved caller asks again."""
+        if isinstance(got, Moved):
+            return got
         return await slot_for(got, began, shared=shared, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
 
     def _shared_interval(self, qps: int) -> float:
@@ -154,9 +170,12 @@ class FleetBudget:
             self._grace_waived_for = recovered
 
     async def _rejoin(self, key: tuple[str, str]) -> None:
-        """Back on the shared schedule: push it past the local slots this replica granted for
-        ``key`` (only those: pushing the fleet's schedule past the hold would stall it)."""
-        ahead = self._local_only[key] - self._clock()
+        """Back on the shared schedule: callers still waiting for a local slot are sent to ask
+        Redis (a local slot granted from now on would not be covered), and the shared schedule is
+        pushed past the local slots this replica granted for ``key`` (only those: pushing the
+        fleet's schedule past the hold would stall it)."""
+        self._local.evict(*key)
+        ahead = max(self._local_only.get(key, -math.inf) - self._clock(), self._local.ahead(*key))
         if ahead > 0:
             await self._shared_store.defer(*key, ahead)
         self._local_only.pop(key, None)  # (a concurrent caller may have rejoined it meanwhile)
