@@ -13,7 +13,7 @@ from gateway import budget
 from gateway.budget import FORGET_AFTER, HORIZON, Booking, EmbeddedBudget, Fleet, Grant, Paused, Refusal, Share, Slot
 from gateway.budget import schedule as sched
 from gateway.budget.clock import ClockSync
-from gateway.budget.dispatch import SLACK, Dispatcher
+from gateway.budget.dispatch import Dispatcher
 from gateway.budget.modes import FleetBudget, Mode
 from gateway.budget.schedule import interval_for
 from gateway.emulator import Emulator
@@ -138,7 +138,7 @@ def test_defer_pushes_the_schedule() -> None:
 
 
 async def test_acquire_paces_and_refuses_past_the_cap() -> None:
-    """Callers wait their turn; one that would wait past the cap gets RateLimited with Retry-After."""
+    """Callers wait their turn; one that would wait past the cap is refused at once, booking nothing."""
     t = FakeTime()
     paced = embedded(t, 0.0)
     waits = [(await slot(paced, qps=2, max_wait=10)).waited for _ in range(3)]
@@ -149,7 +149,8 @@ async def test_acquire_paces_and_refuses_past_the_cap() -> None:
     refused = await paced.acquire("app", "api", qps=2, max_wait=0.5, share=ME)
     assert isinstance(refused, Refusal)
     assert refused.retry_after > 0
-    assert 0.5 <= t.now - began <= 0.5 + SLACK, "it waited its cap, no longer"
+    assert t.now == began, "refused at once: the store said no slot could come within the cap"
+    assert (await slot(paced, qps=2, max_wait=10)).waited == pytest.approx(3 * interval), "it booked nothing"
 
 
 async def test_a_slot_says_when_its_call_must_leave() -> None:

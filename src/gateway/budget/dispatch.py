@@ -147,6 +147,16 @@ class _Queue:
                 return True
         return False
 
+    def refuse_before(self, reach: float, callers: set[str]) -> None:
+        """Refuse now, rather than at their cap, the waiters of ``callers`` whose cap passes
+        before ``reach``, the first moment the store could grant them a slot."""
+        for caller in callers:
+            mine = self.callers.get(caller)
+            while mine and not mine[0].asked and mine[0].deadline + SLACK < reach:
+                waiter = mine[0]
+                self.drop(waiter)
+                _answer(waiter, Refusal(retry_after=reach - waiter.deadline))
+
     def release(self, asked: dict[str, list[_Waiter]]) -> None:
         """The booking's waiters it did not serve wait for the next one."""
         for waiters in asked.values():
@@ -262,6 +272,8 @@ class Dispatcher:
         self._hand_out(queue, booked, asked)
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
+        if booked.next_at is not None:  # none of these can have a slot before then
+            queue.refuse_before(self.sync.local(booked.next_at), short)
         self._next(scope, api, queue, booked)
 
     def _hand_out(self, queue: _Queue, booked: Booked, asked: dict[str, list[_Waiter]]) -> None:

@@ -1,0 +1,148 @@
+"""The fair dispatcher on its own: batching, overload, refusals, failures, cancellation.
+
+The store is the in-process one behind a round trip of a few milliseconds (``Remote``), on the
+real clock: what the dispatcher does while a booking is in flight is the point."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.budget.dispatch import DEPTH, Dispatcher, Granted, Moved
+from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
+from gateway.health import StoreUnavailable
+from gateway.stores.memory import MemoryBudgetStore
+
+A, B = Share("checkout"), Share("batch")
+
+
+class Remote(MemoryBudgetStore):
+    """The memory store a round trip away, counting its calls; it can be made to fail."""
+
+    def __init__(self, rtt: float = 0.002) -> None:
+        super().__init__(clock=time.monotonic)
+        self.rtt = rtt
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.failing = False
+
+    async def book(
+        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+    ) -> Booked | Paused:
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.rtt / 2)
+            if self.failing:
+                raise StoreUnavailable("down")
+            booked = await super().book(scope, api, wants, terms, unbook)
+            await asyncio.sleep(self.rtt / 2)
+            return booked
+        finally:
+            self.in_flight -= 1
+
+
+def dispatcher(store: Remote) -> Dispatcher:
+    return Dispatcher(store=store, horizon=0.06, borrow=0.02, clock=time.monotonic)
+
+
+async def test_callers_that_arrive_together_share_store_calls() -> None:
+    """200 callers at once on a budget that does not bind: every one gets a slot, in a handful of
+    store calls (never more than DEPTH in flight), not one call each."""
+    store = Remote()
+    paced = dispatcher(store)
+    got = await asyncio.gather(
+        *(paced.acquire("1400", "api", A, interval=interval_for(100_000, 0.017), max_wait=2.0) for _ in range(200))
+    )
+    assert all(isinstance(g, Granted) for g in got)
+    assert store.calls <= 20
+    assert store.most_in_flight <= DEPTH
+
+
+async def test_a_caller_kept_waiting_does_not_book_again_on_each_arrival() -> None:
+    """Overload: 100 calls in 0.5 s at a 20/s budget. The store is asked about once per slot
+    interval, not once per arrival, and those past the cap are refused without a store call."""
+    store = Remote()
+    paced = dispatcher(store)
+    interval = interval_for(20, 0.017)
+
+    async def one(delay: float) -> Granted | Refusal | Paused | Moved:
+        await asyncio.sleep(delay)
+        return await paced.acquire("1400", "api", B, interval=interval, max_wait=0.3)
+
+    got = await asyncio.gather(*(one(i * 0.005) for i in range(100)))
+    granted = [g for g in got if isinstance(g, Granted)]
+    assert 5 <= len(granted) <= 20
+    assert sum(isinstance(g, Refusal) for g in got) == 100 - len(granted)
+    assert store.calls <= len(granted) + 10, f"{store.calls} store calls for {len(granted)} slots"
+
+
+async def test_a_newcomer_books_at_once_while_another_caller_waits_on_the_store() -> None:
+    """While the batch caller's waiters wait for their next slots, checkout arriving is booked
+    straight away: it waits at most the horizon, not behind the batch's queue."""
+    store = Remote()
+    paced = dispatcher(store)
+    interval = interval_for(50, 0.017)
+    batch = [asyncio.create_task(paced.acquire("1400", "api", B, interval=interval, max_wait=2.0)) for _ in range(40)]
+    await asyncio.sleep(0.1)
+    began = time.monotonic()
+    mine = await paced.acquire("1400", "api", A, interval=interval, max_wait=2.0)
+    assert isinstance(mine, Granted)
+    assert mine.slot - began < 0.06 + 2 * interval
+    for task in batch:
+        task.cancel()
+    await asyncio.gather(*batch, return_exceptions=True)
+
+
+async def test_a_failed_store_call_reaches_every_waiter() -> None:
+    """Redis failing: every waiter of that booking gets StoreUnavailable (and falls back)."""
+    store = Remote()
+    store.failing = True
+    paced = dispatcher(store)
+    results = await asyncio.gather(
+        *(paced.acquire("1400", "api", A, interval=0.001, max_wait=1.0) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+
+
+async def test_a_paused_tenant_answers_every_waiter() -> None:
+    """A paused scope answers each waiter Paused, with Tencent's code."""
+    store = Remote()
+    await store.pause("1400", 5.0, 70050, "locked out")
+    paced = dispatcher(store)
+    results = await asyncio.gather(*(paced.acquire("1400", "api", A, interval=0.001, max_wait=1.0) for _ in range(5)))
+    assert all(isinstance(r, Paused) and r.code == 70050 for r in results)
+
+
+async def test_evicted_waiters_are_moved_unbooked() -> None:
+    """``evict`` sends every waiter of the key away with Moved, and books nothing for them."""
+    store = Remote()
+    paced = dispatcher(store)
+    interval = interval_for(2, 0.017)
+    first = await paced.acquire("1400", "api", A, interval=interval, max_wait=5.0)
+    assert isinstance(first, Granted)
+    waiting = asyncio.create_task(paced.acquire("1400", "api", A, interval=interval, max_wait=5.0))
+    await asyncio.sleep(0.02)
+    paced.evict("1400", "api")
+    assert isinstance(await waiting, Moved)
+    assert paced.ahead("1400", "api") <= interval
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    """A caller that goes away while waiting is dropped: the next caller is not refused for it."""
+    store = Remote()
+    paced = dispatcher(store)
+    interval = interval_for(5, 0.017)
+    await paced.acquire("1400", "api", A, interval=interval, max_wait=5.0)
+    gone = asyncio.create_task(paced.acquire("1400", "api", A, interval=interval, max_wait=5.0))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    nxt = await paced.acquire("1400", "api", A, interval=interval, max_wait=0.5)
+    assert isinstance(nxt, Granted)
