@@ -14,6 +14,7 @@ BENCHES = {
     "coalescing": "bench.coalescing",
     "cost": "bench.cost",
     "redis_mode": "bench.redis_mode",
+    "fairness": "bench.fairness",
     "proxy": "bench.proxy",
 }
 
