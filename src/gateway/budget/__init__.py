@@ -39,7 +39,7 @@ from gateway.budget.schedule import Booking, Grant, Paused, Refusal, Share, inte
 from gateway.budget.slots import SEND_SHARE, Slot, handed_back, slot_for
 
 HORIZON = 0.06  # seconds: how far ahead a caller within its share books (callers wait in the replica)
-BORROW = 0.02  # seconds: how far ahead a free slot may be taken by a caller over its share
+BORROW = 0.008  # seconds: how far ahead a free slot may be taken by a caller over its share
 
 __all__ = [
     "BEAT_EVERY",
