@@ -8,11 +8,15 @@ mode >= 0.9 of embedded; p50 at one caller within +0.3 ms of embedded; slots mis
 could not leave within its send window) <= 1% of grants. Also printed: budget store calls per
 grant (bookings batch the calls that arrive together: below 1 means batching happened).
 
-    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4)
+    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000)
+
+BASELINE_SRC=/path/to/other/checkout/src adds the same two gateways run from that source tree
+(e.g. a `git worktree` of the previous main), interleaved with these: before and after, one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.redis_servers import standalone
 from tests.support import KEY, TOKENS
 
-from bench._harness import GATEWAY, Steal, free_port, load, process, summarise
+from bench._harness import GATEWAY, ROOT, Steal, free_port, load, process, summarise
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 COUNTERS = ("gateway_budget_grants_total", "gateway_budget_slots_missed_total", "gateway_budget_bookings_total")
@@ -39,7 +43,8 @@ def counters(url: str) -> dict[str, float]:
 
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
-    emu_port, embedded_port, redis_port = free_port(), free_port(), free_port()
+    emu_port = free_port()
+    baseline = os.environ.get("BASELINE_SRC")
     emulator = f"http://127.0.0.1:{emu_port}"
     qps = os.environ.get("BENCH_QPS", "100000")  # the budget: high enough not to bind
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": qps}
@@ -47,19 +52,29 @@ def main() -> None:
     body = json.dumps({"metadata": {"k": "v"}})
     with (
         standalone() as redis,
+        standalone() as baseline_redis,
         process(
             [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--latency-ms", "20"],
             port=emu_port,
             env=env,
         ),
-        process([sys.executable, "-m", "bench.apps", str(embedded_port)], port=embedded_port, env=env),
-        process(
-            [sys.executable, "-m", "bench.apps", str(redis_port)],
-            port=redis_port,
-            env={**env, "GATEWAY_REDIS_URL": redis.url},
-        ),
+        contextlib.ExitStack() as gateways,
     ):
-        sides = {"embedded": f"http://127.0.0.1:{embedded_port}", "redis": f"http://127.0.0.1:{redis_port}"}
+        sides: dict[str, str] = {}
+        for name, source, redis_url in (
+            ("embedded", None, None),
+            ("redis", None, redis.url),
+            ("base-embedded", baseline, None),
+            ("base-redis", baseline, baseline_redis.url),
+        ):
+            if name.startswith("base") and not baseline:
+                continue
+            port = free_port()
+            own = {**env, **({"GATEWAY_REDIS_URL": redis_url} if redis_url else {})}
+            if source:
+                own["PYTHONPATH"] = os.pathsep.join([source, str(ROOT)])
+            gateways.enter_context(process([sys.executable, "-m", "bench.apps", str(port)], port=port, env=own))
+            sides[name] = f"http://127.0.0.1:{port}"
         paths = {
             name: [f"{url}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3)] for name, url in sides.items()
         }
@@ -77,14 +92,17 @@ def main() -> None:
             after = {name: counters(url) for name, url in sides.items()}
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
             rps, p50 = summarise(runs)
-            print(
-                f"  redis / embedded: throughput {rps['redis'] / rps['embedded']:.2f} (bar >= 0.9 at 64), "
-                f"added p50 {p50['redis'] - p50['embedded']:+.2f} ms (bar <= +0.3 ms at 1)"
-            )
+            for prefix in ("", "base-") if baseline else ("",):
+                ratio = rps[prefix + "redis"] / rps[prefix + "embedded"]
+                added = p50[prefix + "redis"] - p50[prefix + "embedded"]
+                print(
+                    f"  {prefix}redis / {prefix}embedded: throughput {ratio:.2f} (bar >= 0.9 at 64), "
+                    f"added p50 {added:+.2f} ms (bar <= +0.3 ms at 1)"
+                )
             for name in sides:
                 grants, missed, bookings = (after[name][c] - before[name][c] for c in COUNTERS)
                 print(
-                    f"  {name:9s} slots missed {missed:.0f} of {grants:.0f} grants ({missed / max(grants, 1):.2%}, "
+                    f"  {name:13s} slots missed {missed:.0f} of {grants:.0f} grants ({missed / max(grants, 1):.2%}, "
                     f"bar <= 1%), {bookings / max(grants, 1):.3f} budget store calls per grant"
                 )
 

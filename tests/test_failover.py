@@ -75,6 +75,30 @@ async def test_signatures_fall_back_to_the_replica_and_a_dropped_one_stays_dropp
     assert await store.lock("1400:admin", 5.0) is None
 
 
+async def test_a_sig_rejected_during_an_outage_is_not_taken_back_from_redis(
+    own_redis: RedisServer, redis: Redis
+) -> None:
+    """Tencent rejects a sig while Redis is unreachable (the drop reaches only the replica), and
+    Redis comes back still holding it (or a failover brings back an older copy): the replica
+    does not use it again; a new sig put afterwards is served."""
+    gate = Breaker(cool_off=0.2, clock=time.monotonic)
+    local = MemorySignatureStore(clock=time.time)
+    store = FailoverSignatureStore(shared=RedisSignatureStore(redis), local=local, breaker=gate)
+    await store.put("1400:admin", SIG, ttl=60)
+    own_redis.kill()
+    for _ in range(3):
+        await store.get("1400:admin")
+    assert gate.degraded
+    await store.drop("1400:admin", SIG.value)  # rejected by Tencent now
+    own_redis.start()
+    await RedisSignatureStore(redis).put("1400:admin", SIG, ttl=60)  # the stale copy, back in Redis
+    await asyncio.sleep(0.25)  # the breaker's cool-off: the next call tries Redis again
+    assert await store.get("1400:admin") is None
+    fresh = Signature(value="sig-2", expires_at=1_800_000_000.0)
+    await store.put("1400:admin", fresh, ttl=60)
+    assert await store.get("1400:admin") == fresh
+
+
 async def test_a_missed_fill_lock_call_means_wait_unless_redis_is_down() -> None:
     """One failed lock call while the breaker is still closed answers "not yours": another
     replica may hold the lock, so the cache waits for its value instead of calling Tencent a

@@ -1,12 +1,16 @@
 """Shared store while Redis answers, in-process store while it does not.
 
-The budget does its own fail-over (it must also re-pace; see ``budget.py``); the room cache and
-the signatures use these. Writes that matter to every replica (invalidations, dropped
-signatures) go to both tiers so that a later degraded period cannot resurrect old state.
+The budget does its own fail-over (it must also re-pace; see ``budget/modes.py``); the room
+cache and the signatures use these. Writes that matter to every replica (invalidations, dropped
+signatures) go to both tiers so that a later degraded period cannot resurrect old state, and a
+replica remembers the UserSigs Tencent rejected: a Redis that comes back with an older copy (a
+drop made while it was unreachable, or a failover to a replica that lost writes) cannot hand one
+back to it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -16,6 +20,7 @@ from gateway.signing import Signature, SignatureStore
 from gateway.stores.memory import MemoryRoomStore
 
 T = TypeVar("T")
+REVOKED_KEPT = 1024  # UserSigs Tencent rejected that a replica remembers (rare: a few per key rotation)
 
 
 async def _either(breaker: Breaker, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
@@ -104,15 +109,21 @@ class FailoverSignatureStore:
         self._shared = shared
         self._local = local
         self._breaker = breaker
+        self._revoked: OrderedDict[str, None] = OrderedDict()  # rejected UserSigs, oldest first
 
     async def get(self, key: str) -> Signature | None:
-        return await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+        """The current sig, never one this replica saw rejected (whatever Redis still holds)."""
+        sig = await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+        return None if sig is None or sig.value in self._revoked else sig
 
     async def put(self, key: str, sig: Signature, ttl: float) -> None:
         await self._local.put(key, sig, ttl)
         await _either(self._breaker, lambda: self._shared.put(key, sig, ttl), _nothing)
 
     async def drop(self, key: str, value: str) -> None:
+        self._revoked[value] = None
+        while len(self._revoked) > REVOKED_KEPT:
+            self._revoked.popitem(last=False)
         await self._local.drop(key, value)
         await _either(self._breaker, lambda: self._shared.drop(key, value), _nothing)
 
