@@ -30,7 +30,7 @@ from gateway.budget.clock import ClockSync
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want
 from gateway.health import StoreUnavailable
 
-DEPTH = 4  # bookings of one (scope, API) in flight at once from one replica
+DEPTH = 8  # bookings of one (scope, API) in flight at once from one replica (BENCHMARKS.md: 2 to 16 tried)
 SLACK = 0.002  # a waiter's cap is kept to this closely: the store's clock is ours within half a round trip
 IDLE_GAP = 0.001  # after a booking that granted nothing, the next waits at least this long
 
