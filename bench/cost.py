@@ -34,6 +34,8 @@ def main() -> None:
         trips0 = running.counter("gateway_redis_round_trips_total")
         beats0 = running.counter("gateway_fleet_heartbeats_total")
         calls0 = running.counter("gateway_upstream_calls_total")
+        bookings0 = running.counter("gateway_budget_bookings_total")
+        grants0 = running.counter("gateway_budget_grants_total")
         urls = [f"{u}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3) for u in running.urls]
         peak: dict[int, float] = {}
 
@@ -58,10 +60,13 @@ def main() -> None:
         trips = running.counter("gateway_redis_round_trips_total") - trips0
         beats = running.counter("gateway_fleet_heartbeats_total") - beats0
         calls = running.counter("gateway_upstream_calls_total") - calls0
+        bookings = running.counter("gateway_budget_bookings_total") - bookings0
+        grants = running.counter("gateway_budget_grants_total") - grants0
     print(
         f"{result['requests']} metadata writes ({result['rps']} req/s, statuses {result['statuses']}): "
-        f"{calls:.0f} calls to Tencent, {trips:.0f} Redis round trips: {beats:.0f} heartbeats (2 a second per "
-        f"replica, whatever the load) and {(trips - beats) / max(calls, 1):.3f} per call"
+        f"{calls:.0f} calls to Tencent, {trips:.0f} Redis round trips: {beats:.0f} heartbeats (10 a second per "
+        f"replica, whatever the load) and {(trips - beats) / max(calls, 1):.3f} per call; budget store calls "
+        f"{bookings:.0f} for {grants:.0f} slots granted ({bookings / max(grants, 1):.3f} per grant)"
     )
     print("peak RSS per replica under load: " + ", ".join(f"{mb:.0f} MB" for mb in peak.values()))
 

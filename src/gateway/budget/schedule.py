@@ -203,12 +203,13 @@ def _choose(
 
 
 def _next_at(state: FairState, now: float, wants: Sequence[Want], left: dict[str, int], terms: Terms) -> float | None:
-    """When a booking could next grant what is left: a caller's by-right slot comes within the
-    horizon, or the schedule's next free slot within the borrow window."""
+    """When to book again for what is left: once half the horizon is open to a caller by right
+    (so each booking takes several slots, and replicas polling the same schedule do not ask once
+    a slot each), or the schedule's next free slot is within the borrow window."""
     waiting = [want for want in wants if left[want.caller] > 0]
     if not waiting:
         return None
     borrow = state.tat - terms.borrow
     fair = min(state.fair.get(w.caller, -math.inf) for w in waiting)
-    by_right = max(fair - terms.interval, state.tat) - terms.horizon
+    by_right = max(fair - terms.interval, state.tat) - terms.horizon / 2
     return max(now, min(borrow, by_right))

@@ -90,7 +90,7 @@ for _, want in ipairs(wants) do
   reply[#reply + 1] = #want.slots
   for _, s in ipairs(want.slots) do reply[#reply + 1] = s end
   if want.left > 0 then
-    local reach = math.min(tat - borrow, math.max(fair[want.name] - interval, tat) - horizon)
+    local reach = math.min(tat - borrow, math.max(fair[want.name] - interval, tat) - horizon / 2)
     if next_at == -1 or reach < next_at then next_at = reach end
   end
 end
