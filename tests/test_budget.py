@@ -429,7 +429,7 @@ async def test_gateway_never_exceeds_200_per_second_under_600_offered(upstream_u
 @pytest.mark.slow
 async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() -> None:
     """The send window is checked right before the request is written: a caller whose slot
-    passes while the event loop is stalled (here: by the second call's handler) sends nothing,
+    passes while the event loop is stalled (here: by the first call's handler) sends nothing,
     books a new slot and still succeeds, each call reaching Tencent exactly once. (Callers book
     just in time, the horizon ahead, so a stall costs the slots within the horizon, not one per
     waiting caller as when every caller booked its slot on arrival.)"""
@@ -437,8 +437,8 @@ async def test_a_call_that_cannot_leave_in_time_sends_nothing_and_books_again() 
 
     def upstream(call: Call) -> tuple[int, bytes]:
         sent.append(time.monotonic())
-        if len(sent) == 2:  # 50 ms in: the third slot (within the horizon) is booked by now
-            time.sleep(0.2)  # stalls the whole loop: that slot passes meanwhile
+        if len(sent) == 1:  # 40 ms on, the next slot (51 ms on) is booked, its caller asleep until it:
+            asyncio.get_running_loop().call_later(0.04, time.sleep, 0.2)  # stall the loop: the slot passes
         return 200, b'{"ActionStatus":"OK","ErrorCode":0,"RequestId":"r"}'
 
     tencent = ScriptedTencent(upstream)
