@@ -127,8 +127,9 @@ async def readiness(running: Fleet) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("max_replicas", [3, 1], ids=["fleet-size-set", "fleet-size-unset"])
 async def test_redis_restart_mid_run(tmp_path: Path, max_replicas: int) -> None:
-    """Redis killed for 3 s and restarted empty (it keeps nothing on disk) during steady 3x-budget load: no 5xx, readiness stays up
-    (degraded), Tencent never sees more than 200 in a sliding second, shared state resumes. So
+    """Redis killed for 3 s and restarted empty (it keeps nothing on disk) during steady 3x-budget
+    load: no 5xx, readiness stays up (degraded), Tencent never sees more than 200 in a sliding
+    second (an empty schedule gives no burst), shared state resumes. So
     also when GATEWAY_MAX_REPLICAS is left at its default (1) in a fleet of 3: each replica paces
     at the budget over the largest fleet it saw in the heartbeats."""
     with (
