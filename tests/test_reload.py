@@ -70,32 +70,26 @@ async def test_a_new_caller_is_picked_up_without_restart(reloading: tuple[Path, 
         assert (await client.get("/v1/tenants/acme/rooms/room-2", headers=old)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("region: singapore", "region: nowhere", "tenants.acme.region"),
+        ("  checkout:\n", "  checkout:\n    weight: 0\n", "callers.checkout.weight"),  # not a positive integer
+    ],
+    ids=["region", "weight"],
+)
 async def test_a_broken_file_is_refused_and_the_old_config_serves(
-    reloading: tuple[Path, str], caplog: pytest.LogCaptureFixture
+    reloading: tuple[Path, str], caplog: pytest.LogCaptureFixture, old: str, new: str, field: str
 ) -> None:
     """A file that does not load is logged (naming the field) and ignored."""
     path, url = reloading
     caplog.set_level(logging.ERROR, logger="gateway.reload")
-    replace(path, path.read_text().replace("region: singapore", "region: nowhere"))
+    replace(path, path.read_text().replace(old, new, 1))
     await eventually(lambda: asyncio.sleep(0, any("reload refused" in r.message for r in caplog.records)))
     (record,) = [r for r in caplog.records if "reload refused" in r.message]
-    assert "tenants.acme.region" in record.fields["reason"]  # type: ignore[attr-defined]
+    assert field in record.fields["reason"]  # type: ignore[attr-defined]
     async with httpx.AsyncClient(base_url=url, headers={"authorization": "Bearer token-rw"}) as client:
         assert (await client.get("/v1/tenants/acme/rooms/room-1")).status_code == 200
-
-
-async def test_a_caller_weight_that_is_not_a_positive_integer_is_refused(
-    reloading: tuple[Path, str], caplog: pytest.LogCaptureFixture
-) -> None:
-    """A reload with weight 0 is refused naming the field, and the caller keeps its old share."""
-    path, url = reloading
-    caplog.set_level(logging.ERROR, logger="gateway.reload")
-    replace(path, path.read_text().replace("  checkout:\n", "  checkout:\n    weight: 0\n"))
-    await eventually(lambda: asyncio.sleep(0, any("reload refused" in r.message for r in caplog.records)))
-    (record,) = [r for r in caplog.records if "reload refused" in r.message]
-    assert "callers.checkout.weight" in record.fields["reason"]  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(base_url=url, headers={"authorization": "Bearer token-rw"}) as client:
-        assert (await client.patch("/v1/tenants/acme/rooms/room-1", json={"room_name": "w"})).status_code == 204
 
 
 async def test_requests_in_flight_during_a_reload_finish(
