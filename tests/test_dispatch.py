@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from gateway.budget import dispatch
 from gateway.budget.dispatch import DEPTH, Dispatcher, Granted, Moved
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
 from gateway.health import StoreUnavailable
@@ -146,3 +147,23 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
         await gone
     nxt = await paced.acquire("1400", "api", A, interval=interval, max_wait=0.5)
     assert isinstance(nxt, Granted)
+
+
+async def test_callers_queued_behind_a_cancelled_booking_are_still_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One booking in flight at a time (depth 1): the caller whose booking is in flight goes away
+    meanwhile; those who queued behind it are booked all the same (nobody is left unasked with
+    no booking to come)."""
+    monkeypatch.setattr(dispatch, "DEPTH", 1)
+    store = Remote(rtt=0.02)
+    paced = dispatcher(store)
+    interval = interval_for(1000, 0.017)
+    first = asyncio.create_task(paced.acquire("1400", "api", A, interval=interval, max_wait=2.0))
+    await asyncio.sleep(0.005)  # its booking is in flight
+    others = [asyncio.create_task(paced.acquire("1400", "api", B, interval=interval, max_wait=2.0)) for _ in range(4)]
+    await asyncio.sleep(0.001)  # queued: the one booking allowed is in flight
+    first.cancel()
+    async with asyncio.timeout(1.0):
+        got = await asyncio.gather(*others)
+    assert all(isinstance(g, Granted) for g in got)
+    with pytest.raises(asyncio.CancelledError):
+        await first

@@ -263,6 +263,10 @@ class Dispatcher:
         except StoreUnavailable as exc:
             queue.answer_all(exc)  # every waiter falls back (the breaker counts the failure once)
             return
+        except asyncio.CancelledError:  # the caller booking for everyone went away meanwhile
+            queue.release(asked)  # (what the store granted this call is lost: unused, never over)
+            self._at(scope, api, queue, self._clock())
+            raise
         finally:
             queue.in_flight -= 1
         if isinstance(booked, Paused):
