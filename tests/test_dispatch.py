@@ -167,3 +167,20 @@ async def test_callers_queued_behind_a_cancelled_booking_are_still_served(monkey
     assert all(isinstance(g, Granted) for g in got)
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_the_spacing_follows_the_mode_now_though_the_queue_never_empties() -> None:
+    """Waiters that came in a wider spacing (a replica's grace after an outage) do not keep the
+    queue at it: once callers ask for the full rate, slots come at the full rate, even though
+    the queue under overload never empties (it once stayed wide: half the budget for good)."""
+    store = Remote()
+    paced = dispatcher(store)
+    wide, narrow = 0.05, 0.005
+    first = [asyncio.create_task(paced.acquire("1400", "api", A, interval=wide, max_wait=3.0)) for _ in range(20)]
+    await asyncio.sleep(0.2)
+    later = [asyncio.create_task(paced.acquire("1400", "api", A, interval=narrow, max_wait=3.0)) for _ in range(40)]
+    got = await asyncio.gather(*first, *later)
+    slots = sorted(g.slot for g in got if isinstance(g, Granted))
+    assert len(slots) == 60
+    gaps = [b - a for a, b in zip(slots[-20:], slots[-19:], strict=False)]
+    assert max(gaps) < 2 * narrow, gaps

@@ -79,7 +79,8 @@ class _Queue:
     def __init__(self) -> None:
         self.callers: dict[str, deque[_Waiter]] = {}
         self.deadlines: list[tuple[float, _Waiter]] = []
-        self.interval = 0.0  # the widest spacing asked for by the waiters since the queue was empty
+        self.interval = 0.0  # the spacing the last waiter asked for: the mode's now (a queue may never empty)
+        self.unit = 0.0  # the spacing at the full limit, what a slot costs its caller's fair TAT
         self.unbook: list[Booking] = []
         self.in_flight = 0
         self.unasked = 0  # waiters in no booking now in flight
@@ -88,8 +89,8 @@ class _Queue:
         self.timer_at = math.inf
         self.last_end = -math.inf  # the end of the last slot granted here, on our clock
 
-    def add(self, waiter: _Waiter, interval: float) -> None:
-        self.interval = max(self.interval, interval) if self.callers else interval
+    def add(self, waiter: _Waiter, interval: float, unit: float) -> None:
+        self.interval, self.unit = interval, unit
         self.callers.setdefault(waiter.caller, deque()).append(waiter)
         heapq.heappush(self.deadlines, (waiter.deadline, waiter))
         self.unasked += 1
@@ -212,10 +213,19 @@ class Dispatcher:
         self.bookings = 0  # store calls made (each a Redis round trip for the shared store)
 
     async def acquire(
-        self, scope: str, api: str, share: Share, *, interval: float, max_wait: float, unbook: Booking | None = None
+        self,
+        scope: str,
+        api: str,
+        share: Share,
+        *,
+        interval: float,
+        max_wait: float,
+        unbook: Booking | None = None,
+        unit: float = 0.0,
     ) -> Granted | Refusal | Paused | Moved:
         """A slot for ``share`` within ``max_wait``, a Refusal (nothing booked), Paused, or
-        Moved (``evict``). StoreUnavailable if the store failed while this caller waited."""
+        Moved (``evict``). StoreUnavailable if the store failed while this caller waited.
+        ``unit``: the slot spacing at the full limit, when ``interval`` is wider (``Terms``)."""
         queue = self._queues.setdefault((scope, api), _Queue())
         if unbook is not None:
             queue.unbook.append(unbook)
@@ -223,7 +233,7 @@ class Dispatcher:
         if ahead and ahead * interval > max_wait:  # even the whole budget could not serve it in time
             return Refusal(retry_after=ahead * interval - max_wait)
         waiter = _Waiter(share.name, share.weight, self._clock() + max_wait)
-        queue.add(waiter, interval)
+        queue.add(waiter, interval, unit)
         try:
             if queue.in_flight < DEPTH and share.name not in queue.short:
                 await self._book(scope, api, queue)
@@ -254,7 +264,8 @@ class Dispatcher:
         wants, asked = queue.ask(now, self._horizon)
         if not wants:
             return
-        terms = Terms(queue.interval, self._horizon, self._borrow, max(self._active, 3 * queue.interval))
+        active = max(self._active, 3 * queue.interval)
+        terms = Terms(queue.interval, self._horizon, self._borrow, active, min(queue.unit, queue.interval))
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
         queue.in_flight += 1

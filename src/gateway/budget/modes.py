@@ -108,7 +108,9 @@ class FleetBudget:
                 if key in self._local_only:  # the first shared booking after a degraded period
                     await self._rejoin(key)
                 unbook = handed_back(forfeit, shared=True)
-                got = await self._shared.acquire(scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook)
+                got = await self._shared.acquire(
+                    scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook, unit=self._unit(qps)
+                )
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
             else:
@@ -127,6 +129,7 @@ class FleetBudget:
             interval=self._degraded_interval(qps),
             max_wait=max(0.0, max_wait - (self._clock() - began)),
             unbook=handed_back(forfeit, shared=False),
+            unit=self._unit(qps),
         )
         if isinstance(got, Granted):
             self._local_only[key] = max(self._local_only.get(key, -math.inf), got.booking.end)
@@ -139,6 +142,11 @@ class FleetBudget:
         if isinstance(got, Moved):
             return got
         return await slot_for(got, began, shared=shared, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
+
+    def _unit(self, qps: int) -> float:
+        """The slot spacing at the full limit: what a slot costs its caller's fair TAT, whatever
+        the mode (a replica in grace books wider slots; its callers are not charged for that)."""
+        return interval_for(qps, self._jitter)
 
     def _shared_interval(self, qps: int) -> float:
         """The shared schedule's spacing: the limit less the shares of replicas that fell silent."""

@@ -88,13 +88,16 @@ class Want(NamedTuple):
 
 class Terms(NamedTuple):
     """How a schedule is booked (seconds): slot spacing, how far ahead a caller may book by
-    right, how far ahead anyone may borrow a free slot, and how long after its last demand a
-    caller still counts as competing."""
+    right, how far ahead anyone may borrow a free slot, how long after its last demand a caller
+    still counts as competing, and the spacing at the full limit that a slot costs its caller's
+    fair TAT (0: the interval). A replica back from an outage books wider slots for a while (the
+    grace); its callers are not charged for that on every replica."""
 
     interval: float
     horizon: float
     borrow: float
     active: float
+    unit: float = 0.0
 
 
 class Booked(msgspec.Struct, frozen=True):
@@ -179,7 +182,7 @@ def book(state: FairState, now: float, wants: Sequence[Want], terms: Terms, unbo
         left[want.caller] -= 1
         if by_right:
             fair = max(state.fair.get(want.caller, -math.inf), start)
-            state.fair[want.caller] = fair + terms.interval * total / want.weight
+            state.fair[want.caller] = fair + (terms.unit or terms.interval) * total / want.weight
     return Booked(slots=slots, at=now, interval=terms.interval, next_at=_next_at(state, now, wants, left, terms))
 
 
