@@ -51,6 +51,7 @@ tenants:
     region: singapore
     base_url: {base_url}
     qps: {qps}
+    callback_token_env: ACME_CALLBACK_TOKEN
   globex:
     sdkappid: {OTHER_APP_ID}
     identifier: administrator
@@ -81,7 +82,8 @@ callers:
 """
 
 
-SECRETS = {"ACME_SECRET_KEY": KEY, "GLOBEX_SECRET_KEY": OTHER_KEY}
+CALLBACK_TOKEN = "acme-callback-token"
+SECRETS = {"ACME_SECRET_KEY": KEY, "GLOBEX_SECRET_KEY": OTHER_KEY, "ACME_CALLBACK_TOKEN": CALLBACK_TOKEN}
 
 
 def directory(

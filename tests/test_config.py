@@ -108,6 +108,13 @@ BROKEN = [
         SECRETS,
         "callers.viewer.weight: Expected `int`, got `bool`",
     ),
+    (GOOD, {k: v for k, v in SECRETS.items() if k != "ACME_CALLBACK_TOKEN"}, "tenants.acme.callback_token_env"),
+    (
+        GOOD.replace("callback_token_env: ACME_CALLBACK_TOKEN", "callback_token_env: X\n    callback_token_file: /y"),
+        SECRETS,
+        "tenants.acme: set at most one of callback_token_env and callback_token_file",
+    ),
+    (GOOD, {**SECRETS, "ACME_CALLBACK_TOKEN": "t" * 129}, "a token is 1 to 128 characters"),
 ]
 
 

@@ -195,7 +195,8 @@ def test_config_secret_holds_a_valid_gateway_config() -> None:
     objects = render(ALL_ON)
     text = objects["Secret"]["stringData"]["gateway.yaml"]
     directory = resolve(
-        parse_config(text.encode(), source="gateway.yaml"), {"ACME_SECRET_KEY": "k", "GLOBEX_SECRET_KEY": "k"}
+        parse_config(text.encode(), source="gateway.yaml"),
+        {"ACME_SECRET_KEY": "k", "GLOBEX_SECRET_KEY": "k", "ACME_CALLBACK_TOKEN": "t"},
     )
     assert set(directory.tenants) == {"acme", "globex"}
     mount = container(objects)["volumeMounts"][0]

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response, delete, get, patch
+from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
@@ -29,10 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import errors
 from gateway.budget import Share
 from gateway.cache import CacheResult
+from gateway.callbacks import ACK, Receiver
 from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import Metadata, MetadataPatch, Problem, Room, RoomPatch
+from gateway.models import CallbackAck, Metadata, MetadataPatch, Problem, Room, RoomPatch
 from gateway.service import Outcome, RoomService
 from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
@@ -56,6 +57,7 @@ class Gateway:
         *,
         directory: Directory | None,
         service: RoomService,
+        callbacks: Receiver,
         breaker: Breaker,
         metrics: Metrics,
         redis: Redis | None = None,
@@ -65,6 +67,7 @@ class Gateway:
         self.metrics = metrics
         self.breaker = breaker
         self.redis = redis
+        self.callbacks = callbacks
         self.draining = False
 
     @property
@@ -509,6 +512,39 @@ async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     return _no_content(await gateway.service.delete_metadata(resolved, room_id, keys, share=share))
 
 
+@post(
+    "/v1/callbacks/tencent",
+    summary="Tencent's callbacks (webhooks): verified, deduplicated, the cached room invalidated",
+    description=(
+        "Tencent's query parameters, names in any case: SdkAppid, CallbackCommand, contenttype, "
+        "ClientIP, OptPlatform, RequestTime and Sign (sha256 of the tenant's callback token and "
+        "RequestTime). No bearer token: the signature is the authentication."
+    ),
+    status_code=200,
+    responses={
+        200: ResponseSpec(data_container=CallbackAck, description="Accepted (or a duplicate, dropped)"),
+        400: _ERRORS[400],
+        401: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description="Unknown SDKAppID, stale RequestTime or bad Sign (unauthenticated)",
+            generate_examples=False,
+        ),
+        413: _ERRORS[413],
+    },
+    tags=["callbacks"],
+    operation_id="tencentCallback",
+)
+async def tencent_callback(request: Request[Any, Any, Any]) -> Response[bytes]:
+    gateway = _gateway(request.app.state)
+    if gateway.directory is None:
+        raise errors.InternalError("configuration not loaded")
+    query = {key.lower(): value for key, value in request.query_params.items()}
+    callback = gateway.callbacks.verify(gateway.directory, query, await _body(request))
+    await gateway.callbacks.accept(callback)
+    return Response(ACK, media_type=MediaType.JSON)
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     mode: str | None = None
@@ -544,7 +580,7 @@ async def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(_gateway(state).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, livez, readyz, metrics]
+ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, tencent_callback, livez, readyz, metrics]
 _DIRECT: dict[tuple[str, bool], Handler] = {
     ("GET", False): get_room.fn,
     ("PATCH", False): update_room.fn,

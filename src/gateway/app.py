@@ -23,6 +23,7 @@ from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error
 from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
+from gateway.callbacks import Receiver, Seen
 from gateway.errors import ConfigError
 from gateway.health import Breaker
 from gateway.metrics import Metrics, StateCollector
@@ -30,9 +31,9 @@ from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
 from gateway.signing import SignatureStore, Signer
-from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
-from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
-from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
+from gateway.stores.failover import FailoverRoomStore, FailoverSeenStore, FailoverSignatureStore
+from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySeenStore, MemorySignatureStore
+from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSeenStore, RedisSignatureStore, connect
 from gateway.tenants import Directory, load_directory
 from gateway.transport import PooledTransport, Sender, tls_context
 from gateway.upstream import Upstream
@@ -58,6 +59,7 @@ class Stores(msgspec.Struct, frozen=True):
     budget: BudgetStore | None = None
     members: Members | None = None
     redis: Redis | None = None
+    seen: Seen = MemorySeenStore(clock=time.monotonic)  # (replaced in build_stores: its clock is injected)
 
 
 def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float]) -> Stores:
@@ -66,7 +68,7 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
     keep = settings.cache_ttl + settings.stale_ttl
     rooms = MemoryRoomStore(clock=clock, max_age=keep, max_rooms=settings.cache_max_rooms)
     if not settings.redis_url:
-        return Stores(signatures=signatures, rooms=rooms)
+        return Stores(signatures=signatures, rooms=rooms, seen=MemorySeenStore(clock=clock))
     try:
         client = connect(settings.redis_url, timeout=settings.redis_timeout)
     except ValueError as exc:
@@ -75,6 +77,7 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
     budget = RedisBudgetStore(redis)
     return Stores(
         signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
+        seen=FailoverSeenStore(shared=RedisSeenStore(redis), local=MemorySeenStore(clock=clock), breaker=breaker),
         rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep), local=rooms, breaker=breaker),
         budget=budget,
         members=budget,
@@ -185,7 +188,15 @@ def create_app(
         sleep=asyncio.sleep,
         uniform=rng.uniform,
     )
-    gateway = Gateway(directory=directory, service=service, breaker=breaker, metrics=metrics, redis=stores.redis)
+    callbacks = Receiver(cache=cache, seen=stores.seen, metrics=metrics, wall_clock=wall_clock)
+    gateway = Gateway(
+        directory=directory,
+        service=service,
+        callbacks=callbacks,
+        breaker=breaker,
+        metrics=metrics,
+        redis=stores.redis,
+    )
     redis = stores.redis
     metrics.registry.register(
         StateCollector(

@@ -64,6 +64,11 @@ class CacheResult(msgspec.Struct, frozen=True):
     coalesced: bool = False
 
 
+def room_key(sdkappid: int, room_id: str) -> str:
+    """A room's cache key: the tenant's SDKAppID and the room id."""
+    return f"{sdkappid}:{room_id}"
+
+
 class RoomCache:
     """Serves rooms from the store while fresh, else from one coalesced upstream fill."""
 

@@ -111,6 +111,13 @@ class Metrics:
             ["tenant", "caller"],
             registry=registry,
         )
+        self.callbacks = Counter(
+            "gateway_callbacks",
+            "Tencent's callbacks by command (known ones, else other) and outcome: accepted, duplicate, "
+            "bad_sign, stale, unknown_app, invalid",
+            ["tenant", "command", "outcome"],
+            registry=registry,
+        )
         self.budget_limit = Gauge(
             "gateway_budget_limit_per_second",
             "The configured budget per (tenant, API), for the whole fleet",

@@ -59,6 +59,14 @@ class MetadataPatch(Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: dict[str, str]
 
 
+class CallbackAck(Struct, kw_only=True):
+    """What Tencent expects back from a callback (``callbacks.ACK``)."""
+
+    ActionStatus: str = "OK"
+    ErrorInfo: str = ""
+    ErrorCode: int = 0
+
+
 class Metadata(Struct, kw_only=True):
     """Reply of ``GET /rooms/{room_id}/metadata``."""
 

@@ -16,7 +16,7 @@ import msgspec
 
 from gateway import errors, validation
 from gateway.budget import Budget, Paused, Share, Slot
-from gateway.cache import CacheResult, Filled, RoomCache
+from gateway.cache import CacheResult, Filled, RoomCache, room_key
 from gateway.metrics import Metrics
 from gateway.models import (
     Envelope,
@@ -98,7 +98,7 @@ class RoomService:
                 raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
             return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
 
-        result = await self._cache.read(_room_key(tenant, room_id), fetch, bypass=bypass_cache)
+        result = await self._cache.read(room_key(tenant.sdkappid, room_id), fetch, bypass=bypass_cache)
         m = self._metrics
         m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
         return result
@@ -108,7 +108,7 @@ class RoomService:
         validation.room_id(room_id)
         validation.room_patch(patch)
         reply = await self._call(tenant, share, "update_room_info", update_to_wire(room_id, patch), Envelope)
-        await self._cache.invalidate(_room_key(tenant, room_id))
+        await self._cache.invalidate(room_key(tenant.sdkappid, room_id))
         return Outcome(reply.RequestId or None)
 
     async def get_metadata(
@@ -279,7 +279,3 @@ class RoomService:
             await self._budget.pause(str(tenant.sdkappid), seconds, code, reason)
         if exc is not None:
             exc.retry_after = seconds
-
-
-def _room_key(tenant: Tenant, room_id: str) -> str:
-    return f"{tenant.sdkappid}:{room_id}"

@@ -49,6 +49,8 @@ class TenantConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: Annotated[str, Meta(pattern=r"^https?://[^/?#]+$")] | None = None
     qps: Annotated[int, Meta(ge=1, le=100_000)] = 200
     proxy_url: str | None = None  # http://[user:password@]host[:port]; else HTTPS_PROXY / HTTP_PROXY
+    callback_token_env: str | None = None  # verifies Tencent's callbacks (README: Tencent's callbacks)
+    callback_token_file: str | None = None
 
 
 class CallerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -95,6 +97,7 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str
     qps: int
     proxy_url: Secret | None = None  # the egress proxy to Tencent, if any (its URL may hold a password)
+    callback_token: Secret | None = None  # Tencent signs its callbacks with it (set_callback_token)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,7 +194,9 @@ def load_directory(path: str, env: Mapping[str, str]) -> Directory:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r} (GATEWAY_CONFIG): {exc.strerror}") from exc
     config = parse_config(text, source=path)
-    secret_files = tuple(t.secret_key_file for t in config.tenants.values() if t.secret_key_file)
+    secret_files = tuple(
+        path for t in config.tenants.values() for path in (t.secret_key_file, t.callback_token_file) if path is not None
+    )
     return resolve(config, env, sources=(path, *secret_files))
 
 
@@ -215,7 +220,31 @@ def _tenant(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Tenant:
         base_url=base_url,
         qps=cfg.qps,
         proxy_url=None if proxy is None else Secret(proxy),
+        callback_token=_callback_token(name, cfg, env),
     )
+
+
+def _callback_token(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Secret | None:
+    """The token Tencent signs callbacks with (1-128 characters), if the tenant receives them."""
+    field = f"tenants.{name}"
+    if cfg.callback_token_env is not None and cfg.callback_token_file is not None:
+        raise ConfigError(f"{field}: set at most one of callback_token_env and callback_token_file")
+    if cfg.callback_token_env is not None:
+        value = env.get(cfg.callback_token_env, "")
+        where = f"{field}.callback_token_env: environment variable {cfg.callback_token_env}"
+        if not value:
+            raise ConfigError(f"{where} is not set")
+    elif cfg.callback_token_file is not None:
+        where = f"{field}.callback_token_file: {cfg.callback_token_file}"
+        try:
+            value = Path(cfg.callback_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from exc
+    else:
+        return None
+    if not 1 <= len(value) <= 128:
+        raise ConfigError(f"{where}: a token is 1 to 128 characters (Tencent's limit)")
+    return Secret(value)
 
 
 def egress_proxy(base_url: str, env: Mapping[str, str]) -> str | None:

@@ -17,7 +17,8 @@ from typing import TypeVar
 from gateway.cache import Lookup, RoomStore
 from gateway.health import Breaker, StoreUnavailable
 from gateway.signing import Signature, SignatureStore
-from gateway.stores.memory import MemoryRoomStore
+from gateway.stores.memory import MemoryRoomStore, MemorySeenStore
+from gateway.stores.redis import RedisSeenStore
 
 T = TypeVar("T")
 REVOKED_KEPT = 1024  # UserSigs Tencent rejected that a replica remembers (rare: a few per key rotation)
@@ -104,6 +105,20 @@ class FailoverRoomStore:
         await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
 
 
+class FailoverSeenStore:
+    """Remembered fleet-wide while Redis answers, by this replica while it does not; a key is
+    remembered here too, so a duplicate arriving during an outage is still dropped."""
+
+    def __init__(self, *, shared: RedisSeenStore, local: MemorySeenStore, breaker: Breaker) -> None:
+        self._shared = shared
+        self._local = local
+        self._breaker = breaker
+
+    async def first(self, key: str, ttl: float) -> bool:
+        here = await self._local.first(key, ttl)
+        return await _either(self._breaker, lambda: self._shared.first(key, ttl), lambda: _value(here))
+
+
 class FailoverSignatureStore:
     def __init__(self, *, shared: SignatureStore, local: SignatureStore, breaker: Breaker) -> None:
         self._shared = shared
@@ -136,3 +151,7 @@ class FailoverSignatureStore:
 
 async def _nothing() -> None:
     return None
+
+
+async def _value(value: bool) -> bool:
+    return value

@@ -48,6 +48,26 @@ class MemoryBudgetStore:
         return 0.0 if state is None else max(0.0, state.tat - self._clock())
 
 
+class MemorySeenStore:
+    """Keys remembered until they expire, at most ``max_keys`` (past that, the oldest go)."""
+
+    def __init__(self, *, clock: Callable[[], float], max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._max = max_keys
+        self._until: dict[str, float] = {}  # in insertion order: the oldest first
+
+    async def first(self, key: str, ttl: float) -> bool:
+        now = self._clock()
+        until = self._until.get(key)
+        if until is not None and until > now:
+            return False
+        self._until.pop(key, None)
+        self._until[key] = now + ttl
+        while len(self._until) > self._max:
+            del self._until[next(iter(self._until))]
+        return True
+
+
 class MemorySignatureStore:
     """Signatures that expire after the ``ttl`` they were put with, and an issue lock per key
     that expires too (a holder that never unlocks does not block issuing for ever)."""

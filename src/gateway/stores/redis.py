@@ -192,6 +192,19 @@ class RedisBudgetStore:
         return [f"{self._r.prefix}fleet:{{fleet}}", f"{self._r.prefix}fleet:{{fleet}}:born"]
 
 
+class RedisSeenStore:
+    """Keys remembered fleet-wide until they expire (SET NX PX)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+
+    async def first(self, key: str, ttl: float) -> bool:
+        took = await self._r.run(
+            self._r.client.set(f"{self._r.prefix}{key}", b"1", nx=True, px=max(1, round(ttl * 1000)))
+        )
+        return bool(took)
+
+
 class RedisSignatureStore:
     """The fleet's admin UserSig per (SDKAppID, identifier), expiring before the sig does."""
 
