@@ -52,14 +52,14 @@ def openapi_config() -> OpenAPIConfig:
 
 
 class Stores(msgspec.Struct, frozen=True):
-    """The signature and room stores, and the shared budget store when Redis is configured."""
+    """The signature, room and seen-callback stores, and the shared budget store when Redis is configured."""
 
     signatures: SignatureStore
     rooms: RoomStore
+    seen: Seen  # callbacks already acted on (duplicates are dropped)
     budget: BudgetStore | None = None
     members: Members | None = None
     redis: Redis | None = None
-    seen: Seen = MemorySeenStore(clock=time.monotonic)  # (replaced in build_stores: its clock is injected)
 
 
 def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float]) -> Stores:
