@@ -104,7 +104,7 @@ class Receiver:
         """The callback, if it is Tencent's for a configured tenant (see the module docstring).
         ``query``: the query parameters, their names in lower case."""
         command = query.get("callbackcommand", "")
-        label = command if command in COMMANDS else "other"
+        label = _label(command)
         tenant = _tenant(directory, query.get("sdkappid", ""))
         if tenant is None or tenant.callback_token is None:
             self._count("unknown", label, "unknown_app")
@@ -136,7 +136,7 @@ class Receiver:
 
     async def accept(self, callback: Callback) -> bool:
         """Act on a verified callback; False if it is a duplicate (nothing done again)."""
-        label = callback.command if callback.command in COMMANDS else "other"
+        label = _label(callback.command)
         key = hashlib.sha256(
             f"{callback.tenant.sdkappid}\n{callback.command}\n{callback.room_id}\n{callback.event_time}\n".encode()
             + hashlib.sha256(callback.body).digest()
@@ -152,6 +152,11 @@ class Receiver:
     def _count(self, tenant: str, command: str, outcome: str) -> None:
         m = self._metrics
         m.child(m.callbacks, tenant, command, outcome).inc()
+
+
+def _label(command: str) -> str:
+    """The command as a metric label: known ones by name, anything else "other" (a closed set)."""
+    return command if command in COMMANDS else "other"
 
 
 def _tenant(directory: Directory, sdkappid: str) -> Tenant | None:

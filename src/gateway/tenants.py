@@ -229,21 +229,11 @@ def _callback_token(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> Sec
     field = f"tenants.{name}"
     if cfg.callback_token_env is not None and cfg.callback_token_file is not None:
         raise ConfigError(f"{field}: set at most one of callback_token_env and callback_token_file")
-    if cfg.callback_token_env is not None:
-        value = env.get(cfg.callback_token_env, "")
-        where = f"{field}.callback_token_env: environment variable {cfg.callback_token_env}"
-        if not value:
-            raise ConfigError(f"{where} is not set")
-    elif cfg.callback_token_file is not None:
-        where = f"{field}.callback_token_file: {cfg.callback_token_file}"
-        try:
-            value = Path(cfg.callback_token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from exc
-    else:
+    if cfg.callback_token_env is None and cfg.callback_token_file is None:
         return None
+    value = _read_secret(f"{field}.callback_token", cfg.callback_token_env, cfg.callback_token_file, env)
     if not 1 <= len(value) <= 128:
-        raise ConfigError(f"{where}: a token is 1 to 128 characters (Tencent's limit)")
+        raise ConfigError(f"{field}.callback_token: a token is 1 to 128 characters (Tencent's limit)")
     return Secret(value)
 
 
@@ -298,18 +288,24 @@ def _secret_key(name: str, cfg: TenantConfig, env: Mapping[str, str]) -> str:
     field = f"tenants.{name}"
     if (cfg.secret_key_env is None) == (cfg.secret_key_file is None):
         raise ConfigError(f"{field}: set exactly one of secret_key_env and secret_key_file")
-    if cfg.secret_key_env is not None:
-        value = env.get(cfg.secret_key_env, "")
+    return _read_secret(f"{field}.secret_key", cfg.secret_key_env, cfg.secret_key_file, env)
+
+
+def _read_secret(field: str, env_name: str | None, path: str | None, env: Mapping[str, str]) -> str:
+    """A secret from the environment variable ``env_name``, else from the file ``path`` (a
+    mounted Kubernetes Secret); empty or unreadable stops start-up, naming ``field``_env/_file."""
+    if env_name is not None:
+        value = env.get(env_name, "")
         if not value:
-            raise ConfigError(f"{field}.secret_key_env: environment variable {cfg.secret_key_env} is not set")
+            raise ConfigError(f"{field}_env: environment variable {env_name} is not set")
         return value
-    assert cfg.secret_key_file is not None
+    assert path is not None
     try:
-        value = Path(cfg.secret_key_file).read_text().strip()
+        value = Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"{field}.secret_key_file: cannot read {cfg.secret_key_file}: {exc.strerror}") from exc
+        raise ConfigError(f"{field}_file: cannot read {path}: {exc.strerror}") from exc
     if not value:
-        raise ConfigError(f"{field}.secret_key_file: {cfg.secret_key_file} is empty")
+        raise ConfigError(f"{field}_file: {path} is empty")
     return value
 
 
