@@ -14,8 +14,9 @@ Glossary (the modules, bottom up):
 - *fair TAT*, *by right*, *borrowing*: each caller's own schedule at its share; a caller whose
   fair TAT has come books by right up to the *horizon* ahead; free slots within the *borrow*
   window go to anyone (``schedule.book``).
-- *dispatcher*, *pump*, *batch*: the replica's waiting callers per (SDKAppID, API), booked
-  together in one store call (one Redis round trip) by one pump (``dispatch``).
+- *dispatcher*, *booking*: the replica's waiting callers per (SDKAppID, API); a booking is one
+  store call (one Redis round trip) for all of them not yet asked for, made by the caller that
+  arrives, or by a timer when the store said more can come later (``dispatch``).
 - *store*: where schedules live: a dict in process, or Redis via one Lua script (``book.lua``).
 - *fleet*, *heartbeat*, *lapsed*, *fleet seen*: the replicas as each sees them in Redis
   (``fleet``); *clock sync*: Redis's clock mapped onto ours (``clock``).

@@ -21,7 +21,6 @@ room for it.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Awaitable, Callable
 
 from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted, Moved
@@ -69,9 +68,9 @@ class FleetBudget:
         self._jitter = jitter
         self._clock = clock
         self._sleep = sleep
-        # Keys booked locally while cut off, with the end of their last local slot (our clock;
-        # -inf before the first): the shared schedule must start after it on rejoining.
-        self._local_only: dict[tuple[str, str], float] = {}
+        # Keys booked locally while cut off: on rejoining, the shared schedule must start after
+        # the last local slot granted (the local dispatcher knows when that ends).
+        self._local_only: set[tuple[str, str]] = set()
         self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
 
     def mode(self) -> Mode:
@@ -119,7 +118,7 @@ class FleetBudget:
         if key not in self._local_only:
             # The first local booking of a degraded period: start after the shared slots still
             # out, and after the others have noticed this replica fell silent.
-            self._local_only[key] = -math.inf
+            self._local_only.add(key)
             hold = self.fleet.unseen_for(self._store_timeout, self._horizon)
             await self._local_store.defer(scope, api, max(0.0, self._shared.ahead(scope, api), hold))
         got = await self._local.acquire(
@@ -127,12 +126,10 @@ class FleetBudget:
             api,
             share,
             interval=self._degraded_interval(qps),
-            max_wait=max(0.0, max_wait - (self._clock() - began)),
+            max_wait=max(0.0, until - self._clock()),
             unbook=handed_back(forfeit, shared=False),
             unit=self._unit(qps),
         )
-        if isinstance(got, Granted):
-            self._local_only[key] = max(self._local_only.get(key, -math.inf), got.booking.end)
         return await self._hold(got, began, shared=False)
 
     async def _hold(
@@ -183,10 +180,10 @@ class FleetBudget:
         pushed past the local slots this replica granted for ``key`` (only those: pushing the
         fleet's schedule past the hold would stall it)."""
         self._local.evict(*key)
-        ahead = max(self._local_only.get(key, -math.inf) - self._clock(), self._local.ahead(*key))
+        ahead = self._local.ahead(*key)
         if ahead > 0:
             await self._shared_store.defer(*key, ahead)
-        self._local_only.pop(key, None)  # (a concurrent caller may have rejoined it meanwhile)
+        self._local_only.discard(key)  # (a concurrent caller may have rejoined it meanwhile)
 
     async def leave(self) -> None:
         if self._breaker.allows():

@@ -66,9 +66,6 @@ class Paused(msgspec.Struct, frozen=True):
     reason: str
 
 
-Decision = Grant | Refusal | Paused
-
-
 class Share(NamedTuple):
     """Who is asking: the caller's configured name and weight (its share of a contended budget)."""
 
@@ -172,12 +169,16 @@ def book(state: FairState, now: float, wants: Sequence[Want], terms: Terms, unbo
     total = sum(weight for weight, _ in state.seen.values())
     left = {want.caller: want.wanted for want in wants}
     slots: dict[str, list[float]] = {want.caller: [] for want in wants}
-    while (start := max(state.tat, now)) <= now + terms.horizon:
+    while True:
+        tat, slot = reserve(state.tat, now, terms.interval, terms.horizon)  # the next slot, within the horizon
+        if not isinstance(slot, Grant) or slot.booking is None:
+            break
+        start = slot.booking.start
         chosen = _choose(state, start, wants, left, now=now, terms=terms)
         if chosen is None:
             break
         want, by_right = chosen
-        state.tat = start + terms.interval
+        state.tat = tat
         slots[want.caller].append(start)
         left[want.caller] -= 1
         if by_right:
