@@ -26,7 +26,14 @@ APP_ID = 1400000001
 OTHER_APP_ID = 1400000002
 KEY = "test-secret-key-0123456789abcdef"
 OTHER_KEY = "other-secret-key-0123456789abcdef"
-TOKENS = {"rw": "token-rw", "ro": "token-ro", "other": "token-other", "star": "token-star", "wo": "token-wo"}
+TOKENS = {
+    "rw": "token-rw",
+    "ro": "token-ro",
+    "other": "token-other",
+    "star": "token-star",
+    "wo": "token-wo",
+    "ev": "token-ev",
+}
 ROOMS = ("room-1", "room-2", "room-3")
 
 # Settings that keep tests quick: tiny backoffs and pauses; everything else is the default.
@@ -79,6 +86,10 @@ callers:
     token_sha256: {star}
     tenants: ["*"]
     scopes: [read]
+  listener:
+    token_sha256: {ev}
+    tenants: [acme]
+    scopes: [events]
 """
 
 
@@ -115,7 +126,9 @@ async def serve_app(app: Litestar) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
     config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
     server = uvicorn.Server(config)
-    sock = socket.socket()
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without
+    # it every response written in two parts (head, then body) waited ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -29,14 +29,14 @@ def test_yaml_config_loads(tmp_path: Path) -> None:
     assert acme.base_url == "http://127.0.0.1:9100"
     assert acme.secret_key.reveal() == SECRETS["ACME_SECRET_KEY"]
     assert acme.qps == 200
-    assert {c.name for c in directory.callers} == {"checkout", "viewer", "writer", "globex-app", "ops"}
+    assert {c.name for c in directory.callers} == {"checkout", "viewer", "writer", "globex-app", "ops", "listener"}
 
 
 def test_a_callers_weight_defaults_to_one(tmp_path: Path) -> None:
     """Weights are optional (1 each); a given weight is kept as configured."""
     weighted = config_yaml("http://127.0.0.1:9100", weights={"writer": 4})
     callers = {c.name: c.weight for c in load_directory(write(tmp_path, weighted), SECRETS).callers}
-    assert callers == {"checkout": 1, "viewer": 1, "writer": 4, "globex-app": 1, "ops": 1}
+    assert callers == {"checkout": 1, "viewer": 1, "writer": 4, "globex-app": 1, "ops": 1, "listener": 1}
 
 
 def test_json_config_loads(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ import pytest
 from gateway.budget import BudgetStore, Paused
 from gateway.budget.schedule import Booked, Booking, Terms, Want
 from gateway.cache import RoomStore
+from gateway.events import EventLog, order
 from gateway.signing import Signature, SignatureStore
-from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySignatureStore
-from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSignatureStore, connect
+from gateway.stores.memory import MemoryBudgetStore, MemoryEventLog, MemoryRoomStore, MemorySignatureStore
+from gateway.stores.redis import Redis, RedisBudgetStore, RedisEventLog, RedisRoomStore, RedisSignatureStore, connect
 from tests.redis_servers import url_for
 
 
@@ -29,6 +30,7 @@ class Stores:
     budget: BudgetStore
     signatures: SignatureStore
     rooms: Callable[[float], RoomStore]
+    events: Callable[[int], EventLog]  # a tenant's events, the newest ``keep`` kept
 
 
 @pytest.fixture(params=["memory", "standalone", "cluster"])
@@ -42,6 +44,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             MemoryBudgetStore(clock=clock),
             MemorySignatureStore(clock=clock),
             lambda keep: MemoryRoomStore(clock=clock, max_age=keep, max_rooms=1000),
+            lambda keep: MemoryEventLog(wall_clock=time.time, keep=keep, keep_seconds=3600, block=0.2),
         )
         return
     url = url_for(request, request.param)
@@ -53,6 +56,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             RedisBudgetStore(redis),
             RedisSignatureStore(redis),
             lambda keep: RedisRoomStore(redis, keep=keep),
+            lambda keep: RedisEventLog(redis, keep=keep, keep_seconds=3600, wall_clock=time.time),
         )
     finally:
         await redis.aclose()
@@ -287,3 +291,59 @@ async def test_the_fill_lock(stores: Stores) -> None:
     assert await rooms.lock("1400:r3", 5.0) is None
     await rooms.unlock("1400:r3", held[0])
     assert await rooms.lock("1400:r3", 5.0) is not None
+
+
+# ---------------------------------------------------------------------- events
+
+
+async def test_events_are_kept_in_order_and_read_after_a_position(stores: Stores) -> None:
+    events = stores.events(100)
+    start = await events.tail("1400")
+    ids = [await events.publish("1400", f"Live.C{n}", b'{"n":%d}' % n) for n in range(5)]
+    assert all(isinstance(i, str) for i in ids)
+    assert [order(i) for i in ids] == sorted(order(i) for i in ids if i)
+    assert len(set(ids)) == 5
+    assert await events.tail("1400") == ids[-1]
+    page = await events.page("1400", start, 3)
+    assert not page.lost
+    assert [(e.id, e.command, e.data) for e in page.entries] == [
+        (ids[n], f"Live.C{n}", b'{"n":%d}' % n) for n in range(3)
+    ]
+    assert [e.id for e in (await events.page("1400", ids[2], 100)).entries] == ids[3:]
+    assert (await events.page("1400", ids[-1], 100)).entries == []
+    assert (await events.page("1401", start, 100)).entries == []  # tenants apart
+
+
+async def test_waiting_for_events(stores: Stores) -> None:
+    """``wait`` answers at once with what is there, else within its block with what arrives (or nothing)."""
+    events = stores.events(100)
+    start = await events.tail("1400")
+    assert (await events.wait("1400", start)).entries == []
+    first = await events.publish("1400", "Live.C", b"{}")
+    assert [e.id for e in (await events.wait("1400", start)).entries] == [first]
+
+    async def later() -> str | None:
+        await asyncio.sleep(0.05)
+        return await events.publish("1400", "Live.C", b"{}")
+
+    publishing = asyncio.create_task(later())
+    got = await events.wait("1400", first)
+    assert [e.id for e in got.entries] == [await publishing]
+
+
+async def test_a_position_behind_what_is_kept_reads_as_lost(stores: Stores) -> None:
+    """With 2 kept, after 4: entries past the first are gone through the second; the page goes
+    on with what is kept. A position inside what is kept is not lost."""
+    events = stores.events(2)
+    ids = [await events.publish("1400", "Live.C", b"{}") for _ in range(4)]
+    page = await events.page("1400", ids[0], 100)
+    assert page.lost
+    assert page.through == ids[1]
+    assert [e.id for e in page.entries] == ids[2:]
+    assert not (await events.page("1400", ids[1], 100)).lost
+
+
+async def test_a_position_in_a_log_the_store_never_had_reads_as_lost(stores: Stores) -> None:
+    """Events from before the store knew them (a restarted process, an emptied Redis) cannot
+    be vouched for."""
+    assert (await stores.events(10).page("1499", "1000-0", 100)).lost

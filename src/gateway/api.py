@@ -23,10 +23,11 @@ from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
+from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import errors
+from gateway import errors, events
 from gateway.budget import Share
 from gateway.cache import CacheResult
 from gateway.callbacks import ACK, Receiver
@@ -58,6 +59,7 @@ class Gateway:
         directory: Directory | None,
         service: RoomService,
         callbacks: Receiver,
+        hub: events.Hub,
         breaker: Breaker,
         metrics: Metrics,
         redis: Redis | None = None,
@@ -68,7 +70,13 @@ class Gateway:
         self.breaker = breaker
         self.redis = redis
         self.callbacks = callbacks
+        self.hub = hub
         self.draining = False
+
+    def drain(self) -> None:
+        """Stop being ready, and end the event streams (their clients reconnect elsewhere)."""
+        self.draining = True
+        self.hub.close()
 
     @property
     def mode(self) -> str:
@@ -318,9 +326,9 @@ _KEYS = Parameter(
 )
 
 
-def _documented(body: type[msgspec.Struct] | None = None, parameter: Parameter | None = None) -> type[Operation]:
+def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter) -> type[Operation]:
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
-    body, ``parameter`` (a header or query parameter); path parameters in the path's order.
+    body, ``parameters`` (header or query parameters); path parameters in the path's order.
 
     Handlers take only the request (``_route``) and decode bodies themselves (``_decode``):
     strictly typed ("1" is not an integer), in one pass, every malformed input a 400. Litestar's
@@ -337,7 +345,7 @@ def _documented(body: type[msgspec.Struct] | None = None, parameter: Parameter |
         def __post_init__(self) -> None:
             if request_body is not None:
                 self.request_body = request_body
-            params = [*(self.parameters or []), *([parameter] if parameter is not None else [])]
+            params = [*(self.parameters or []), *parameters]
             self.parameters = sorted(params, key=lambda p: _PATH_ORDER.get(getattr(p, "name", ""), 2))
 
     return Documented
@@ -428,7 +436,7 @@ def _no_content(outcome: Outcome) -> Response[None]:
     security=_SECURITY,
     tags=["rooms"],
     operation_id="getRoom",
-    operation_class=_documented(parameter=_CACHE_CONTROL),
+    operation_class=_documented(None, _CACHE_CONTROL),
 )
 async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
@@ -467,7 +475,7 @@ async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
     security=_SECURITY,
     tags=["metadata"],
     operation_id="getRoomMetadata",
-    operation_class=_documented(parameter=_KEYS),
+    operation_class=_documented(None, _KEYS),
 )
 async def get_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, tenant, room_id = _route(request)
@@ -503,7 +511,7 @@ async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     security=_SECURITY,
     tags=["metadata"],
     operation_id="deleteRoomMetadata",
-    operation_class=_documented(parameter=_KEYS),
+    operation_class=_documented(None, _KEYS),
 )
 async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     gateway, tenant, room_id = _route(request)
@@ -522,7 +530,9 @@ async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
     ),
     status_code=200,
     responses={
-        200: ResponseSpec(data_container=CallbackAck, description="Accepted (or a duplicate, dropped)"),
+        200: ResponseSpec(
+            data_container=CallbackAck, description="Accepted (or a duplicate, dropped)", generate_examples=False
+        ),
         400: _ERRORS[400],
         401: ResponseSpec(
             data_container=Problem,
@@ -543,6 +553,96 @@ async def tencent_callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     callback = gateway.callbacks.verify(gateway.directory, query, await _body(request))
     await gateway.callbacks.accept(callback)
     return Response(ACK, media_type=MediaType.JSON)
+
+
+_LAST_EVENT_ID = Parameter(
+    name="last-event-id",
+    param_in=ParamType.HEADER,
+    required=False,
+    deprecated=False,
+    description="Resume after this event id (an SSE client sends it when it reconnects)",
+    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$"),
+)
+_LAST_EVENT_ID_QUERY = Parameter(
+    name="last_event_id",
+    param_in=ParamType.QUERY,
+    required=False,
+    deprecated=False,
+    description="As the Last-Event-ID header (which wins), for clients that cannot set headers",
+    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$"),
+)
+_COMMANDS = Parameter(
+    name="command",
+    param_in=ParamType.QUERY,
+    required=False,
+    deprecated=False,
+    description="Only events of these callback commands (repeat it for several; all when absent)",
+    schema=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, max_length=128), max_items=32),
+)
+_EVENTS_DESCRIPTION = """Server-Sent Events: every callback the gateway accepted for the tenant, as
+`id: <id>` and `data: {"command", "room_id", "event_time", "payload"}` (payload: Tencent's body).
+Resume with `Last-Event-ID`: nothing still kept is lost. Idle streams get a `: keep-alive`
+comment every GATEWAY_EVENTS_HEARTBEAT seconds. A subscriber that resumes from, or falls behind
+to, events no longer kept gets `event: lost` with data `{"code": "events_lost", "after",
+"through", "detail"}`, then the oldest events still kept. A replica that shuts down ends its
+streams; reconnect (to any replica) with Last-Event-ID."""
+
+
+def _position(request: Request[Any, Any, Any]) -> str | None:
+    """Where a subscriber resumes: Last-Event-ID (or ``?last_event_id=``), as ``<ms>-<seq>``."""
+    raw = _header(request.scope["headers"], b"last-event-id").decode("latin-1").strip()
+    raw = raw or request.query_params.get("last_event_id", "").strip()
+    if not raw:
+        return None
+    try:
+        ms, seq = events.order(raw)
+    except ValueError:
+        raise errors.InvalidRequest("Last-Event-ID: not an event id (<milliseconds>-<sequence>)") from None
+    return f"{ms}-{seq}"
+
+
+@get(
+    "/v1/tenants/{tenant:str}/events",
+    summary="The tenant's room events (Tencent's callbacks) as a Server-Sent Events stream",
+    description=_EVENTS_DESCRIPTION,
+    responses={
+        200: ResponseSpec(
+            data_container=str, media_type="text/event-stream", description="The stream", generate_examples=False
+        ),
+        **{status: _ERRORS[status] for status in (400, 401, 403, 404)},
+        503: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_JSON,
+            description="The replica is draining (draining) or serves its maximum of streams (too_many_subscribers)",
+            generate_examples=False,
+        ),
+    },
+    security=_SECURITY,
+    tags=["events"],
+    operation_id="streamEvents",
+    operation_class=_documented(None, _LAST_EVENT_ID, _LAST_EVENT_ID_QUERY, _COMMANDS),
+    media_type="text/event-stream",
+)
+async def tenant_events(request: Request[Any, Any, Any]) -> Stream:
+    gateway = _gateway(request.app.state)
+    resolved, _ = _authorize(request, gateway, request.path_params["tenant"], "events")
+    position = _position(request)
+    commands = request.query_params.getall("command", [])
+    if len(commands) > 32 or any(not c or len(c) > 128 for c in commands):
+        raise errors.InvalidRequest("command: at most 32, each 1 to 128 characters")
+    hub = gateway.hub
+    if gateway.draining or hub.closed:
+        raise errors.Draining("this replica is shutting down; reconnect with Last-Event-ID", retry_after=1)
+    if hub.full():
+        raise errors.TooManySubscribers(
+            f"this replica serves {hub.max_subscribers} event streams already; try another", retry_after=5
+        )
+    stream = events.follow(hub, str(resolved.sdkappid), resolved.name, position=position, commands=frozenset(commands))
+    return Stream(
+        stream,
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -580,7 +680,18 @@ async def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(_gateway(state).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [get_room, update_room, get_metadata, set_metadata, delete_metadata, tencent_callback, livez, readyz, metrics]
+ROUTES = [
+    get_room,
+    update_room,
+    get_metadata,
+    set_metadata,
+    delete_metadata,
+    tencent_callback,
+    tenant_events,
+    livez,
+    readyz,
+    metrics,
+]
 _DIRECT: dict[tuple[str, bool], Handler] = {
     ("GET", False): get_room.fn,
     ("PATCH", False): update_room.fn,

@@ -9,7 +9,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from litestar import Litestar
@@ -25,15 +25,30 @@ from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.callbacks import Receiver, Seen
 from gateway.errors import ConfigError
+from gateway.events import EventLog, Hub
 from gateway.health import Breaker
 from gateway.metrics import Metrics, StateCollector
 from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
 from gateway.signing import SignatureStore, Signer
-from gateway.stores.failover import FailoverRoomStore, FailoverSeenStore, FailoverSignatureStore
-from gateway.stores.memory import MemoryBudgetStore, MemoryRoomStore, MemorySeenStore, MemorySignatureStore
-from gateway.stores.redis import Redis, RedisBudgetStore, RedisRoomStore, RedisSeenStore, RedisSignatureStore, connect
+from gateway.stores.failover import FailoverEventLog, FailoverRoomStore, FailoverSeenStore, FailoverSignatureStore
+from gateway.stores.memory import (
+    MemoryBudgetStore,
+    MemoryEventLog,
+    MemoryRoomStore,
+    MemorySeenStore,
+    MemorySignatureStore,
+)
+from gateway.stores.redis import (
+    Redis,
+    RedisBudgetStore,
+    RedisEventLog,
+    RedisRoomStore,
+    RedisSeenStore,
+    RedisSignatureStore,
+    connect,
+)
 from gateway.tenants import Directory, load_directory
 from gateway.transport import PooledTransport, Sender, tls_context
 from gateway.upstream import Upstream
@@ -52,23 +67,29 @@ def openapi_config() -> OpenAPIConfig:
 
 
 class Stores(msgspec.Struct, frozen=True):
-    """The signature, room and seen-callback stores, and the shared budget store when Redis is configured."""
+    """The signature, room, seen-callback and event stores, and the shared budget store when Redis is configured."""
 
     signatures: SignatureStore
     rooms: RoomStore
     seen: Seen  # callbacks already acted on (duplicates are dropped)
+    events: EventLog  # each tenant's room events
     budget: BudgetStore | None = None
     members: Members | None = None
     redis: Redis | None = None
 
 
-def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float]) -> Stores:
+def build_stores(
+    settings: Settings, breaker: Breaker, clock: Callable[[], float], wall_clock: Callable[[], float] = time.time
+) -> Stores:
     """In-process stores (embedded mode), or Redis in front of them (several replicas)."""
     signatures = MemorySignatureStore(clock=clock)
     keep = settings.cache_ttl + settings.stale_ttl
     rooms = MemoryRoomStore(clock=clock, max_age=keep, max_rooms=settings.cache_max_rooms)
     if not settings.redis_url:
-        return Stores(signatures=signatures, rooms=rooms, seen=MemorySeenStore(clock=clock))
+        events = MemoryEventLog(
+            wall_clock=wall_clock, keep=settings.events_keep, keep_seconds=settings.events_keep_seconds
+        )
+        return Stores(signatures=signatures, rooms=rooms, seen=MemorySeenStore(clock=clock), events=events)
     try:
         client = connect(settings.redis_url, timeout=settings.redis_timeout)
     except ValueError as exc:
@@ -79,6 +100,13 @@ def build_stores(settings: Settings, breaker: Breaker, clock: Callable[[], float
         signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
         seen=FailoverSeenStore(shared=RedisSeenStore(redis), local=MemorySeenStore(clock=clock), breaker=breaker),
         rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep), local=rooms, breaker=breaker),
+        events=FailoverEventLog(
+            shared=RedisEventLog(
+                redis, keep=settings.events_keep, keep_seconds=settings.events_keep_seconds, wall_clock=wall_clock
+            ),
+            breaker=breaker,
+            hold=settings.events_hold,
+        ),
         budget=budget,
         members=budget,
         redis=redis,
@@ -135,6 +163,16 @@ def _pooled(settings: Settings) -> Callable[[], Sender]:
     return lambda: PooledTransport(connections=settings.upstream_connections, tls=tls)
 
 
+async def _repeat(every: float, action: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``action`` every ``every`` seconds until cancelled, logging (not stopping at) failures."""
+    while True:
+        try:
+            await action()
+        except Exception:
+            log.exception("%s failed", what)
+        await asyncio.sleep(every)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -152,7 +190,7 @@ def create_app(
     settings = settings or settings_from_env(env)
     rng = random.Random()
     breaker = Breaker(cool_off=settings.redis_cool_off, clock=clock)
-    stores = build_stores(settings, breaker, clock)
+    stores = build_stores(settings, breaker, clock, wall_clock)
     metrics = Metrics(CollectorRegistry())
     upstream = Upstream(
         transport_factory=transport_factory or _pooled(settings),
@@ -188,16 +226,25 @@ def create_app(
         sleep=asyncio.sleep,
         uniform=rng.uniform,
     )
-    callbacks = Receiver(cache=cache, seen=stores.seen, metrics=metrics, wall_clock=wall_clock)
+    callbacks = Receiver(cache=cache, seen=stores.seen, events=stores.events, metrics=metrics, wall_clock=wall_clock)
+    hub = Hub(
+        stores.events,
+        queue_limit=settings.events_queue,
+        max_subscribers=settings.events_max_subscribers,
+        heartbeat=settings.events_heartbeat,
+        metrics=metrics,
+    )
     gateway = Gateway(
         directory=directory,
         service=service,
         callbacks=callbacks,
+        hub=hub,
         breaker=breaker,
         metrics=metrics,
         redis=stores.redis,
     )
     redis = stores.redis
+    held = stores.events if isinstance(stores.events, FailoverEventLog) else None
     metrics.registry.register(
         StateCollector(
             lambda: {
@@ -211,6 +258,8 @@ def create_app(
                 "gateway_fleet_lapsed_replicas": fleet_budget.fleet.lapsed if fleet_budget else 0,
                 "gateway_fleet_replicas_seen": fleet_budget.fleet.seen if fleet_budget else 1,
                 "gateway_budget_mode": fleet_budget.mode().value if fleet_budget else "embedded",
+                "gateway_events_held": len(held.held) if held else 0,
+                "gateway_events_dropped": held.dropped if held else 0,
             }
         )
     )
@@ -224,15 +273,10 @@ def create_app(
     async def start_redis() -> None:
         if stores.redis is not None and fleet_budget is not None:
             await stores.redis.start()
-            tasks.append(asyncio.create_task(beat_forever(fleet_budget)))
-
-    async def beat_forever(fleet_budget: FleetBudget) -> None:
-        while True:
-            try:
-                await fleet_budget.heartbeat()
-            except Exception:  # a replica that stops beating costs the fleet its share: keep going
-                log.exception("heartbeat failed")
-            await asyncio.sleep(BEAT_EVERY)
+            # a replica that stops beating costs the fleet its share: a failed beat does not stop them
+            tasks.append(asyncio.create_task(_repeat(BEAT_EVERY, fleet_budget.heartbeat, "heartbeat")))
+        if held is not None:
+            tasks.append(asyncio.create_task(_repeat(1.0, held.flush, "publishing held events")))
 
     async def load_config() -> None:
         current = gateway.directory or load_directory(settings.config, env)
@@ -248,6 +292,7 @@ def create_app(
             tasks.append(asyncio.create_task(watcher.run()))
 
     async def stop_background() -> None:
+        hub.close()
         for task in tasks:
             task.cancel()
         if fleet_budget is not None:

@@ -15,6 +15,8 @@ replay it for a minute. So the receiver also drops duplicates, fleet-wide: the s
 room, event time and body within ``REMEMBER`` seconds. A room event (updated, destroyed,
 metadata, owner changed) invalidates the room in the cache on every replica before Tencent is
 answered; the cache TTL stays the backstop, since Tencent does not retry after-event callbacks.
+Every accepted callback is then published to its tenant's events (``events.py``), also before
+the answer: one store call, and an acknowledged event is one the subscribers will see.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from typing import Protocol
 
 import msgspec
 
+from gateway import events
 from gateway.cache import RoomCache, room_key
 from gateway.errors import InvalidRequest, Unauthenticated
+from gateway.events import EventLog
 from gateway.metrics import Metrics
 from gateway.tenants import Directory, Tenant
 
@@ -94,9 +98,12 @@ def sign(token: str, request_time: str) -> str:
 class Receiver:
     """Verifies callbacks, drops duplicates and invalidates the rooms they change."""
 
-    def __init__(self, *, cache: RoomCache, seen: Seen, metrics: Metrics, wall_clock: Callable[[], float]) -> None:
+    def __init__(
+        self, *, cache: RoomCache, seen: Seen, events: EventLog, metrics: Metrics, wall_clock: Callable[[], float]
+    ) -> None:
         self._cache = cache
         self._seen = seen
+        self._events = events
         self._metrics = metrics
         self._wall_clock = wall_clock
 
@@ -135,7 +142,8 @@ class Receiver:
         )
 
     async def accept(self, callback: Callback) -> bool:
-        """Act on a verified callback; False if it is a duplicate (nothing done again)."""
+        """Act on a verified callback: invalidate the room it changes, then publish it to the
+        tenant's events. False if it is a duplicate (nothing done again)."""
         label = _label(callback.command)
         key = hashlib.sha256(
             f"{callback.tenant.sdkappid}\n{callback.command}\n{callback.room_id}\n{callback.event_time}\n".encode()
@@ -146,6 +154,10 @@ class Receiver:
             return False
         if callback.command in ROOM_EVENTS and callback.room_id:
             await self._cache.invalidate(room_key(callback.tenant.sdkappid, callback.room_id))
+        data = events.encode(callback.command, callback.room_id, callback.event_time, callback.body)
+        await self._events.publish(str(callback.tenant.sdkappid), callback.command, data)
+        m = self._metrics
+        m.child(m.events_published, callback.tenant.name).inc()
         self._count(callback.tenant.name, label, "accepted")
         return True
 

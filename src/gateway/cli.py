@@ -40,7 +40,7 @@ class GatewayServer(uvicorn.Server):
         self._app = app
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._app.state.gateway.draining = True
+        self._app.state.gateway.drain()
         if sig == signal.SIGTERM:
             self.should_exit = True
             return

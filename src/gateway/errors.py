@@ -109,6 +109,14 @@ class UpstreamRateLimited(RateLimited):
     """Tencent answered with a frequency-limit code; retried once the shared schedule allows."""
 
 
+class Draining(GatewayError):
+    status, code, title = 503, "draining", "This replica is shutting down"
+
+
+class TooManySubscribers(GatewayError):
+    status, code, title = 503, "too_many_subscribers", "This replica serves all the event streams it can"
+
+
 class UpstreamMisconfigured(GatewayError):
     status, code, title = 503, "upstream_misconfigured", "Tencent rejected the gateway's credentials"
 

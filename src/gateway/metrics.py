@@ -118,6 +118,36 @@ class Metrics:
             ["tenant", "command", "outcome"],
             registry=registry,
         )
+        self.events_published = Counter(
+            "gateway_events_published",
+            "Room events published to the tenant's event log (accepted callbacks)",
+            ["tenant"],
+            registry=registry,
+        )
+        self.events_subscribers = Gauge(
+            "gateway_events_subscribers",
+            "Event streams (SSE) open on this replica",
+            ["tenant"],
+            registry=registry,
+        )
+        self.events_delivered = Counter(
+            "gateway_events_delivered",
+            "Events written to subscribers' streams on this replica",
+            ["tenant"],
+            registry=registry,
+        )
+        self.events_lagged = Counter(
+            "gateway_events_lagged",
+            "Times a subscriber's queue overflowed (a slow client) and it went on reading the log itself",
+            ["tenant"],
+            registry=registry,
+        )
+        self.events_lost = Counter(
+            "gateway_events_lost_notices",
+            "'lost' notices sent: a subscriber resumed from, or fell behind to, events no longer kept",
+            ["tenant"],
+            registry=registry,
+        )
         self.budget_limit = Gauge(
             "gateway_budget_limit_per_second",
             "The configured budget per (tenant, API), for the whole fleet",
@@ -171,6 +201,8 @@ class StateCollector(Collector):
             "gateway_redis_round_trips": "Round trips to Redis",
             "gateway_fleet_heartbeats": "Heartbeats this replica sent to Redis (included in the round trips)",
             "gateway_budget_bookings": "Budget store calls (Redis round trips when shared), each booking a batch",
+            "gateway_events_dropped": "Room events dropped because more were held during a Redis outage than "
+            "GATEWAY_EVENTS_HOLD",
         }
         for name, text in counters.items():
             yield CounterMetricFamily(name, text, value=float(state.get(name, 0)))
@@ -186,6 +218,11 @@ class StateCollector(Collector):
             "gateway_redis_degraded",
             "1 while Redis is unreachable and in-process state is used",
             value=float(state.get("gateway_redis_degraded", 0)),
+        )
+        yield GaugeMetricFamily(
+            "gateway_events_held",
+            "Room events accepted while Redis was unreachable, held to be published when it answers",
+            value=float(state.get("gateway_events_held", 0)),
         )
         yield GaugeMetricFamily(
             "gateway_fleet_lapsed_replicas",

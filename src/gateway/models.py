@@ -14,7 +14,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 TakeSeatMode = Literal["FreeToTake", "ApplyToTake"]
-Scope = Literal["read", "write"]
+Scope = Literal["read", "write", "events"]
 
 
 # --------------------------------------------------------------------------- our API

@@ -50,6 +50,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # signatures
     usersig_ttl: int = 7 * 86400
     usersig_refresh_margin: int = 86400
+    # room events (SSE)
+    events_keep: int = 10_000  # events kept per tenant
+    events_keep_seconds: float = 86_400.0  # and for at most this long
+    events_queue: int = 1_000  # a subscriber's queue; past it the subscriber reads the log itself
+    events_max_subscribers: int = 1_000  # event streams per replica
+    events_heartbeat: float = 15.0  # a comment on an idle stream this often
+    events_hold: int = 10_000  # events held per replica while Redis is unreachable
     # shutdown and reload
     drain_seconds: float = 20.0
     config_reload_interval: float = 5.0
@@ -70,6 +77,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "usersig_ttl": 3600 <= self.usersig_ttl <= 10 * 365 * 86400,
             "usersig_refresh_margin": 0 < self.usersig_refresh_margin < self.usersig_ttl,
             "port": 0 <= self.port <= 65535,
+            "events_keep": self.events_keep >= 1,
+            "events_keep_seconds": self.events_keep_seconds > 0,
+            "events_queue": self.events_queue >= 1,
+            "events_max_subscribers": self.events_max_subscribers >= 1,
+            "events_heartbeat": self.events_heartbeat > 0,
+            "events_hold": self.events_hold >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

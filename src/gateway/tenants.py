@@ -314,7 +314,7 @@ def _caller(name: str, cfg: CallerConfig, tenants: Mapping[str, Tenant]) -> Call
     if unknown:
         raise ConfigError(f"callers.{name}.tenants: unknown tenant {unknown[0]!r}")
     if not cfg.scopes:
-        raise ConfigError(f"callers.{name}.scopes: give at least one of read, write")
+        raise ConfigError(f"callers.{name}.scopes: give at least one of read, write, events")
     return Caller(
         name=name,
         token_sha256=bytes.fromhex(cfg.token_sha256),

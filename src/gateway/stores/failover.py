@@ -5,20 +5,23 @@ cache and the signatures use these. Writes that matter to every replica (invalid
 signatures) go to both tiers so that a later degraded period cannot resurrect old state, and a
 replica remembers the UserSigs Tencent rejected: a Redis that comes back with an older copy (a
 drop made while it was unreachable, or a failover to a replica that lost writes) cannot hand one
-back to it.
+back to it. Room events are held in process while Redis is unreachable and published, in
+order, when it answers again.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.cache import Lookup, RoomStore
+from gateway.events import Page
 from gateway.health import Breaker, StoreUnavailable
 from gateway.signing import Signature, SignatureStore
 from gateway.stores.memory import MemoryRoomStore, MemorySeenStore
-from gateway.stores.redis import RedisSeenStore
+from gateway.stores.redis import RedisEventLog, RedisSeenStore
 
 T = TypeVar("T")
 REVOKED_KEPT = 1024  # UserSigs Tencent rejected that a replica remembers (rare: a few per key rotation)
@@ -147,6 +150,60 @@ class FailoverSignatureStore:
 
     async def unlock(self, key: str, token: str) -> None:
         await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
+
+
+class FailoverEventLog:
+    """Events go to Redis; while it does not answer they are held here (at most ``hold``; past
+    that the oldest are dropped, and counted) and published in order when it answers again
+    (at the next publish, or ``flush``, which the app calls every second). Reading is Redis's
+    only: subscribers wait through an outage and read what they missed afterwards."""
+
+    def __init__(self, *, shared: RedisEventLog, breaker: Breaker, hold: int) -> None:
+        self._shared = shared
+        self._breaker = breaker
+        self._hold = hold
+        self.held: deque[tuple[str, str, bytes]] = deque()
+        self.dropped = 0
+        self._flushing = asyncio.Lock()
+
+    async def publish(self, scope: str, command: str, data: bytes) -> str | None:
+        """The entry's id, or None if it is held until Redis answers."""
+        if not self.held and not self._flushing.locked() and self._breaker.allows():
+            try:
+                entry_id = await self._shared.publish(scope, command, data)
+            except StoreUnavailable as exc:
+                self._breaker.failed(exc)
+            else:
+                self._breaker.succeeded()
+                return entry_id
+        self.held.append((scope, command, data))
+        while len(self.held) > self._hold:
+            self.held.popleft()
+            self.dropped += 1
+        await self.flush()
+        return None
+
+    async def flush(self) -> None:
+        """Publish what is held, oldest first, while Redis answers."""
+        async with self._flushing:
+            while self.held and self._breaker.allows():
+                scope, command, data = self.held[0]
+                try:
+                    await self._shared.publish(scope, command, data)
+                except StoreUnavailable as exc:
+                    self._breaker.failed(exc)
+                    return
+                self._breaker.succeeded()
+                self.held.popleft()
+
+    async def tail(self, scope: str) -> str:
+        return await self._shared.tail(scope)
+
+    async def page(self, scope: str, after: str, count: int) -> Page:
+        return await self._shared.page(scope, after, count)
+
+    async def wait(self, scope: str, after: str) -> Page:
+        return await self._shared.wait(scope, after)
 
 
 async def _nothing() -> None:

@@ -9,12 +9,16 @@ before it (Redis's lock does that across replicas; in process nothing needs it).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 
 from gateway.budget import schedule
 from gateway.budget.schedule import Booked, Booking, FairState, Paused, Terms, Want
 from gateway.cache import Lookup
+from gateway.events import Entry, Page, order
 from gateway.signing import Signature
 
 
@@ -191,3 +195,77 @@ class MemoryRoomStore:
         while len(self._rooms) > self._max_rooms:
             del self._rooms[next(iter(self._rooms))]
         self._copies = {k: v for k, v in self._copies.items() if k in self._rooms}
+
+
+class _Kept:
+    def __init__(self, floor: str) -> None:
+        self.entries: list[Entry] = []
+        self.places: list[tuple[int, int]] = []  # the entries' order, for bisect
+        self.head = 0  # entries[head:] are kept; the rest are trimmed, awaiting compaction
+        self.trimmed = floor  # the newest id no longer kept (or the floor: before this process)
+        self.arrived = asyncio.Event()
+
+
+class MemoryEventLog:
+    """Each tenant's events in process (embedded mode), ids numbered as Redis numbers them.
+
+    Kept: the newest ``keep`` entries, none older than ``keep_seconds`` (trimmed as entries are
+    added). Entries from before this process are not known: a position older than its start
+    reads as lost, through the start (``floor``)."""
+
+    def __init__(self, *, wall_clock: Callable[[], float], keep: int, keep_seconds: float, block: float = 1.0) -> None:
+        self._wall_clock = wall_clock
+        self._keep = keep
+        self._keep_ms = int(keep_seconds * 1000)
+        self._block = block
+        self._floor = (int(wall_clock() * 1000), 0)
+        self._last = self._floor
+        self._logs: dict[str, _Kept] = {}
+
+    def _kept(self, scope: str) -> _Kept:
+        kept = self._logs.get(scope)
+        if kept is None:
+            kept = self._logs[scope] = _Kept(f"{self._floor[0]}-{self._floor[1]}")
+        return kept
+
+    async def publish(self, scope: str, command: str, data: bytes) -> str | None:
+        kept = self._kept(scope)
+        now = int(self._wall_clock() * 1000)
+        place = (now, 0) if now > self._last[0] else (self._last[0], self._last[1] + 1)
+        self._last = place
+        entry = Entry(f"{place[0]}-{place[1]}", command, data)
+        kept.entries.append(entry)
+        kept.places.append(place)
+        oldest = now - self._keep_ms
+        while len(kept.entries) - kept.head > self._keep or kept.places[kept.head][0] < oldest:
+            kept.trimmed = kept.entries[kept.head].id
+            kept.head += 1
+        if kept.head > 1024 and kept.head * 2 > len(kept.entries):
+            del kept.entries[: kept.head], kept.places[: kept.head]
+            kept.head = 0
+        kept.arrived.set()
+        kept.arrived = asyncio.Event()
+        return entry.id
+
+    async def tail(self, scope: str) -> str:
+        kept = self._kept(scope)
+        return kept.entries[-1].id if len(kept.entries) > kept.head else kept.trimmed
+
+    async def page(self, scope: str, after: str, count: int) -> Page:
+        kept = self._kept(scope)
+        place = order(after)
+        start = bisect.bisect_right(kept.places, place, lo=kept.head)
+        entries = kept.entries[start : start + count]
+        if place < order(kept.trimmed):
+            return Page(entries, lost=True, through=kept.trimmed)
+        return Page(entries)
+
+    async def wait(self, scope: str, after: str) -> Page:
+        kept = self._kept(scope)
+        page = await self.page(scope, after, 1000)
+        if page.entries or page.lost:
+            return page
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._block):
+                await kept.arrived.wait()
+        return await self.page(scope, after, 1000)

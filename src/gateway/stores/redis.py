@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.budget.schedule import Booked, Booking, Paused, Terms, Want
 from gateway.cache import Lookup
+from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
 from gateway.signing import Signature
 
@@ -74,15 +75,31 @@ class Redis:
         self._timeout = timeout
         self.scripts = {
             name: client.register_script(_lua(f"{name}.lua"))
-            for name in ("book", "defer", "beat", "room_get", "room_put", "room_invalidate", "sig_drop", "unlock")
+            for name in (
+                "book",
+                "defer",
+                "beat",
+                "room_get",
+                "room_put",
+                "room_invalidate",
+                "sig_drop",
+                "unlock",
+                "events_add",
+                "events_read",
+            )
         }
         self.round_trips = 0
 
-    async def run(self, call: Awaitable[T]) -> T:
-        """Await one Redis call; any failure or a missed timeout is StoreUnavailable."""
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    async def run(self, call: Awaitable[T], *, block: float = 0.0) -> T:
+        """Await one Redis call; any failure or a missed timeout is StoreUnavailable. ``block``:
+        how long a blocking command may wait in Redis, on top of the timeout."""
         self.round_trips += 1
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout + block):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
             if isinstance(exc, RedisConnectionError | OSError):
@@ -203,6 +220,65 @@ class RedisSeenStore:
             self._r.client.set(f"{self._r.prefix}{key}", b"1", nx=True, px=max(1, round(ttl * 1000)))
         )
         return bool(took)
+
+
+class RedisEventLog:
+    """Each tenant's events in a Redis stream (``events:{sdkappid}``), shared by the fleet.
+
+    Kept: the newest ``keep`` entries (trimmed exactly), none older than ``keep_seconds``
+    (trimmed as entries are added). ``events_add.lua`` records the newest id it trims, so a
+    position older than that reads as lost, exactly. Waiting is ``XREAD BLOCK`` for at most half
+    the Redis timeout, the socket timeout of the pooled connection it runs on."""
+
+    def __init__(self, redis: Redis, *, keep: int, keep_seconds: float, wall_clock: Callable[[], float]) -> None:
+        self._r = redis
+        self._keep = keep
+        self._keep_seconds = keep_seconds
+        self._wall_clock = wall_clock
+        self._block = redis.timeout / 2
+
+    def _keys(self, scope: str) -> list[str]:
+        stream = f"{self._r.prefix}events:{{{scope}}}"
+        return [stream, stream + ":trimmed"]
+
+    async def publish(self, scope: str, command: str, data: bytes) -> str:
+        oldest = max(0, int((self._wall_clock() - self._keep_seconds) * 1000))
+        added = await self._r.script("events_add", self._keys(scope), [self._keep, oldest, command, data])
+        return _text(added)
+
+    async def _read(self, scope: str, after: str, count: int) -> tuple[Page, str]:
+        exists, raw, trimmed, last = await self._r.script("events_read", self._keys(scope), [after, count])
+        if not exists:  # never written, or Redis lost it: a position past the start cannot be vouched for
+            return Page([], lost=order(after) > (0, 0)), "0-0"
+        entries = [_entry(item) for item in raw]
+        if trimmed and order(after) < order(_text(trimmed)):
+            return Page(entries, lost=True, through=_text(trimmed)), _text(last)
+        return Page(entries), _text(last)
+
+    async def tail(self, scope: str) -> str:
+        return (await self._read(scope, "0-0", 0))[1]
+
+    async def page(self, scope: str, after: str, count: int) -> Page:
+        return (await self._read(scope, after, count))[0]
+
+    async def wait(self, scope: str, after: str) -> Page:
+        block, stream = self._block, self._keys(scope)[0]
+        got: Any = await self._r.run(
+            self._r.client.xread({stream: after}, count=1000, block=max(1, int(block * 1000))), block=block
+        )
+        if not got:
+            return Page([])
+        return Page([Entry(_text(entry_id), _text(fields[b"c"]), fields[b"d"]) for entry_id, fields in got[0][1]])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry(item: list[Any]) -> Entry:
+    entry_id, flat = item
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Entry(_text(entry_id), _text(fields[b"c"]), fields[b"d"])
 
 
 class RedisSignatureStore:
