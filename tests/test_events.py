@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.fleet import fleet
+from tests.redis_servers import standalone
 from tests.sse import subscribe
 from tests.support import CALLBACK_TOKEN, TOKENS, Gateway, start_gateway
 from tests.test_callbacks import signed, update_body
@@ -218,3 +222,96 @@ async def test_the_openapi_document_describes_the_stream(upstream_url: str) -> N
     assert "text/event-stream" in op["responses"]["200"]["content"]
     assert {p["name"] for p in op["parameters"]} >= {"tenant", "last-event-id", "last_event_id", "command"}
     httpx.Response  # noqa: B018 - (httpx is the client under test)
+
+
+# ---------------------------------------------------------------------- real processes, Redis
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def post_callback(url: str, command: str, body: dict[str, Any]) -> None:
+    response = httpx.post(url + signed(command), content=json.dumps(body), timeout=10)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.slow
+async def test_a_subscriber_on_one_replica_gets_events_from_another_and_resumes_on_a_third(tmp_path: Path) -> None:
+    """Two replicas on one Redis: a callback received by B reaches a subscriber on A; events
+    sent while it is away are read after it reconnects to B with Last-Event-ID."""
+    with standalone() as redis, fleet(tmp_path, redis.url, replicas=2) as running:
+        a, b = running.urls
+        async with httpx.AsyncClient(base_url=a) as client, subscribe(client, EVENTS, LISTENER) as stream:
+            post_callback(b, "Live.CallbackAfterDestroyRoom", destroyed("room-1", 11))
+            first = await stream.event()
+            assert first.json()["room_id"] == "room-1"
+        post_callback(a, "Live.CallbackAfterDestroyRoom", destroyed("room-2", 12))
+        post_callback(b, "Live.CallbackAfterDestroyRoom", destroyed("room-3", 13))
+        assert first.id is not None
+        resume = {**LISTENER, "last-event-id": first.id}
+        async with httpx.AsyncClient(base_url=b) as client, subscribe(client, EVENTS, resume) as stream:
+            assert [(await stream.event()).json()["room_id"] for _ in range(2)] == ["room-2", "room-3"]
+        assert running.counter("gateway_events_published_total") == 3
+
+
+@pytest.mark.slow
+async def test_a_stalled_subscriber_does_not_grow_the_gateways_memory(tmp_path: Path) -> None:
+    """A client that opens a stream and never reads, while 1,000 events of 40 kB (40 MB) are
+    published: the replica's memory grows by less than 10 MB (its queue holds 16 events and
+    the socket's buffers are the kernel's), the subscriber is counted as lagging, and a
+    subscriber beside it gets the newest event at once."""
+    with standalone() as redis, fleet(tmp_path, redis.url, replicas=1, events_queue=16) as running:
+        (url,) = running.urls
+        gateway_pid = running.procs[1].pid
+        port = int(url.rsplit(":", 1)[1])
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        request = f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nAuthorization: {LISTENER['authorization']}\r\n\r\n"
+        stalled.sendall(request.encode())
+        await asyncio.sleep(0.5)
+        before = rss_mb(gateway_pid)
+        filler = "x" * 40_000
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client, subscribe(client, EVENTS, LISTENER) as quick:
+
+            async def read() -> list[int]:
+                return [(await quick.event(within=10)).json()["event_time"] for _ in range(1000)]
+
+            reading = asyncio.create_task(read())
+            for n in range(1000):
+                body = json.dumps(destroyed("room-1", 5000 + n) | {"Filler": filler})
+                response = await client.post(signed("Live.CallbackAfterDestroyRoom"), content=body)
+                assert response.status_code == 200
+            assert await reading == list(range(5000, 6000))
+        grown = rss_mb(gateway_pid) - before
+        lagged = running.counter("gateway_events_lagged_total")
+        stalled.close()
+    print(f"RSS grew {grown:.1f} MB while 40 MB of events passed a stalled subscriber; lagged {lagged:.0f}")
+    assert lagged >= 1
+    assert grown < 10  # an unbounded queue would hold all 40 MB
+
+
+@pytest.mark.slow
+async def test_events_accepted_during_a_redis_outage_are_published_after_it(upstream_url: str) -> None:
+    """Redis killed: a callback is still acknowledged (its event held in the replica); Redis
+    restarted empty: the event is published and the subscriber that waited through the outage
+    receives it."""
+    with standalone() as redis:
+        async with (
+            start_gateway(upstream_url, redis_url=redis.url, redis_cool_off=0.2) as gateway,
+            subscribe(gateway.client, EVENTS, LISTENER) as stream,
+        ):
+            await callback(gateway, "Live.CallbackAfterDestroyRoom", destroyed("room-1", 21))
+            assert (await stream.event()).json()["room_id"] == "room-1"
+            redis.kill()
+            await callback(gateway, "Live.CallbackAfterDestroyRoom", destroyed("room-2", 22))
+            metrics = (await gateway.client.get("/metrics")).text
+            assert "gateway_events_held 1.0" in metrics
+            redis.start()
+            assert (await stream.event(within=10)).json()["room_id"] == "room-2"
+            metrics = (await gateway.client.get("/metrics")).text
+            assert "gateway_events_held 0.0" in metrics
