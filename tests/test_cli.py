@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +24,10 @@ from TLSSigAPIv2 import TLSSigAPIv2
 
 from gateway.app import create_app
 from gateway.cli import openapi_document
+from gateway.emulator import Emulator
 from gateway.settings import Settings
 from tests.redis_servers import free_port
-from tests.support import SECRETS, TOKENS, config_yaml
+from tests.support import APP_ID, SECRETS, TOKENS, config_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -161,3 +165,103 @@ def test_emulator_alone_speaks_tencents_protocol() -> None:
             assert reply["ErrorCode"] == code
         stats = httpx.get(f"http://127.0.0.1:{port}/_emulator/stats").json()
         assert stats["calls"] == {"get_room_info": 2}
+
+
+async def gateway_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``gateway …`` as a process without blocking this event loop (the emulator runs in it)."""
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY, *args, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_callbacks_register_and_show(tmp_path: Path, emulator: Emulator, upstream_url: str) -> None:
+    """`gateway callbacks register` sets the tenant's callback token at Tencent, then its URL
+    (set_callback the first time, update_callback after), through the gateway's signing;
+    `show` reads it back (get_callback) and never prints the token."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(upstream_url))
+    env = {**SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_LOG_LEVEL": "warning"}
+    url = "https://gateway.example.com/v1/callbacks/tencent"
+    code, out, err = await gateway_cli("callbacks", "register", "--tenant", "acme", "--url", url, env=env)
+    assert code == 0, err
+    assert "set for tenant acme" in out
+    app = emulator.apps[APP_ID]
+    assert app.callback_url == url
+    assert "Live.CallbackAfterDestroyRoom" in app.callback_commands
+    assert (app.callback_token, app.callback_token_enabled) == (SECRETS["ACME_CALLBACK_TOKEN"], True)
+    code, out, err = await gateway_cli(
+        "callbacks",
+        "register",
+        "--tenant",
+        "acme",
+        "--url",
+        url + "?v=2",
+        "--command",
+        "Live.CallbackAfterDestroyRoom",
+        env=env,
+    )
+    assert code == 0, err
+    assert "updated" in out
+    assert (app.callback_url, app.callback_commands) == (url + "?v=2", ["Live.CallbackAfterDestroyRoom"])
+    code, out, err = await gateway_cli("callbacks", "show", "--tenant", "acme", env=env)
+    assert code == 0, err
+    assert json.loads(out) == {"tenant": "acme", "url": url + "?v=2", "commands": ["Live.CallbackAfterDestroyRoom"]}
+    assert SECRETS["ACME_CALLBACK_TOKEN"] not in out + err
+    assert emulator.calls["set_callback"] == emulator.calls["update_callback"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["register", "--tenant", "globex", "--url", "https://x/cb"], "has no callback_token"),
+        (["register", "--tenant", "nobody", "--url", "https://x/cb"], "no tenant 'nobody'"),
+        (["register", "--tenant", "acme", "--url", "ftp://x/cb"], "--url must be an http(s) URL"),
+    ],
+    ids=["no-token", "no-tenant", "bad-url"],
+)
+async def test_callbacks_register_refuses_what_cannot_work(
+    tmp_path: Path, emulator: Emulator, upstream_url: str, args: list[str], message: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(upstream_url))
+    env = {**SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_LOG_LEVEL": "warning"}
+    code, _, err = await gateway_cli("callbacks", *args, env=env)
+    assert code in (1, 2)
+    assert message in err
+    assert emulator.calls["set_callback_token"] == 0 or "no callback_token" not in message
+    assert not emulator.apps[APP_ID].callback_url
+
+
+def test_the_demo_shows_an_event_arriving() -> None:
+    """In `gateway demo` the emulated Tencent calls the gateway back: a PATCH makes an
+    Live.CallbackAfterUpdateRoomInfo event arrive on the demo's events stream."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"authorization": "Bearer demo-token"}
+    with running([*GATEWAY, "demo", "--port", str(port)], port):
+        received: list[str] = []
+
+        def listen() -> None:
+            with httpx.stream("GET", f"{base}/v1/tenants/demo/events", headers=auth, timeout=10) as response:
+                for line in response.iter_lines():
+                    if line == ": connected":
+                        received.append("connected")
+                    if line.startswith("data: "):
+                        received.append(line)
+                        return
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        end = time.monotonic() + 10
+        while "connected" not in received and time.monotonic() < end:
+            time.sleep(0.02)
+        response = httpx.patch(f"{base}/v1/tenants/demo/rooms/demo-room-2", headers=auth, json={"room_name": "Hello"})
+        assert response.status_code == 204
+        listener.join(10)
+    event = json.loads(received[-1].removeprefix("data: "))
+    assert event["command"] == "Live.CallbackAfterUpdateRoomInfo"
+    assert event["room_id"] == "demo-room-2"
+    assert event["payload"]["RoomInfo"]["RoomName"] == "Hello"

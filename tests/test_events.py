@@ -12,6 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.budget import Share
+from gateway.cli import default_commands
+from gateway.emulator import Emulator
 from tests.fleet import fleet
 from tests.redis_servers import standalone
 from tests.sse import subscribe
@@ -315,3 +318,30 @@ async def test_events_accepted_during_a_redis_outage_are_published_after_it(upst
             assert (await stream.event(within=10)).json()["room_id"] == "room-2"
             metrics = (await gateway.client.get("/metrics")).text
             assert "gateway_events_held 0.0" in metrics
+
+
+async def test_the_emulator_calls_back_for_its_changes(upstream_url: str, emulator: Emulator) -> None:
+    """The emulated Tencent, its callback registered through the service (as `gateway callbacks
+    register` does), sends signed callbacks for room updates, metadata and destroys: each one
+    reaches a subscriber."""
+    async with start_gateway(upstream_url) as gateway, subscribe(gateway.client, EVENTS, LISTENER) as stream:
+        gw = gateway.app.state.gateway
+        acme = gw.directory.tenants["acme"]
+        share = Share("test", 1)
+        assert (
+            await gw.service.register_callback(
+                acme, gateway.url + "/v1/callbacks/tencent", default_commands(), share=share
+            )
+            == "set"
+        )
+        room = "/v1/tenants/acme/rooms/room-1"
+        assert (await gateway.client.patch(room, json={"room_name": "Renamed"})).status_code == 204
+        assert (await gateway.client.patch(room + "/metadata", json={"metadata": {"k": "v"}})).status_code == 204
+        assert (await gateway.client.delete(room + "/metadata", params={"key": "k"})).status_code == 204
+        commands = [(await stream.event()).json()["command"] for _ in range(3)]
+        assert commands == [
+            "Live.CallbackAfterUpdateRoomInfo",
+            "Live.CallbackAfterSetMetadata",
+            "Live.CallbackAfterDelMetadata",
+        ]
+    assert emulator.callbacks_sent == {"ok": 3}

@@ -1,4 +1,4 @@
-"""``gateway serve | demo | emulator | openapi``."""
+"""``gateway serve | demo | emulator | openapi | callbacks``."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def serve(settings: Settings, env: Mapping[str, str]) -> int:
     return 0
 
 
-def demo_directory(base_url: str, secret_key: str) -> Directory:
+def demo_directory(base_url: str, secret_key: str, callback_token: str | None = None) -> Directory:
     tenant = Tenant(
         name="demo",
         sdkappid=DEMO_SDKAPPID,
@@ -98,12 +98,13 @@ def demo_directory(base_url: str, secret_key: str) -> Directory:
         secret_key=Secret(secret_key),
         base_url=base_url,
         qps=200,
+        callback_token=None if callback_token is None else Secret(callback_token),
     )
     caller = Caller(
         name="demo",
         token_sha256=bytes.fromhex(hash_token(DEMO_TOKEN)),
         tenants=frozenset({"demo"}),
-        scopes=frozenset({"read", "write"}),
+        scopes=frozenset({"read", "write", "events"}),
     )
     return Directory(tenants={"demo": tenant}, callers=(caller,))
 
@@ -125,17 +126,24 @@ def seed_demo(emulator: Emulator, secret_key: str) -> None:
 async def _demo(settings: Settings, env: Mapping[str, str]) -> None:
     from gateway.app import create_app
 
-    secret_key = secrets.token_urlsafe(24)
+    secret_key, callback_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     emulator = Emulator()
     seed_demo(emulator, secret_key)
+    base = f"http://{settings.host}:{settings.port}"
+    # Tencent's callbacks for the demo app come to this gateway, signed (in production:
+    # `gateway callbacks register --tenant T --url https://…/v1/callbacks/tencent`)
+    demo_app = emulator.apps[DEMO_SDKAPPID]
+    demo_app.callback_url = f"{base}/v1/callbacks/tencent"
+    demo_app.callback_commands = default_commands()
+    demo_app.callback_token, demo_app.callback_token_enabled = callback_token, True
     async with serve_emulator(emulator) as base_url:
-        app = create_app(settings, env=env, directory=demo_directory(base_url, secret_key))
+        app = create_app(settings, env=env, directory=demo_directory(base_url, secret_key, callback_token))
         server = _server(app, settings)
-        base = f"http://{settings.host}:{settings.port}"
         auth = f"-H 'Authorization: Bearer {DEMO_TOKEN}'"
         print(
             f"Live Room Gateway demo on {base} (emulated Tencent at {base_url}, in-process stores).\n"
-            f"Try:\n"
+            f"Try (the PATCH makes Tencent call back: the events stream in another terminal shows it):\n"
+            f"  curl -N {auth} {base}/v1/tenants/demo/events\n"
             f"  curl -i {auth} {base}/v1/tenants/demo/rooms/demo-room-1\n"
             f"  curl -i -X PATCH {auth} -H 'Content-Type: application/json' "
             f'-d \'{{"room_name": "Renamed"}}\' {base}/v1/tenants/demo/rooms/demo-room-1\n'
@@ -189,6 +197,48 @@ def openapi_document(app: Litestar, fmt: str = "yaml") -> str:
     return str(yaml.safe_dump(schema, sort_keys=True, allow_unicode=True))
 
 
+def default_commands() -> list[str]:
+    """The callback commands the gateway registers by default: every one it knows."""
+    from gateway.callbacks import COMMANDS
+
+    return sorted(COMMANDS - {"Live.CallbackMemberStateChanged"})  # (the spelling Tencent's body does not use)
+
+
+async def _callbacks(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """``gateway callbacks show | register``: the tenant's callback settings at Tencent, read or
+    written through the gateway's own budget (shared with the fleet when Redis is configured),
+    signing and retries."""
+    from gateway.app import create_app
+    from gateway.budget import Share
+    from gateway.errors import GatewayError
+
+    directory = load_directory(settings.config, env)
+    tenant = directory.tenants.get(args.tenant)
+    if tenant is None:
+        print(f"gateway: no tenant {args.tenant!r} in {settings.config}", file=sys.stderr)
+        return 2
+    if args.action == "register" and not args.url.startswith(("https://", "http://")):
+        print("gateway: --url must be an http(s) URL (Tencent's servers call it)", file=sys.stderr)
+        return 2
+    app = create_app(settings, env=env, directory=directory)
+    share = Share("gateway-cli", 1)
+    async with app.lifespan():
+        service = app.state.gateway.service
+        try:
+            if args.action == "show":
+                current = await service.get_callback(tenant, share=share)
+                shown = {"tenant": tenant.name, "url": current.Url or None, "commands": current.CallbackCommandList}
+                print(json.dumps(shown, indent=2))
+                return 0
+            commands = args.commands or default_commands()
+            done = await service.register_callback(tenant, args.url, commands, share=share)
+        except GatewayError as exc:
+            print(f"gateway: {exc.code}: {exc.detail}", file=sys.stderr)
+            return 1
+    print(f"callback URL {done} for tenant {tenant.name}: {args.url} ({len(commands)} commands, signed with its token)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="gateway", description="Live Room Gateway")
@@ -206,6 +256,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     emu.add_argument("--no-rate-limit", action="store_true", help="do not answer 60007 (benchmarks)")
     spec = commands.add_parser("openapi", help="print the OpenAPI document")
     spec.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    settings_parser = commands.add_parser("callbacks", help="Tencent's callback settings for a tenant")
+    actions = settings_parser.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="where Tencent sends the tenant's callbacks (get_callback)")
+    show.add_argument("--tenant", required=True)
+    register = actions.add_parser(
+        "register", help="point the tenant's callbacks at the gateway, signed with its callback token"
+    )
+    register.add_argument("--tenant", required=True)
+    register.add_argument(
+        "--url", required=True, help="this gateway's https://…/v1/callbacks/tencent, as Tencent reaches it"
+    )
+    register.add_argument(
+        "--command",
+        action="append",
+        dest="commands",
+        help="a callback command to receive (repeat it; default: every one the gateway knows)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -214,6 +281,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "emulator":
             _run(_emulator(args, env))
             return 0
+        if args.command == "callbacks":
+            outcome: list[int] = []
+
+            async def configure() -> None:
+                outcome.append(await _callbacks(args, settings_from_env(env), env))
+
+            _run(configure())
+            return outcome[0]
         if args.command == "demo":
             settings = settings_from_env(env, host=args.host or "127.0.0.1", port=args.port)
             _run(_demo(settings, env))

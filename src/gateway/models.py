@@ -240,3 +240,22 @@ def update_to_wire(room_id: str, patch: RoomPatch) -> UpdateRoomRequest:
     """Build update_room_info's body from a validated patch."""
     fields = msgspec.structs.asdict(patch)
     return UpdateRoomRequest(RoomInfo=RoomInfoUpdate(room_id=room_id, **fields))
+
+
+# ---------------------------------------------------------------------- live_config: callback settings
+
+
+class CallbackSettings(Struct, kw_only=True):
+    """set_callback / update_callback's body, and get_callback's Response."""
+
+    Url: str = ""
+    CallbackCommandList: list[str] = []
+
+
+class CallbackSettingsReply(Envelope, kw_only=True):
+    Response: CallbackSettings | None = None
+
+
+class CallbackTokenRequest(Struct, kw_only=True):
+    Token: str
+    IsTokenEnable: bool

@@ -19,6 +19,9 @@ from gateway.budget import Budget, Paused, Share, Slot
 from gateway.cache import CacheResult, Filled, RoomCache, room_key
 from gateway.metrics import Metrics
 from gateway.models import (
+    CallbackSettings,
+    CallbackSettingsReply,
+    CallbackTokenRequest,
     Envelope,
     KeysRequest,
     MetadataItem,
@@ -141,6 +144,27 @@ class RoomService:
             tenant, share, "del_room_metadata", request, Envelope, done_if_retried=errors.MetadataKeysNotFound
         )
         return Outcome(reply.RequestId or None)
+
+    # ------------------------------------------------------------------ the tenant's callback settings
+
+    async def get_callback(self, tenant: Tenant, *, share: Share) -> CallbackSettings:
+        """Where Tencent sends the tenant's callbacks (Url "" when none is set), and which."""
+        reply = await self._call(tenant, share, "get_callback", CallbackSettings(), CallbackSettingsReply)
+        return reply.Response or CallbackSettings()
+
+    async def register_callback(self, tenant: Tenant, url: str, commands: list[str], *, share: Share) -> str:
+        """Point the tenant's callbacks at ``url`` for ``commands`` (set_callback the first time,
+        update_callback after), then have Tencent sign them with the tenant's callback token.
+        The token first: a callback signed with a token the gateway does not know yet would be
+        refused. Returns "set" or "updated"."""
+        if tenant.callback_token is None:
+            raise errors.InvalidRequest(f"tenant {tenant.name!r} has no callback_token_env / callback_token_file")
+        token = CallbackTokenRequest(Token=tenant.callback_token.reveal(), IsTokenEnable=True)
+        await self._call(tenant, share, "set_callback_token", token, Envelope)
+        current = await self.get_callback(tenant, share=share)
+        api: Api = "update_callback" if current.Url else "set_callback"
+        await self._call(tenant, share, api, CallbackSettings(Url=url, CallbackCommandList=commands), Envelope)
+        return "updated" if current.Url else "set"
 
     # ------------------------------------------------------------------ the one path to Tencent
 

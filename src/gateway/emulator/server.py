@@ -1,6 +1,8 @@
 """The emulator over real HTTP (aiohttp.web), with a small JSON control API for tests.
 
-Tencent's side: ``POST /v4/live_engine_http_srv/{command}?sdkappid=&identifier=&usersig=&random=&contenttype=json``.
+Tencent's side: ``POST /v4/live_engine_http_srv/{command}?sdkappid=&identifier=&usersig=&random=&contenttype=json``,
+and ``/v4/live_config/{command}`` (the callback settings). Writes owe the app a signed callback
+when it registered a URL for that command; it is POSTed after the reply, as Tencent does.
 Control: ``GET /_emulator/stats``, ``POST /_emulator/faults``, ``POST /_emulator/fail_next``,
 ``POST /_emulator/reset``, ``POST /_emulator/rooms`` (see the README's emulator section).
 """
@@ -15,11 +17,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, Emulator
+from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, Callback, Emulator
 
 EMULATOR = web.AppKey("emulator", Emulator)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+PENDING: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("pending")
+
+
+async def _send_callback(app: web.Application, callback: Callback) -> None:
+    """POST a callback as Tencent does (2 s timeout, no retry); counted by outcome."""
+    emu = app[EMULATOR]
+    try:
+        async with app[SESSION].post(
+            callback.url,
+            data=callback.body,
+            headers={"content-type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=2.0),
+        ) as reply:
+            await reply.read()
+            emu.callbacks_sent["ok" if reply.status == 200 else f"http_{reply.status}"] += 1
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        emu.callbacks_sent[type(exc).__name__] += 1
 
 
 async def _tencent(request: web.Request) -> web.StreamResponse:
@@ -41,6 +62,10 @@ async def _tencent(request: web.Request) -> web.StreamResponse:
         reply = emu.handle(api, query, body, injected=fault if fault and fault > 0 else None)
     if emu.faults.reply_latency:
         await asyncio.sleep(emu.faults.reply_latency)
+    for callback in emu.take_outbox():  # sent after the reply, as Tencent calls back after the event
+        task = asyncio.create_task(_send_callback(request.app, callback))
+        request.app[PENDING].add(task)
+        task.add_done_callback(request.app[PENDING].discard)
     if fault in (DROP, APPLY_THEN_DROP):
         assert request.transport is not None
         request.transport.close()  # a dropped connection: no status line at all
@@ -85,7 +110,19 @@ async def _rooms(request: web.Request) -> web.Response:
 def create_emulator_app(emulator: Emulator) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[EMULATOR] = emulator
+    app[PENDING] = set()
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as client:
+            app[SESSION] = client
+            yield
+            pending: set[asyncio.Task[None]] = app[PENDING]
+            for task in pending.copy():
+                task.cancel()
+
+    app.cleanup_ctx.append(session)
     app.router.add_post("/v4/live_engine_http_srv/{command}", _tencent)
+    app.router.add_post("/v4/live_config/{command}", _tencent)
     app.router.add_get("/_emulator/stats", _stats)
     app.router.add_post("/_emulator/faults", _faults)
     app.router.add_post("/_emulator/fail_next", _fail_next)

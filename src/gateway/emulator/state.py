@@ -8,12 +8,15 @@ it looks like one, ``TakeSeatMode`` as 1 | 2 in get_room_info).
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 from gateway.emulator import usersig
 
@@ -22,7 +25,25 @@ LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
 LOCKOUT_WINDOW = 60.0
 API_QPS = {"get_room_list": 10}
 DEFAULT_QPS = 200
-WRITES = frozenset({"create_room", "destroy_room", "update_room_info", "set_room_metadata", "del_room_metadata"})
+WRITES = frozenset(
+    {
+        "create_room",
+        "destroy_room",
+        "update_room_info",
+        "set_room_metadata",
+        "del_room_metadata",
+        "set_callback",
+        "update_callback",
+        "set_callback_token",
+    }
+)
+CALLBACKS = {  # the writes after which Tencent calls the app's callback URL, and the command it sends
+    "create_room": "Live.CallbackAfterCreateRoom",
+    "destroy_room": "Live.CallbackAfterDestroyRoom",
+    "update_room_info": "Live.CallbackAfterUpdateRoomInfo",
+    "set_room_metadata": "Live.CallbackAfterSetMetadata",
+    "del_room_metadata": "Live.CallbackAfterDelMetadata",
+}
 HTTP_502 = 0  # fault: answer HTTP 502
 DROP = -1  # fault: close the connection before doing anything
 APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
@@ -44,6 +65,17 @@ class App:
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     sig_failures: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+    callback_url: str = ""  # live_config: where Tencent sends callbacks, and which commands
+    callback_commands: list[str] = field(default_factory=list)
+    callback_token: str = ""
+    callback_token_enabled: bool = False
+
+
+class Callback(NamedTuple):
+    """A callback the emulator owes an app: the signed URL and the JSON body."""
+
+    url: str
+    body: bytes
 
 
 @dataclass
@@ -82,6 +114,8 @@ class Emulator:
         self.usersigs: defaultdict[int, set[str]] = defaultdict(set)
         self.randoms: list[int] = []
         self.applied: list[tuple[str, Any]] = []  # (api, request body) of every write that took effect
+        self.outbox: list[Callback] = []  # callbacks to send (server.py sends them)
+        self.callbacks_sent: Counter[str] = Counter()  # by outcome: ok, or what failed
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
         self._seq = 0
 
@@ -126,6 +160,7 @@ class Emulator:
                 if v
             },
             "usersigs": {str(k): len(v) for k, v in self.usersigs.items()},
+            "callbacks_sent": dict(self.callbacks_sent),
         }
 
     # ------------------------------------------------------------------ one request
@@ -157,9 +192,12 @@ class Emulator:
             app = self._authenticate(api, query)
             if injected:
                 raise ApiError(injected, "injected fault")
+            before = app.rooms.get(body.get("RoomId", "")) if isinstance(body, dict) else None
             response = self._dispatch(app, api, body)
             if api in WRITES:
                 self.applied.append((api, body))
+            if api in CALLBACKS:
+                self._notify(app, CALLBACKS[api], body, query.get("identifier", ""), before)
         except ApiError as exc:
             self.codes[exc.code] += 1
             return {"ActionStatus": "FAIL", "ErrorCode": exc.code, "ErrorInfo": exc.info, "RequestId": request_id}
@@ -168,6 +206,42 @@ class Emulator:
         if response is not None:
             reply["Response"] = response
         return reply
+
+    def _notify(self, app: App, command: str, body: dict[str, Any], operator: str, before: Any) -> None:
+        """Owe the app a callback for a write that took effect, if it asked for this command."""
+        if not app.callback_url or command not in app.callback_commands:
+            return
+        event: dict[str, Any] = {
+            "CallbackCommand": command,
+            "Operator_Account": operator,
+            "EventTime": int(self.wall() * 1000),
+        }
+        if command == "Live.CallbackAfterDestroyRoom":
+            event |= {"RoomId": body["RoomId"], "EventType": "DestroyByUser", "RoomInfo": before or {}}
+        elif command in ("Live.CallbackAfterCreateRoom", "Live.CallbackAfterUpdateRoomInfo"):
+            room_id = body["RoomInfo"]["RoomId"]
+            event["RoomInfo"] = dict(app.rooms.get(room_id, {"RoomId": room_id}))
+        elif command == "Live.CallbackAfterSetMetadata":
+            event |= {"RoomId": body["RoomId"], "Metadata": body["Metadata"]}
+        else:
+            event |= {"RoomId": body["RoomId"], "Keys": body["Keys"]}
+        query = {
+            "SdkAppid": app.sdkappid,
+            "CallbackCommand": command,
+            "contenttype": "json",
+            "ClientIP": "127.0.0.1",
+            "OptPlatform": "RESTAPI",
+        }
+        if app.callback_token_enabled:
+            request_time = str(int(self.wall()))
+            sign = hashlib.sha256((app.callback_token + request_time).encode()).hexdigest()
+            query |= {"RequestTime": request_time, "Sign": sign}
+        joiner = "&" if "?" in app.callback_url else "?"
+        self.outbox.append(Callback(app.callback_url + joiner + urlencode(query), json.dumps(event).encode()))
+
+    def take_outbox(self) -> list[Callback]:
+        owed, self.outbox = self.outbox, []
+        return owed
 
     def _authenticate(self, api: str, query: dict[str, str]) -> App:
         if query.get("contenttype") != "json":
@@ -400,6 +474,48 @@ def del_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | 
     return None
 
 
+# ---------------------------------------------------------------------- live_config: callbacks
+
+
+def _callback_settings(body: dict[str, Any]) -> tuple[str, list[str]]:
+    url, commands = body.get("Url"), body.get("CallbackCommandList")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 1024:
+        raise ApiError(100002, "Url must be an http(s) URL")
+    if not isinstance(commands, list) or not commands or not all(isinstance(c, str) for c in commands):
+        raise ApiError(100002, "CallbackCommandList must be a non-empty array of strings")
+    return url, commands
+
+
+def set_callback(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    if app.callback_url:
+        raise ApiError(100002, "a callback is already set: update_callback changes it")
+    app.callback_url, app.callback_commands = _callback_settings(body)
+    return None
+
+
+def update_callback(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    if not app.callback_url:
+        raise ApiError(100002, "no callback is set: set_callback first")
+    app.callback_url, app.callback_commands = _callback_settings(body)
+    return None
+
+
+def get_callback(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    return {"Url": app.callback_url, "CallbackCommandList": list(app.callback_commands)}
+
+
+def set_callback_token(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    token, enabled = body.get("Token"), body.get("IsTokenEnable")
+    if not isinstance(token, str) or not 1 <= len(token) <= 128 or not isinstance(enabled, bool):
+        raise ApiError(100002, "Token (1-128 characters) and IsTokenEnable are required")
+    app.callback_token, app.callback_token_enabled = token, enabled
+    return None
+
+
+def get_callback_token(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    return {"Token": app.callback_token, "IsTokenEnable": app.callback_token_enabled}
+
+
 _HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = {
     f.__name__: f
     for f in (
@@ -411,5 +527,10 @@ _HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = 
         get_room_metadata,
         set_room_metadata,
         del_room_metadata,
+        set_callback,
+        update_callback,
+        get_callback,
+        set_callback_token,
+        get_callback_token,
     )
 }
