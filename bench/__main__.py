@@ -16,6 +16,7 @@ BENCHES = {
     "redis_mode": "bench.redis_mode",
     "fairness": "bench.fairness",
     "proxy": "bench.proxy",
+    "callbacks": "bench.callbacks",
 }
 
 

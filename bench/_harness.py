@@ -161,12 +161,15 @@ def load(
 
 
 _WRK_SCRIPT = """
-local paths, i = {%(paths)s}, 0
+local paths, i, vary = {%(paths)s}, 0, %(vary)s
 wrk.method = %(method)s
 wrk.body = %(body)s
 %(headers)s
 request = function()
   i = i + 1
+  if vary then
+    return wrk.format(nil, paths[(i %% #paths) + 1], nil, string.format(wrk.body, i))
+  end
   return wrk.format(nil, paths[(i %% #paths) + 1])
 end
 done = function(summary, latency, requests)
@@ -197,8 +200,10 @@ def wrk(
     method: str = "GET",
     body: str = "",
     headers: dict[str, str] | None = None,
+    vary: bool = False,
 ) -> dict[str, object]:
-    """The same measurement with wrk (one thread; its latencies are kept in microseconds)."""
+    """The same measurement with wrk (one thread; its latencies are kept in microseconds).
+    ``vary``: ``body`` is a Lua format string whose ``%d`` is the request's number (distinct bodies)."""
     origin = _origin(urls[0])
     if any(_origin(u) != origin for u in urls):
         raise ValueError("wrk runs take URLs of one origin")
@@ -210,6 +215,7 @@ def wrk(
         "paths": ", ".join(_lua(p) for p in paths),
         "method": _lua(method),
         "body": _lua(body) if body else "nil",
+        "vary": "true" if vary else "false",
         "headers": "\n".join(f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in all_headers.items()),
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
