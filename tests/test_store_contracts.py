@@ -30,7 +30,7 @@ class Stores:
     budget: BudgetStore
     signatures: SignatureStore
     rooms: Callable[[float], RoomStore]
-    events: Callable[[int], EventLog]  # a tenant's events, the newest ``keep`` kept
+    events: Callable[..., EventLog]  # a tenant's events: the newest ``keep``, none older than ``keep_seconds``
 
 
 @pytest.fixture(params=["memory", "standalone", "cluster"])
@@ -44,7 +44,9 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             MemoryBudgetStore(clock=clock),
             MemorySignatureStore(clock=clock),
             lambda keep: MemoryRoomStore(clock=clock, max_age=keep, max_rooms=1000),
-            lambda keep: MemoryEventLog(wall_clock=time.time, keep=keep, keep_seconds=3600, block=0.2),
+            lambda keep, keep_seconds=3600: MemoryEventLog(
+                wall_clock=time.time, keep=keep, keep_seconds=keep_seconds, block=0.2
+            ),
         )
         return
     url = url_for(request, request.param)
@@ -56,7 +58,9 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             RedisBudgetStore(redis),
             RedisSignatureStore(redis),
             lambda keep: RedisRoomStore(redis, keep=keep),
-            lambda keep: RedisEventLog(redis, keep=keep, keep_seconds=3600, wall_clock=time.time),
+            lambda keep, keep_seconds=3600: RedisEventLog(
+                redis, keep=keep, keep_seconds=keep_seconds, wall_clock=time.time
+            ),
         )
     finally:
         await redis.aclose()
@@ -347,3 +351,14 @@ async def test_a_position_in_a_log_the_store_never_had_reads_as_lost(stores: Sto
     """Events from before the store knew them (a restarted process, an emptied Redis) cannot
     be vouched for."""
     assert (await stores.events(10).page("1499", "1000-0", 100)).lost
+
+
+async def test_events_older_than_the_keep_time_are_trimmed_as_events_are_added(stores: Stores) -> None:
+    events = stores.events(100, keep_seconds=0.2)
+    old = [await events.publish("1400", "Live.C", b"{}") for _ in range(2)]
+    await asyncio.sleep(0.3)
+    new = await events.publish("1400", "Live.C", b"{}")
+    page = await events.page("1400", old[0], 100)
+    assert page.lost
+    assert page.through == old[1]
+    assert [e.id for e in page.entries] == [new]

@@ -14,9 +14,12 @@ if excess > 0 then
   through = cut[#cut][1]
   redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
 end
--- what is left is newer than anything cut above, so an old entry found now is the newest trimmed
-local old = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2] .. '-0', '-', 'COUNT', 1)
-if #old > 0 then
+-- What is left is newer than anything cut above, so an old entry found now is the newest trimmed.
+-- Only looked for when the oldest entry is old: XREVRANGE from a time before every entry walks
+-- the whole stream (0.8 ms at 10,000 entries, measured), XRANGE of the first entry does not.
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < tonumber(ARGV[2]) then
+  local old = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2] .. '-0', '-', 'COUNT', 1)
   through = old[1][1]
   redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 end
