@@ -225,6 +225,8 @@ async def test_callbacks_register_and_show(tmp_path: Path, emulator: Emulator, u
 async def test_callbacks_register_refuses_what_cannot_work(
     tmp_path: Path, emulator: Emulator, upstream_url: str, args: list[str], message: str
 ) -> None:
+    """A tenant without a callback token, an unknown tenant and a URL that is not http(s) stop the
+    command with a message, before anything is set at Tencent."""
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(upstream_url))
     env = {**SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_LOG_LEVEL": "warning"}

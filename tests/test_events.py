@@ -74,6 +74,8 @@ async def test_refused_and_duplicate_callbacks_publish_nothing(upstream_url: str
 
 
 async def test_a_subscriber_resumes_with_last_event_id_and_loses_nothing(upstream_url: str) -> None:
+    """Events published while a subscriber was away are read after it reconnects with
+    Last-Event-ID (or ?last_event_id=), then the live ones follow."""
     async with start_gateway(upstream_url) as gateway:
         async with subscribe(gateway.client, EVENTS, LISTENER) as stream:
             await callback(gateway, "Live.CallbackAfterDestroyRoom", destroyed("room-1", 1))
@@ -157,6 +159,8 @@ async def test_a_position_from_before_the_process_is_lost(upstream_url: str) -> 
 async def test_refused_subscriptions(
     upstream_url: str, headers: dict[str, str], params: dict[str, str], status: int, code: str
 ) -> None:
+    """No token, a caller without the events scope, a malformed Last-Event-ID and an over-long
+    command filter are refused with problem documents before any stream opens."""
     async with start_gateway(upstream_url) as gateway:
         response = await gateway.client.get(EVENTS, headers={"authorization": "", **headers}, params=params)
         assert response.status_code == status
@@ -165,6 +169,8 @@ async def test_refused_subscriptions(
 
 
 async def test_subscribers_are_bounded_and_counted(upstream_url: str) -> None:
+    """Past GATEWAY_EVENTS_MAX_SUBSCRIBERS a new stream gets 503 too_many_subscribers with
+    Retry-After; the open streams are a gauge that drops back when a client leaves."""
     async with start_gateway(upstream_url, events_max_subscribers=1) as gateway:
         async with subscribe(gateway.client, EVENTS, LISTENER):
             response = await gateway.client.get(EVENTS, headers=LISTENER)
@@ -219,12 +225,12 @@ def test_callback_token_is_not_in_the_stream() -> None:
 
 
 async def test_the_openapi_document_describes_the_stream(upstream_url: str) -> None:
+    """The OpenAPI document gives the stream's media type and its parameters."""
     async with start_gateway(upstream_url) as gateway:
         doc = (await gateway.client.get("/schema/openapi.json")).json()
     op = doc["paths"]["/v1/tenants/{tenant}/events"]["get"]
     assert "text/event-stream" in op["responses"]["200"]["content"]
     assert {p["name"] for p in op["parameters"]} >= {"tenant", "last-event-id", "last_event_id", "command"}
-    httpx.Response  # noqa: B018 - (httpx is the client under test)
 
 
 # ---------------------------------------------------------------------- real processes, Redis

@@ -301,6 +301,8 @@ async def test_the_fill_lock(stores: Stores) -> None:
 
 
 async def test_events_are_kept_in_order_and_read_after_a_position(stores: Stores) -> None:
+    """Ids grow, the tail is the newest, pages read after a position in order and within their
+    count, and tenants are apart."""
     events = stores.events(100)
     start = await events.tail("1400")
     ids = [await events.publish("1400", f"Live.C{n}", b'{"n":%d}' % n) for n in range(5)]
@@ -354,6 +356,8 @@ async def test_a_position_in_a_log_the_store_never_had_reads_as_lost(stores: Sto
 
 
 async def test_events_older_than_the_keep_time_are_trimmed_as_events_are_added(stores: Stores) -> None:
+    """Adding an event trims those older than the keep time, and a reader behind them is told
+    what was lost."""
     events = stores.events(100, keep_seconds=0.2)
     old = [await events.publish("1400", "Live.C", b"{}") for _ in range(2)]
     await asyncio.sleep(0.3)
