@@ -94,10 +94,12 @@ def test_bodies_and_commands_tencent_cannot_read(emu: Emulator) -> None:
 
 
 def test_create_list_and_destroy(emu: Emulator) -> None:
-    """create_room needs RoomType Live and a new id (100003 otherwise); the list pages public
-    rooms by view count; destroy removes the room and its metadata (100004 after)."""
+    """create_room needs RoomType Live and a new id (100010 for an id the same owner holds,
+    100003 for another owner's); the list pages public rooms by view count; destroy removes the
+    room and its metadata (100004 after)."""
     assert code(emu, "create_room", {"RoomInfo": {"RoomId": "r2"}}) == 100002
-    assert code(emu, "create_room", {"RoomInfo": {"RoomId": "r1", "RoomType": "Live"}}) == 100003
+    assert code(emu, "create_room", {"RoomInfo": {"RoomId": "r1", "RoomType": "Live"}}) == 100010
+    assert code(emu, "create_room", {"RoomInfo": {"RoomId": "r1", "RoomType": "Live", "Owner_Account": "x"}}) == 100003
     created = {"RoomId": "r2", "RoomType": "Live", "RoomName": "two", "Owner_Account": 144115233775727695}
     assert code(emu, "create_room", {"RoomInfo": created}) == 0
     assert emu.apps[APP].rooms["r2"]["Owner_Account"] == "144115233775727695"

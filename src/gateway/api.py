@@ -15,22 +15,36 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import msgspec
-from litestar import Request, Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post, route
 from litestar.datastructures import State
 from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import errors, events
+from gateway import catalogue, errors, events
 from gateway.budget import Share
 from gateway.cache import CacheResult
 from gateway.callbacks import ACK, Receiver
+from gateway.catalogue import Args, Query
+from gateway.catalogue.operations import CATALOGUE
 from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
@@ -147,7 +161,11 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
     state = request.scope.setdefault("state", {})
     if mapped.upstream_code is not None:
         state["upstream_code"] = mapped.upstream_code
-    return problem_response(mapped, state.get("request_id"))
+    response = problem_response(mapped, state.get("request_id"))
+    allow = exc.headers.get("allow") if isinstance(exc, HTTPException) and exc.headers else None
+    if allow:  # RFC 9110: a 405 says which methods the resource takes
+        response.headers["allow"] = allow
+    return response
 
 
 # ---------------------------------------------------------------------- edge middleware
@@ -326,6 +344,55 @@ _KEYS = Parameter(
 )
 
 
+BODY_SCHEMAS: dict[str, Any] = {}  # request bodies' JSON Schemas, by component name (``_documented``)
+_PATH_PARAMETERS = {
+    "tenant": "A configured tenant's name",
+    "room_id": "1-48 UTF-8 bytes without control characters; an id with '/' or '\\' cannot be "
+    "addressed (its encoded %2F or %5C is refused with 400)",
+}
+
+
+def tidy_openapi(document: OpenAPI) -> OpenAPI:
+    """What Litestar's generated document needs for generated clients: request bodies as named
+    components, no body on 204 answers, one-armed ``oneOf``s (Litestar's rendering of an
+    optional field) flattened, and the path parameters' refused characters said."""
+    if document.components.schemas is not None:
+        document.components.schemas.update(BODY_SCHEMAS)
+    for item in (document.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            if operation is None:
+                continue
+            for status, response in (operation.responses or {}).items():
+                if status == "204" and isinstance(response, OpenAPIResponse):
+                    response.content = None
+            for parameter in operation.parameters or []:
+                if isinstance(parameter, Parameter) and parameter.param_in == ParamType.PATH:
+                    parameter.description = _PATH_PARAMETERS.get(parameter.name, parameter.description)
+                    if isinstance(parameter.schema, Schema):
+                        parameter.schema.pattern = r"^[^/\\\x00-\x1f\x7f]+$"
+    _flatten(document.components.schemas)
+    return document
+
+
+def _flatten(node: Any) -> None:
+    """Replace each ``oneOf`` of a single schema by that schema, everywhere below ``node``."""
+    if isinstance(node, dict):
+        for value in node.values():
+            _flatten(value)
+    elif isinstance(node, list):
+        for value in node:
+            _flatten(value)
+    elif isinstance(node, Schema):
+        if node.one_of is not None and len(node.one_of) == 1 and isinstance(node.one_of[0], Schema):
+            only = node.one_of[0]
+            node.one_of = None
+            for name in ("type", "enum", "items", "format", "properties", "required", "pattern", "const"):
+                if getattr(node, name, None) is None and getattr(only, name, None) is not None:
+                    setattr(node, name, getattr(only, name))
+        for name in ("properties", "items", "one_of", "any_of", "all_of"):
+            _flatten(getattr(node, name, None))
+
+
 def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter) -> type[Operation]:
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
     body, ``parameters`` (header or query parameters); path parameters in the path's order.
@@ -337,7 +404,8 @@ def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter
     request_body = None
     if body is not None:
         _, components = msgspec.json.schema_components([body], ref_template="#/components/schemas/{name}")
-        media = OpenAPIMediaType(schema=components[body.__name__])
+        BODY_SCHEMAS.update(components)  # named components (generated clients name their types after them)
+        media = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{body.__name__}"))
         request_body = RequestBody(content={"application/json": media}, required=True)
 
     @dataclass
@@ -390,8 +458,9 @@ _ERRORS = {
         401: "Missing or unknown bearer token (unauthenticated)",
         403: "Caller may not use this tenant or scope (forbidden)",
         404: "Unknown tenant, room or metadata keys",
+        409: "A room with this id exists (room_exists)",
         413: "Request body over 64 KiB (payload_too_large)",
-        422: "Room metadata limit exceeded (metadata_limit_exceeded)",
+        422: "Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded)",
         429: "Budget exhausted within the wait cap, or Tencent rate-limited (rate_limited)",
         502: "Tencent unavailable or rejected the call (upstream_unavailable, upstream_rejected)",
         503: "Tencent rejected the gateway's credentials (upstream_misconfigured)",
@@ -645,6 +714,66 @@ async def tenant_events(request: Request[Any, Any, Any]) -> Stream:
     )
 
 
+# ---------------------------------------------------------------------- the catalogue's routes
+
+_JSON_TYPES = {"string": OpenAPIType.STRING, "integer": OpenAPIType.INTEGER}
+
+
+def _query_parameter(query: Query) -> Parameter:
+    item = Schema(type=_JSON_TYPES[query.kind])
+    return Parameter(
+        name=query.name,
+        param_in=ParamType.QUERY,
+        required=False,
+        deprecated=False,
+        description=query.description,
+        schema=Schema(type=OpenAPIType.ARRAY, items=item) if query.repeated else item,
+    )
+
+
+def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
+    """The route an operation of the catalogue declares: authorize, decode, run, answer."""
+    decoder = None if op.body is None else msgspec.json.Decoder(op.body)
+    success: dict[int, ResponseSpec] = {}
+    if op.reply is not None:
+        success[op.status] = ResponseSpec(data_container=op.reply, description=op.summary, generate_examples=False)
+
+    async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
+        gateway = _gateway(request.app.state)
+        params = request.path_params
+        tenant, share = _authorize(request, gateway, params["tenant"], op.scope)
+        body: msgspec.Struct | None = None
+        if decoder is not None:
+            body = await _decode(request, decoder)
+        query = {key: request.query_params.getall(key) for key in request.query_params}
+        args = Args(room_id=params.get("room_id", ""), query=query, body=body)
+        done = await gateway.service.run(op, tenant, args, share=share)
+        headers = _upstream_header(done.upstream_request_id)
+        if done.cache is not None:
+            headers["x-cache"] = done.cache
+        if op.status == 201:
+            headers["location"] = f"/v1/tenants/{params['tenant']}/rooms/{quote(args.room_id, safe='')}"
+        if done.body is None:
+            return Response(None, status_code=204, headers=headers)
+        return Response(done.body, status_code=op.status, media_type=MediaType.JSON, headers=headers)
+
+    handler.__name__ = handler.__qualname__ = op.id
+    if op.status == 204:  # (Litestar checks that a 204 handler returns no body)
+        handler.__annotations__["return"] = "Response[None]"
+    path = "/v1/tenants/{tenant:str}" + op.path.replace("{room_id}", "{room_id:str}")
+    return route(
+        path,
+        http_method=[op.method],
+        status_code=op.status,
+        summary=op.summary,
+        responses={**success, **_ERRORS},
+        security=_SECURITY,
+        tags=[op.path.split("/")[-1] if op.path.count("/") > 2 else "rooms"],
+        operation_id=op.id,
+        operation_class=_documented(op.body, *(_query_parameter(q) for q in op.query)),
+    )(handler)
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     mode: str | None = None
@@ -681,6 +810,7 @@ async def metrics(state: State) -> Response[bytes]:
 
 
 ROUTES = [
+    *(catalogue_route(op) for op in CATALOGUE),
     get_room,
     update_room,
     get_metadata,

@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error
+from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error, tidy_openapi
 from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
@@ -204,12 +204,16 @@ def create_app(
     cache = RoomCache(
         store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
     )
+    lists = RoomCache(  # (in the room store, which keeps entries cache_ttl + stale_ttl at most)
+        store=stores.rooms, ttl=settings.room_list_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
+    )
     budget, fleet_budget, dispatchers = build_budget(settings, stores, breaker, clock)
     service = RoomService(
         upstream=upstream,
         signer=signer,
         budget=budget,
         cache=cache,
+        lists=lists,
         policy=Policy(
             deadline=settings.deadline,
             upstream_timeout=settings.upstream_timeout,
@@ -309,5 +313,6 @@ def create_app(
         logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,
     )
+    tidy_openapi(app.openapi_schema)  # (generated once here; /schema serves this same document)
     app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock, direct=direct_routes)
     return app

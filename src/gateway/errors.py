@@ -93,6 +93,14 @@ class MethodNotAllowed(GatewayError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
 
+class RoomExists(GatewayError):
+    status, code, title = 409, "room_exists", "A room with this id exists"
+
+
+class AdminLimitExceeded(GatewayError):
+    status, code, title = 422, "admin_limit_exceeded", "A room has at most 5 admins"
+
+
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Request body too large"
 

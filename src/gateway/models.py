@@ -14,6 +14,43 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 TakeSeatMode = Literal["FreeToTake", "ApplyToTake"]
+
+# Tencent's documented per-SDKAppID limits (reference §1.7): 200/s unless listed here. The
+# catalogue declares each operation's; this is what a tenant's ``api_qps`` may name.
+TENCENT_APIS = frozenset(
+    {
+        "get_room_info",
+        "update_room_info",
+        "get_room_metadata",
+        "set_room_metadata",
+        "del_room_metadata",
+        "create_room",
+        "destroy_room",
+        "get_room_list",
+        "get_room_stats",
+        "get_member_list",
+        "get_admin_list",
+        "modify_admin",
+        "ban_member",
+        "unban_member",
+        "get_banned_member_list",
+        "mute_member",
+        "get_muted_member_list",
+        "send_text_msg",
+        "send_custom_msg",
+        "get_seat_list",
+        "lock_seat",
+        "pick_user_on_seat",
+        "kick_user_off_seat",
+        "get_robot",
+        "add_robot",
+        "del_robot",
+        "set_callback",
+        "update_callback",
+        "get_callback",
+        "set_callback_token",
+    }
+)
 Scope = Literal["read", "write", "events"]
 
 
@@ -213,6 +250,11 @@ def _flag(value: _Flag | UnsetType) -> bool | UnsetType:
     return value
 
 
+def account_text(value: str | int | UnsetType) -> str | UnsetType:
+    """An account as a string: Tencent sends some as JSON numbers (too large for JavaScript)."""
+    return value if isinstance(value, UnsetType) else str(value)
+
+
 def room_from_wire(wire: RoomInfoWire) -> Room:
     """Normalise Tencent's room into ours: owner as a string, seat mode as the string enum."""
     owner = wire.owner_account
@@ -221,7 +263,7 @@ def room_from_wire(wire: RoomInfoWire) -> Room:
         room_id=wire.room_id,
         room_name=wire.room_name,
         room_type=wire.room_type,
-        owner_account=owner if isinstance(owner, UnsetType) else str(owner),
+        owner_account=account_text(owner),
         create_time=wire.create_time,
         is_seat_enabled=_flag(wire.is_seat_enabled),
         take_seat_mode=UNSET if isinstance(mode, UnsetType) else _SEAT_MODES.get(mode, UNSET),

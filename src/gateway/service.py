@@ -9,7 +9,7 @@ schedule; a 70050 lock-out (or rejected credentials) pauses the tenant's calls a
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -17,6 +17,7 @@ import msgspec
 from gateway import errors, validation
 from gateway.budget import Budget, Paused, Share, Slot
 from gateway.cache import CacheResult, Filled, RoomCache, room_key
+from gateway.catalogue import Args, Operation
 from gateway.metrics import Metrics
 from gateway.models import (
     CallbackSettings,
@@ -37,10 +38,12 @@ from gateway.models import (
 from gateway.signing import Signer
 from gateway.tenants import Tenant
 from gateway.transport import TooLate
-from gateway.upstream import Api, Upstream
+from gateway.upstream import LIVE, Api, Upstream
 
 R = TypeVar("R", bound=Envelope)
+Applied = Callable[[errors.GatewayError], Awaitable[bool]]  # after a maybe-applied attempt: does this error mean done?
 LOCKOUT_CODE = 70050
+ROOM_TAKEN = 100003
 
 _encode = msgspec.json.Encoder().encode
 
@@ -59,6 +62,15 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_pause: float
 
 
+class Done(msgspec.Struct, frozen=True, kw_only=True):
+    """A catalogue operation's result: our reply's JSON (None: no content), Tencent's RequestId,
+    and for a cached read whether it was a hit."""
+
+    body: bytes | None
+    upstream_request_id: str | None
+    cache: str | None = None
+
+
 class Outcome(msgspec.Struct, frozen=True):
     """A write's result: Tencent's RequestId for ``X-Upstream-Request-Id``."""
 
@@ -73,6 +85,7 @@ class RoomService:
         signer: Signer,
         budget: Budget,
         cache: RoomCache,
+        lists: RoomCache,
         policy: Policy,
         metrics: Metrics,
         clock: Callable[[], float],
@@ -83,6 +96,7 @@ class RoomService:
         self._signer = signer
         self._budget = budget
         self._cache = cache
+        self._lists = lists  # get_room_list's pages: a short shared cache of their own
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
@@ -140,16 +154,82 @@ class RoomService:
         validation.room_id(room_id)
         wanted = validation.metadata_keys(keys, required=True)
         request = KeysRequest(RoomId=room_id, Keys=wanted)
-        reply = await self._call(
-            tenant, share, "del_room_metadata", request, Envelope, done_if_retried=errors.MetadataKeysNotFound
-        )
+        reply = await self._call(tenant, share, "del_room_metadata", request, Envelope, applied=_deleted)
         return Outcome(reply.RequestId or None)
+
+    # ------------------------------------------------------------------ the catalogue's operations
+
+    async def run(self, op: Operation, tenant: Tenant, args: Args, *, share: Share) -> Done:
+        """One catalogue operation: validated before any budget is spent, then one Tencent call
+        per batch of accounts (each budgeted), the cached room invalidated where the operation
+        changes it, and our reply shaped from Tencent's. A read with its own cache (get_room_list)
+        goes through it, coalesced like room reads."""
+        op.validate(args)
+        if op.cache == "read":
+            key = f"{op.api}:{tenant.sdkappid}:" + _encode(sorted((k, v) for k, v in args.query.items())).hex()
+
+            async def fetch() -> Filled:
+                reply, request_id = await self._apply(op, tenant, args, share)
+                return Filled(body=_encode(reply), upstream_request_id=request_id or "")
+
+            result = await self._lists.read(key, fetch)
+            return Done(body=result.body, upstream_request_id=result.upstream_request_id, cache=result.status)
+        reply, request_id = await self._apply(op, tenant, args, share)
+        if op.cache == "invalidate":
+            await self._cache.invalidate(room_key(tenant.sdkappid, args.room_id))
+        return Done(body=None if reply is None else _encode(reply), upstream_request_id=request_id)
+
+    async def _apply(
+        self, op: Operation, tenant: Tenant, args: Args, share: Share
+    ) -> tuple[msgspec.Struct | None, str | None]:
+        api = op.api_for(args) if op.api_for is not None else op.api
+        requests = op.request(args)
+        replies: list[Envelope] = []
+
+        async def applied(exc: errors.GatewayError) -> bool:
+            if exc.upstream_code in op.applied_if_retried:
+                return True
+            return op.owned_if_exists and exc.upstream_code == ROOM_TAKEN and await self._ours(tenant, args, share)
+
+        for n, request in enumerate(requests):
+            try:
+                replies.append(
+                    await self._call(
+                        tenant,
+                        share,
+                        api,
+                        request,
+                        op.wire,
+                        applied=applied,
+                        service=op.service,
+                        documented=op.qps,
+                        overrides=op.errors,
+                    )
+                )
+            except errors.GatewayError as exc:
+                if n:  # some batches were applied: say which, so the caller can retry the rest
+                    exc.detail = f"the first {n} of {len(requests)} Tencent calls were applied, then: {exc.detail}"
+                raise
+        return op.respond(args, replies), (replies[-1].RequestId or None) if replies else None
+
+    async def _ours(self, tenant: Tenant, args: Args, share: Share) -> bool:
+        """Whether the room a retried create found taken is the one it made: owned by the owner
+        it asked for (by default the tenant's admin)."""
+        owner = getattr(args.body, "owner_account", msgspec.UNSET)
+        wanted = tenant.identifier if owner is msgspec.UNSET else owner
+        try:
+            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(RoomId=args.room_id), RoomInfoReply)
+        except errors.GatewayError:
+            return False
+        return reply.Response is not None and str(reply.Response.RoomInfo.owner_account) == wanted
 
     # ------------------------------------------------------------------ the tenant's callback settings
 
     async def get_callback(self, tenant: Tenant, *, share: Share) -> CallbackSettings:
         """Where Tencent sends the tenant's callbacks (Url "" when none is set), and which."""
-        reply = await self._call(tenant, share, "get_callback", CallbackSettings(), CallbackSettingsReply)
+        reply = await self._call(
+            tenant, share, "get_callback", CallbackSettings(), CallbackSettingsReply, service="live_config"
+        )
         return reply.Response or CallbackSettings()
 
     async def register_callback(self, tenant: Tenant, url: str, commands: list[str], *, share: Share) -> str:
@@ -160,10 +240,11 @@ class RoomService:
         if tenant.callback_token is None:
             raise errors.InvalidRequest(f"tenant {tenant.name!r} has no callback_token_env / callback_token_file")
         token = CallbackTokenRequest(Token=tenant.callback_token.reveal(), IsTokenEnable=True)
-        await self._call(tenant, share, "set_callback_token", token, Envelope)
+        await self._call(tenant, share, "set_callback_token", token, Envelope, service="live_config")
         current = await self.get_callback(tenant, share=share)
         api: Api = "update_callback" if current.Url else "set_callback"
-        await self._call(tenant, share, api, CallbackSettings(Url=url, CallbackCommandList=commands), Envelope)
+        settings = CallbackSettings(Url=url, CallbackCommandList=commands)
+        await self._call(tenant, share, api, settings, Envelope, service="live_config")
         return "updated" if current.Url else "set"
 
     # ------------------------------------------------------------------ the one path to Tencent
@@ -176,9 +257,17 @@ class RoomService:
         request: msgspec.Struct,
         reply: type[R],
         *,
-        done_if_retried: type[errors.GatewayError] | None = None,
+        applied: Applied | None = None,
+        service: str = LIVE,
+        documented: int = 200,
+        overrides: Mapping[int, type[errors.GatewayError]] | None = None,
     ) -> R:
+        """Call Tencent: budgeted (``documented``: the API's documented limit, which the
+        tenant's ``api_qps`` may override), signed and retried. ``applied`` says whether an error
+        means "done" after an earlier attempt may have applied (a retried delete finds it gone);
+        ``overrides`` map ErrorCodes to other errors than ``upstream.ERROR_CODES`` does."""
         body = _encode(request)
+        qps = tenant.limit(api, documented)
         policy = self._policy
         deadline = self._clock() + policy.deadline
         resigned = False
@@ -192,7 +281,16 @@ class RoomService:
             usersig = await self._signer.get(tenant)  # before the slot: its send window is short
             try:
                 return await self._send(
-                    tenant, share, api, body=body, usersig=usersig, reply=reply, deadline=deadline, last=last
+                    tenant,
+                    share,
+                    api,
+                    body=body,
+                    usersig=usersig,
+                    reply=reply,
+                    deadline=deadline,
+                    last=last,
+                    service=service,
+                    qps=qps,
                 )
             except errors.SignatureRejected as exc:
                 m.usersig_rejections.labels(tenant=tenant.name).inc()
@@ -225,9 +323,9 @@ class RoomService:
                     raise
                 await self._sleep(delay)
             except errors.GatewayError as exc:
-                if done_if_retried is not None and isinstance(exc, done_if_retried) and maybe_applied:
+                if maybe_applied and applied is not None and await applied(exc):
                     return reply(ErrorCode=0, RequestId=exc.upstream_request_id or "")
-                raise
+                raise _override(exc, overrides) from None
         assert last is not None  # the loop only falls through after a retried failure
         raise last
 
@@ -242,6 +340,8 @@ class RoomService:
         reply: type[R],
         deadline: float,
         last: errors.GatewayError | None,
+        service: str,
+        qps: int,
     ) -> R:
         """One attempt: a budget slot, then the call, which must leave within the slot's send
         window (``budget``). One that cannot has sent nothing: it hands the slot back and books
@@ -250,11 +350,18 @@ class RoomService:
         until = min(deadline, self._clock() + self._policy.max_wait)  # the wait cap spans re-bookings
         slot: Slot | None = None
         while True:
-            slot = await self._slot(tenant, share, api, until=until, last=last, forfeit=slot)
+            slot = await self._slot(tenant, share, api, qps=qps, until=until, last=last, forfeit=slot)
             timeout = min(self._policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(
-                    tenant, api, body=body, usersig=usersig, reply=reply, within=timeout, send_by=slot.send_by
+                    tenant,
+                    api,
+                    body=body,
+                    usersig=usersig,
+                    reply=reply,
+                    within=timeout,
+                    send_by=slot.send_by,
+                    service=service,
                 )
             except TooLate as late:
                 m.child(m.budget_missed, tenant.name, api).inc()
@@ -269,6 +376,7 @@ class RoomService:
         share: Share,
         api: Api,
         *,
+        qps: int,
         until: float,
         last: errors.GatewayError | None,
         forfeit: Slot | None,
@@ -278,7 +386,7 @@ class RoomService:
         m = self._metrics
         wait = max(0.0, until - self._clock())
         got = await self._budget.acquire(
-            str(tenant.sdkappid), api, qps=tenant.qps, max_wait=wait, share=share, forfeit=forfeit
+            str(tenant.sdkappid), api, qps=qps, max_wait=wait, share=share, forfeit=forfeit
         )
         if isinstance(got, Slot):
             m.child(m.budget_wait, tenant.name, api).observe(got.waited)
@@ -303,3 +411,16 @@ class RoomService:
             await self._budget.pause(str(tenant.sdkappid), seconds, code, reason)
         if exc is not None:
             exc.retry_after = seconds
+
+
+def _override(exc: errors.GatewayError, overrides: Mapping[int, type[errors.GatewayError]] | None) -> Exception:
+    """The error the caller gets for Tencent's ErrorCode, where an operation overrides the
+    default mapping (create_room's 100003 is 409 room_exists, not 502)."""
+    code = exc.upstream_code
+    if not overrides or code is None or code not in overrides:
+        return exc
+    return overrides[code](exc.detail, upstream_code=code, upstream_request_id=exc.upstream_request_id)
+
+
+async def _deleted(exc: errors.GatewayError) -> bool:
+    return isinstance(exc, errors.MetadataKeysNotFound)

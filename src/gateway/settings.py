@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cache_ttl: float = 1.0
     stale_ttl: float = 30.0
     cache_max_rooms: int = 100_000
+    room_list_ttl: float = 2.0  # get_room_list's pages (10/s at Tencent): cached and coalesced this long
     fill_lock_ttl: float = 5.0
     # budget
     budget_max_wait: float = 2.0
@@ -64,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         checks = {
             "cache_ttl": self.cache_ttl > 0,
+            "room_list_ttl": self.room_list_ttl > 0,
             "redis_timeout": self.redis_timeout > 0,
             "redis_cool_off": self.redis_cool_off > 0,
             "fill_lock_ttl": self.fill_lock_ttl > 0,

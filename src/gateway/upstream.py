@@ -1,7 +1,7 @@
 """The only code that speaks HTTP to Tencent.
 
-One call = one signed POST to ``{base_url}/v4/live_engine_http_srv/{api}`` (``/v4/live_config/``
-for the callback settings) with a fresh 32-bit
+One call = one signed POST to ``{base_url}/v4/{service}/{api}`` (``live_engine_http_srv``, or
+``room_engine_http_mic`` for seats and ``live_config`` for the callback settings) with a fresh 32-bit
 ``random``; the reply's envelope is checked and every failure becomes a ``GatewayError``:
 transport errors and non-200 statuses as ``UpstreamUnavailable``, a missed deadline as
 ``UpstreamTimeout``, and Tencent's ErrorCodes through ``ERROR_CODES``. Retrying is the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -25,24 +25,11 @@ from gateway.models import Envelope
 from gateway.tenants import Tenant
 from gateway.transport import OnTime, Proxy, ProxyRefused, Reply, Sender, TooLate, proxy_from_url
 
-Api = Literal[
-    "get_room_info",
-    "update_room_info",
-    "get_room_metadata",
-    "set_room_metadata",
-    "del_room_metadata",
-    # v4/live_config: the app's callback settings
-    "set_callback",
-    "update_callback",
-    "get_callback",
-    "set_callback_token",
-]
+Api = str  # a Tencent command (models.TENCENT_APIS), e.g. "get_room_info"
 R = TypeVar("R", bound=Envelope)
 Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
 
-_PATH = "/v4/live_engine_http_srv/"
-_CONFIG_PATH = "/v4/live_config/"
-CONFIG_APIS = frozenset({"set_callback", "update_callback", "get_callback", "set_callback_token"})
+LIVE = "live_engine_http_srv"
 
 # Tencent ErrorCode -> the error the caller gets (README: "Error mapping"). Unlisted codes become
 # UpstreamRejected (502, not retried), with the code in the problem's ``upstream_code``.
@@ -127,14 +114,14 @@ class Upstream:
         reply: type[R],
         within: float,
         send_by: float | None = None,
+        service: str = LIVE,
     ) -> R:
         """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError.
         ``TooLate`` (nothing sent) if the request could not be written by ``send_by``."""
         clock = self._clock
         started = clock()
         outcome: str | None = "0"
-        path = _CONFIG_PATH if api in CONFIG_APIS else _PATH
-        target = f"{path}{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
+        target = f"/v4/{service}/{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
         on_time = None if send_by is None else lambda: clock() <= send_by
         try:
             try:

@@ -5,7 +5,7 @@ Sizes are UTF-8 bytes, as Tencent counts them, not characters. Each check names 
 
 from __future__ import annotations
 
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from gateway.errors import InvalidRequest
 from gateway.models import MetadataPatch, RoomPatch
@@ -18,6 +18,7 @@ METADATA_KEYS_MAX = 10
 METADATA_KEY_MAX = 50
 METADATA_VALUE_MAX = 2048
 METADATA_TOTAL_MAX = 16384
+ACCOUNT_MAX = 32  # an IM UserID
 
 
 def _size(text: str) -> int:
@@ -38,23 +39,55 @@ def room_id(value: str) -> str:
     return value
 
 
-def _bounded(field: str, value: str, limit: int, *, minimum: int = 0) -> None:
+def bounded(field: str, value: str, limit: int, *, minimum: int = 0) -> None:
     size = _size(value)
     if not minimum <= size <= limit:
         raise InvalidRequest(f"{field} must be {minimum}-{limit} UTF-8 bytes, got {size}")
+
+
+def room_fields(*, room_name: str | UnsetType, cover_url: str | UnsetType, category: list[int] | UnsetType) -> None:
+    """The room fields create_room and update_room_info share, within Tencent's limits."""
+    if room_name is not UNSET:
+        bounded("room_name", room_name, ROOM_NAME_MAX)
+    if cover_url is not UNSET:
+        bounded("cover_url", cover_url, COVER_URL_MAX)
+    if category is not UNSET and len(category) > CATEGORY_MAX:
+        raise InvalidRequest(f"category holds at most {CATEGORY_MAX} integers, got {len(category)}")
 
 
 def room_patch(patch: RoomPatch) -> RoomPatch:
     """A non-empty patch within Tencent's field limits."""
     if patch == RoomPatch():
         raise InvalidRequest("give at least one field to update")
-    if patch.room_name is not UNSET:
-        _bounded("room_name", patch.room_name, ROOM_NAME_MAX)
-    if patch.cover_url is not UNSET:
-        _bounded("cover_url", patch.cover_url, COVER_URL_MAX)
-    if patch.category is not UNSET and len(patch.category) > CATEGORY_MAX:
-        raise InvalidRequest(f"category holds at most {CATEGORY_MAX} integers, got {len(patch.category)}")
+    room_fields(room_name=patch.room_name, cover_url=patch.cover_url, category=patch.category)
     return patch
+
+
+def account(value: str, *, field: str) -> str:
+    """An account (IM UserID): 1-32 bytes, no control characters."""
+    bounded(field, value, ACCOUNT_MAX, minimum=1)
+    if _has_control(value):
+        raise InvalidRequest(f"{field} must not contain control characters")
+    return value
+
+
+def accounts(values: list[str], *, field: str, most: int = 1000) -> list[str]:
+    """1 to ``most`` distinct accounts, in request order."""
+    unique = list(dict.fromkeys(values))
+    if not unique:
+        raise InvalidRequest(f"give at least one {field}")
+    if len(unique) > most:
+        raise InvalidRequest(f"{field}: at most {most} accounts per request, got {len(unique)}")
+    for value in unique:
+        account(value, field=field)
+    return unique
+
+
+def integer(value: str, *, field: str, low: int, high: int) -> int:
+    """A decimal integer query parameter within [low, high]."""
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(f"{field} must be an integer {low}-{high}, got {value[:20]!r}")
+    return int(value)
 
 
 def metadata_keys(keys: list[str], *, required: bool) -> list[str]:
@@ -65,7 +98,7 @@ def metadata_keys(keys: list[str], *, required: bool) -> list[str]:
     if len(unique) > METADATA_KEYS_MAX:
         raise InvalidRequest(f"at most {METADATA_KEYS_MAX} keys per request, got {len(unique)}")
     for key in unique:
-        _bounded(f"metadata key {key[:60]!r}", key, METADATA_KEY_MAX, minimum=1)
+        bounded(f"metadata key {key[:60]!r}", key, METADATA_KEY_MAX, minimum=1)
     return unique
 
 

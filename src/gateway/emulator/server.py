@@ -4,7 +4,8 @@ Tencent's side: ``POST /v4/live_engine_http_srv/{command}?sdkappid=&identifier=&
 and ``/v4/live_config/{command}`` (the callback settings). Writes owe the app a signed callback
 when it registered a URL for that command; it is POSTed after the reply, as Tencent does.
 Control: ``GET /_emulator/stats``, ``POST /_emulator/faults``, ``POST /_emulator/fail_next``,
-``POST /_emulator/reset``, ``POST /_emulator/rooms`` (see the README's emulator section).
+``POST /_emulator/reset``, ``POST /_emulator/rooms``, ``POST /_emulator/members`` (see the README's
+emulator section).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ async def _tencent(request: web.Request) -> web.StreamResponse:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        reply = emu.handle(api, query, body, injected=fault if fault and fault > 0 else None)
+        service = request.path.split("/")[2]
+        reply = emu.handle(api, query, body, injected=fault if fault and fault > 0 else None, service=service)
     if emu.faults.reply_latency:
         await asyncio.sleep(emu.faults.reply_latency)
     for callback in emu.take_outbox():  # sent after the reply, as Tencent calls back after the event
@@ -107,6 +109,12 @@ async def _rooms(request: web.Request) -> web.Response:
     return web.json_response(room)
 
 
+async def _members(request: web.Request) -> web.Response:
+    spec = await request.json()
+    request.app[EMULATOR].add_members(int(spec["sdkappid"]), str(spec["RoomId"]), [str(a) for a in spec["accounts"]])
+    return web.json_response({"ok": True})
+
+
 def create_emulator_app(emulator: Emulator) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[EMULATOR] = emulator
@@ -123,6 +131,8 @@ def create_emulator_app(emulator: Emulator) -> web.Application:
     app.cleanup_ctx.append(session)
     app.router.add_post("/v4/live_engine_http_srv/{command}", _tencent)
     app.router.add_post("/v4/live_config/{command}", _tencent)
+    app.router.add_post("/v4/room_engine_http_mic/{command}", _tencent)
+    app.router.add_post("/_emulator/members", _members)
     app.router.add_get("/_emulator/stats", _stats)
     app.router.add_post("/_emulator/faults", _faults)
     app.router.add_post("/_emulator/fail_next", _fail_next)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
-from gateway.emulator import usersig
+from gateway.emulator import members, usersig
 
 Reply = dict[str, Any]
 LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
 LOCKOUT_WINDOW = 60.0
-API_QPS = {"get_room_list": 10}
+API_QPS = members.API_QPS
 DEFAULT_QPS = 200
 WRITES = frozenset(
     {
@@ -36,7 +36,14 @@ WRITES = frozenset(
         "update_callback",
         "set_callback_token",
     }
+    | members.WRITES
 )
+SERVICES = {  # the commands not under v4/live_engine_http_srv
+    **dict.fromkeys(("get_seat_list", "lock_seat", "pick_user_on_seat", "kick_user_off_seat"), "room_engine_http_mic"),
+    **dict.fromkeys(
+        ("set_callback", "update_callback", "get_callback", "set_callback_token", "get_callback_token"), "live_config"
+    ),
+}
 CALLBACKS = {  # the writes after which Tencent calls the app's callback URL, and the command it sends
     "create_room": "Live.CallbackAfterCreateRoom",
     "destroy_room": "Live.CallbackAfterDestroyRoom",
@@ -47,6 +54,7 @@ CALLBACKS = {  # the writes after which Tencent calls the app's callback URL, an
 HTTP_502 = 0  # fault: answer HTTP 502
 DROP = -1  # fault: close the connection before doing anything
 APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
+PASS = -3  # no fault for this call (to script a later call's)
 
 
 class ApiError(Exception):
@@ -69,6 +77,7 @@ class App:
     callback_commands: list[str] = field(default_factory=list)
     callback_token: str = ""
     callback_token_enabled: bool = False
+    people: dict[str, members.People] = field(default_factory=dict)  # room id -> its members, admins, ...
 
 
 class Callback(NamedTuple):
@@ -132,8 +141,13 @@ class Emulator:
         self.apps[sdkappid].metadata.setdefault(room_id, {})
         return room
 
+    def add_members(self, sdkappid: int, room_id: str, accounts: list[str]) -> None:
+        """Members who entered the room (as clients would)."""
+        people = self.apps[sdkappid].people.setdefault(room_id, members.People())
+        people.members.extend(a for a in accounts if a not in people.members)
+
     def fail_next(self, api: str, *codes: int) -> None:
-        """The next calls to ``api`` meet these faults (ErrorCodes, HTTP_502, DROP, APPLY_THEN_DROP)."""
+        """The next calls to ``api`` meet these faults (ErrorCodes, HTTP_502, DROP, APPLY_THEN_DROP, PASS)."""
         self.faults.scripted.setdefault(api, deque()).extend(codes)
 
     def reset_counters(self) -> None:
@@ -169,7 +183,8 @@ class Emulator:
         """The fault this call meets: an ErrorCode, HTTP_502, DROP, APPLY_THEN_DROP, or None."""
         scripted = self.faults.scripted.get(api)
         if scripted:
-            return scripted.popleft()
+            fault = scripted.popleft()
+            return None if fault == PASS else fault
         roll = self.rng.random()
         f = self.faults
         if roll < f.drop_rate:
@@ -184,11 +199,20 @@ class Emulator:
         self.calls[api] += 1
         self.arrivals[f"{query.get('sdkappid', '?')}:{api}"].append(self.clock())
 
-    def handle(self, api: str, query: dict[str, str], body: Any, injected: int | None = None) -> Reply:
-        """Tencent's reply to one call whose fault (if any) is an ErrorCode."""
+    def handle(
+        self,
+        api: str,
+        query: dict[str, str],
+        body: Any,
+        injected: int | None = None,
+        service: str = "live_engine_http_srv",
+    ) -> Reply:
+        """Tencent's reply to one call (``v4/<service>/<api>``) whose fault (if any) is an ErrorCode."""
         self._seq += 1
         request_id = f"Id-emu{self._seq:08d}-O-Seq-{self._seq}"
         try:
+            if SERVICES.get(api, "live_engine_http_srv") != service:
+                raise ApiError(60009, f"unknown command {service}/{api}")
             app = self._authenticate(api, query)
             if injected:
                 raise ApiError(injected, "injected fault")
@@ -379,6 +403,8 @@ def create_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
         raise ApiError(100002, "RoomInfo with RoomType Live is required")
     room_id = _room_id(info)
     if room_id in app.rooms:
+        if app.rooms[room_id]["Owner_Account"] == str(info.get("Owner_Account", "administrator")):
+            raise ApiError(100010, "RoomId exists and you are its owner")
         raise ApiError(100003, "RoomId already exists")
     _check_fields(info, _UPDATABLE)
     room = _new_room(room_id, str(info.get("Owner_Account", "administrator")), int(emu.wall()))
@@ -392,7 +418,9 @@ def destroy_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
     room = _room(app, body)
     del app.rooms[room["RoomId"]]
     app.metadata.pop(room["RoomId"], None)
-    return None
+    people = app.people.pop(room["RoomId"], members.People())
+    stats = {"TotalViewers": len(people.members), "TotalGiftsSent": 0, "TotalGiftCoins": 0}
+    return {"Statistic": stats | {"TotalUniqueGiftSenders": 0, "TotalLikesReceived": 0}}
 
 
 def get_room_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
@@ -533,4 +561,4 @@ _HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = 
         set_callback_token,
         get_callback_token,
     )
-}
+} | members.HANDLERS
