@@ -327,7 +327,7 @@ _CACHE_CONTROL = Parameter(
     required=False,
     deprecated=False,
     description="'no-cache' reads through to Tencent and refreshes the cache",
-    schema=Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)]),
+    schema=Schema(type=OpenAPIType.STRING),
 )
 
 
@@ -338,9 +338,8 @@ _KEYS = Parameter(
     deprecated=False,
     allow_empty_value=False,
     allow_reserved=False,
-    schema=Schema(
-        one_of=[Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)), Schema(type=OpenAPIType.NULL)]
-    ),
+    description="a metadata key; repeat it for several",
+    schema=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)),
 )
 
 
@@ -768,7 +767,7 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
         summary=op.summary,
         responses={**success, **_ERRORS},
         security=_SECURITY,
-        tags=[op.path.split("/")[-1] if op.path.count("/") > 2 else "rooms"],
+        tags=[op.path.split("/")[3] if op.path.count("/") > 2 else "rooms"],
         operation_id=op.id,
         operation_class=_documented(op.body, *(_query_parameter(q) for q in op.query)),
     )(handler)
