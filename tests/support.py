@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import httpx
 import uvicorn
-from litestar import Litestar
 
+from gateway.api import Edge
 from gateway.app import create_app
 from gateway.emulator import Emulator
 from gateway.settings import Settings
@@ -122,7 +122,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Litestar) -> AsyncIterator[str]:
+async def serve_app(app: Edge) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
     config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
     server = uvicorn.Server(config)
@@ -180,7 +180,7 @@ class ScriptedTencent:
 class Gateway:
     """A running gateway: its app (for internals), URL and an httpx client with a token."""
 
-    def __init__(self, app: Litestar, url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, app: Edge, url: str, client: httpx.AsyncClient) -> None:
         self.app = app
         self.url = url
         self.client = client

@@ -12,13 +12,14 @@ import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from litestar import Request, Response, delete, get, patch, post, route
+from litestar import Litestar, Request, Response, delete, get, patch, post, route
 from litestar.datastructures import State
 from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
@@ -177,13 +178,35 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
     return next((v for k, v in headers if k == name), b"")
 
 
-def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> ASGIApp:
-    """Request ids in and out, refusal of paths that would decode into other routes, the room
-    routes' direct dispatch (``_direct``), and the request's metrics and access-log line.
+class Edge:
+    """The service's ASGI application: the edge (``edge_middleware``) in front of the Litestar
+    app, as a plain outer ASGI layer (nothing of Litestar's is patched). Litestar runs its
+    middleware only after routing, and the edge's rules hold for every request, an unmatched path
+    included. ``state``, ``openapi_schema`` and ``lifespan`` are the Litestar app's."""
 
-    It wraps the app's ``asgi_handler`` (where Litestar itself puts CORS), not its middleware
-    stack: Litestar runs middleware only after routing, and these rules hold for every request,
-    an unmatched path included.
+    def __init__(self, app: Litestar, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> None:
+        self.app = app
+        self._serve = edge_middleware(app, metrics=metrics, clock=clock, direct=direct)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send)
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    @property
+    def openapi_schema(self) -> OpenAPI:
+        return self.app.openapi_schema
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        return self.app.lifespan()
+
+
+def edge_middleware(app: Litestar, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> ASGIApp:
+    """Request ids in and out, refusal of paths that would decode into other routes, the room
+    routes' direct dispatch (``_direct``), and the request's metrics and access-log line, around
+    the Litestar ``app`` (``Edge``).
 
     Request ids the gateway makes are 32 hex digits: a random per-process half and a counter
     (unique across replicas without a system call per request, unlike ``uuid4``).
@@ -216,6 +239,7 @@ def edge_middleware(app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float
                 exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
                 await _respond(problem_response(exc, request_id), scope, receive, send_with_id)
             elif (handler := _direct(scope) if direct else None) is not None:
+                scope["app"] = scope["litestar_app"] = app  # (as Litestar sets them; handlers use them)
                 await _serve(handler, scope, receive, send_with_id)
             else:
                 await app(scope, receive, send_with_id)

@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import MAX_BODY, ROUTES, Gateway, edge_middleware, handle_error, tidy_openapi
+from gateway.api import MAX_BODY, ROUTES, Edge, Gateway, handle_error, tidy_openapi
 from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
@@ -182,7 +182,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     direct_routes: bool = True,
-) -> Litestar:
+) -> Edge:
     """Build the app. ``directory`` (tenants and callers) is loaded from ``settings.config`` at
     start-up when not given; ``transport_factory`` replaces the pooled upstream transport;
     ``direct_routes=False`` leaves the room routes to Litestar's router too (a test compares)."""
@@ -314,5 +314,4 @@ def create_app(
         debug=False,
     )
     tidy_openapi(app.openapi_schema)  # (generated once here; /schema serves this same document)
-    app.asgi_handler = edge_middleware(app.asgi_handler, metrics=metrics, clock=clock, direct=direct_routes)
-    return app
+    return Edge(app, metrics=metrics, clock=clock, direct=direct_routes)
