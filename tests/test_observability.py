@@ -85,6 +85,8 @@ async def test_budget_refusals_and_limits(upstream_url: str) -> None:
         samples = await scrape(gateway)
     assert value(samples, "gateway_budget_limit_per_second", tenant="acme", api="update_room_info") == 1
     assert value(samples, "gateway_budget_limit_per_second", tenant="globex", api="get_room_info") == 200
+    assert value(samples, "gateway_budget_limit_per_second", tenant="globex", api="get_room_list") == 10  # Tencent's
+    assert value(samples, "gateway_budget_limit_per_second", tenant="acme", api="get_room_list") == 1  # qps lowers it
     assert value(samples, "gateway_budget_refusals_total", tenant="acme", api="update_room_info") == 1
 
 

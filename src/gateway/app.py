@@ -24,10 +24,11 @@ from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dis
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.callbacks import Receiver, Seen
+from gateway.catalogue.operations import CATALOGUE
 from gateway.errors import ConfigError
 from gateway.events import EventLog, Hub
 from gateway.health import Breaker
-from gateway.metrics import Metrics, StateCollector
+from gateway.metrics import APIS, Metrics, StateCollector
 from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
@@ -54,6 +55,8 @@ from gateway.transport import PooledTransport, Sender, tls_context
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.app")
+# Every API the gateway calls with its documented limit per second: the budget gauge's rows.
+DOCUMENTED = sorted({**dict.fromkeys(APIS, 200), **{op.api: op.qps for op in CATALOGUE}}.items())
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -270,7 +273,9 @@ def create_app(
 
     def apply(new: Directory) -> None:
         gateway.directory = new
-        metrics.set_limits((t.name, t.qps) for t in new.tenants.values())
+        metrics.set_limits(
+            (t.name, api, t.limit(api, documented)) for t in new.tenants.values() for api, documented in DOCUMENTED
+        )
 
     tasks: list[asyncio.Task[None]] = []
 

@@ -178,12 +178,11 @@ class Metrics:
             found = self._children[key] = metric.labels(*values)
         return found  # type: ignore[return-value]
 
-    def set_limits(self, limits: Iterable[tuple[str, int]]) -> None:
-        """Publish each tenant's per-API budget (on start-up and on config reload)."""
+    def set_limits(self, limits: Iterable[tuple[str, str, int]]) -> None:
+        """Publish each (tenant, API) budget (on start-up and on config reload)."""
         self.budget_limit.clear()
-        for tenant, qps in limits:
-            for api in APIS:
-                self.budget_limit.labels(tenant=tenant, api=api).set(qps)
+        for tenant, api, qps in limits:
+            self.budget_limit.labels(tenant=tenant, api=api).set(qps)
 
 
 class StateCollector(Collector):

@@ -166,7 +166,8 @@ class RoomService:
         goes through it, coalesced like room reads."""
         op.validate(args)
         if op.cache == "read":
-            key = f"{op.api}:{tenant.sdkappid}:" + _encode(sorted((k, v) for k, v in args.query.items())).hex()
+            page = [args.query.get(q.name, []) for q in op.query]  # (other parameters do not change the page)
+            key = f"{op.api}:{tenant.sdkappid}:" + _encode(page).hex()
 
             async def fetch() -> Filled:
                 reply, request_id = await self._apply(op, tenant, args, share)
