@@ -250,28 +250,57 @@ def edge_middleware(app: Litestar, *, metrics: Metrics, clock: Callable[[], floa
 
 
 Handler = Callable[[Request[Any, Any, Any]], Awaitable[Response[Any]]]
-_ROOM_PATTERN = re.compile(r"/v1/tenants/([^/]+)/rooms/([^/]+)(/metadata)?")
-_ROOM_TEMPLATE = "/v1/tenants/{tenant}/rooms/{room_id}"
+
+
+class _Route:
+    """A route of the edge's table: its template's literal segments and where its parameters are."""
+
+    __slots__ = ("handlers", "literals", "names", "template")
+
+    def __init__(self, template: str) -> None:
+        segments = template.split("/")
+        self.template = template
+        self.literals = tuple((i, seg) for i, seg in enumerate(segments) if not seg.startswith("{"))
+        self.names = tuple((i, seg[1:-1]) for i, seg in enumerate(segments) if seg.startswith("{"))
+        self.handlers: dict[str, Handler] = {}
+
+
+def direct_table(routes: Iterable[tuple[str, str, Handler]]) -> dict[tuple[int, str], list[_Route]]:
+    """The edge's routes by segment count and last segment: ``(method, template, handler)``."""
+    by_template: dict[str, _Route] = {}
+    for method, template, handler in routes:
+        by_template.setdefault(template, _Route(template)).handlers[method] = handler
+    table: dict[tuple[int, str], list[_Route]] = {}
+    for entry in by_template.values():
+        segments = entry.template.split("/")
+        last = "" if segments[-1].startswith("{") else segments[-1]
+        table.setdefault((len(segments), last), []).append(entry)
+    return table
 
 
 def _direct(scope: Scope) -> Handler | None:
-    """The room route this request is for, when it is exactly one (else Litestar routes it).
+    """The API route this request is for, when it is exactly one (else Litestar routes it).
 
-    The five room routes are the gateway's hot path, and Litestar's routing and handler layers
-    cost about as much CPU as everything the gateway does on a cache hit (BENCHMARKS.md). The
-    edge therefore calls the same handler functions itself, with what Litestar would give them:
-    a Request with the path parameters, ``handle_error`` for whatever they raise, and their
-    Response sent as Litestar sends it. Anything else (other methods, trailing slashes, ...)
-    still goes through Litestar, which also serves the OpenAPI document for these routes.
+    The room routes are the gateway's hot path, and Litestar's routing and handler layers cost
+    about as much CPU as everything the gateway does on a cache hit (BENCHMARKS.md). The edge
+    therefore calls the same handler functions itself, from one table (``_DIRECT``: the five room
+    routes and every operation of the catalogue), with what Litestar would give them: a Request
+    with the path parameters, ``handle_error`` for whatever they raise, and their Response sent
+    as Litestar sends it. Anything else (other methods, trailing slashes, empty segments, ...)
+    goes through Litestar, which answers it as these same routes (it serves their documentation
+    too) or with 404/405.
     """
-    match = _ROOM_PATTERN.fullmatch(scope["path"])
-    if match is None:
-        return None
-    handler = _DIRECT.get((str(scope.get("method", "")), match.group(3) is not None))
-    if handler is not None:
-        scope["path_params"] = {"tenant": match.group(1), "room_id": match.group(2)}
-        scope["path_template"] = _ROOM_TEMPLATE + (match.group(3) or "")
-    return handler
+    path: str = scope["path"]
+    segments = path.split("/")
+    size = len(segments)
+    for entry in (*_DIRECT.get((size, segments[-1]), ()), *_DIRECT.get((size, ""), ())):
+        if all(segments[i] == literal for i, literal in entry.literals) and all(segments[i] for i, _ in entry.names):
+            handler: Handler | None = entry.handlers.get(str(scope.get("method", "")))
+            if handler is not None:
+                scope["path_params"] = {name: segments[i] for i, name in entry.names}
+                scope["path_template"] = entry.template
+            return handler
+    return None
 
 
 async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
@@ -832,8 +861,9 @@ async def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(_gateway(state).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+_CATALOGUE_ROUTES = [catalogue_route(op) for op in CATALOGUE]
 ROUTES = [
-    *(catalogue_route(op) for op in CATALOGUE),
+    *_CATALOGUE_ROUTES,
     get_room,
     update_room,
     get_metadata,
@@ -845,10 +875,17 @@ ROUTES = [
     readyz,
     metrics,
 ]
-_DIRECT: dict[tuple[str, bool], Handler] = {
-    ("GET", False): get_room.fn,
-    ("PATCH", False): update_room.fn,
-    ("GET", True): get_metadata.fn,
-    ("PATCH", True): set_metadata.fn,
-    ("DELETE", True): delete_metadata.fn,
-}
+_ROOM = "/v1/tenants/{tenant}/rooms/{room_id}"
+_DIRECT = direct_table(
+    [
+        ("GET", _ROOM, get_room.fn),
+        ("PATCH", _ROOM, update_room.fn),
+        ("GET", _ROOM + "/metadata", get_metadata.fn),
+        ("PATCH", _ROOM + "/metadata", set_metadata.fn),
+        ("DELETE", _ROOM + "/metadata", delete_metadata.fn),
+        *(
+            (op.method, "/v1/tenants/{tenant}" + op.path, route.fn)
+            for op, route in zip(CATALOGUE, _CATALOGUE_ROUTES, strict=True)
+        ),
+    ]
+)
