@@ -197,6 +197,8 @@ def _request(op_path: str, room: str) -> str:
 
 
 _BODIES: dict[str, Any] = {
+    "updateRoom": {"room_name": "x"},
+    "setRoomMetadata": {"metadata": {"k": "v"}},
     "createRoom": {"room_id": "x"},
     "addAdmins": {"accounts": ["a"]},
     "banMembers": {"accounts": ["a"], "duration": 60},
@@ -207,6 +209,7 @@ _BODIES: dict[str, Any] = {
     "addRobots": {"accounts": ["a"]},
 }
 _QUERIES: dict[str, dict[str, str]] = {
+    "deleteRoomMetadata": {"key": "k"},
     "removeAdmins": {"account": "a"},
     "unbanMembers": {"account": "a"},
     "unmuteMembers": {"account": "a"},

@@ -1027,7 +1027,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The room */
+            /** @description Get a room (get_room_info), through the shared short-TTL cache */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2410,7 +2410,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The metadata */
+            /** @description Get room metadata (get_room_metadata): the given keys, or all without 'key' */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from litestar import Litestar, Request, Response, delete, get, patch, post, route
+from litestar import Litestar, Request, Response, get, post, route
 from litestar.datastructures import State
 from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
@@ -42,15 +42,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import catalogue, errors, events
 from gateway.budget import Share
-from gateway.cache import CacheResult
 from gateway.callbacks import ACK, Receiver
 from gateway.catalogue import Args, Query
 from gateway.catalogue.operations import CATALOGUE
 from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import CallbackAck, Metadata, MetadataPatch, Problem, Room, RoomPatch
-from gateway.service import Outcome, RoomService
+from gateway.models import CallbackAck, Problem
+from gateway.service import RoomService
 from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
 
@@ -369,31 +368,10 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
 
 # ---------------------------------------------------------------------- handlers
 
-_ROOM_PATH = "/v1/tenants/{tenant:str}/rooms/{room_id:str}"
 T = TypeVar("T")
 
 
 _PATH_ORDER = {"tenant": 0, "room_id": 1}
-_CACHE_CONTROL = Parameter(
-    name="cache-control",
-    param_in=ParamType.HEADER,
-    required=False,
-    deprecated=False,
-    description="'no-cache' reads through to Tencent and refreshes the cache",
-    schema=Schema(type=OpenAPIType.STRING),
-)
-
-
-_KEYS = Parameter(
-    name="key",
-    param_in=ParamType.QUERY,
-    required=False,
-    deprecated=False,
-    allow_empty_value=False,
-    allow_reserved=False,
-    description="a metadata key; repeat it for several",
-    schema=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING)),
-)
 
 
 BODY_SCHEMAS: dict[str, Any] = {}  # request bodies' JSON Schemas, by component name (``_documented``)
@@ -471,10 +449,6 @@ def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter
     return Documented
 
 
-_ROOM_PATCH = msgspec.json.Decoder(RoomPatch)
-_METADATA_PATCH = msgspec.json.Decoder(MetadataPatch)
-
-
 async def _body(request: Request[Any, Any, Any]) -> bytes:
     """The body, read from ASGI ``receive`` (``Request.body`` cost ~7% of a forwarded write's
     CPU); over MAX_BODY bytes is a 413, checked as the chunks arrive."""
@@ -522,14 +496,6 @@ _ERRORS = {
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def _route(request: Request[Any, Any, Any]) -> tuple[Gateway, str, str]:
-    """The gateway and the path's tenant and room id. Handlers take only the request: each
-    parameter Litestar injects (state, typed path parameters) costs CPU on every call, and the
-    router has already split the path."""
-    params = request.path_params
-    return _gateway(request.app.state), params["tenant"], params["room_id"]
-
-
 def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, scope: str) -> tuple[Tenant, Share]:
     """The tenant, if the bearer may use it with this scope, and the caller's share of its budget."""
     if gateway.directory is None:
@@ -544,101 +510,6 @@ def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, s
 
 def _upstream_header(request_id: str | None) -> dict[str, str]:
     return {"x-upstream-request-id": request_id} if request_id else {}
-
-
-def _no_content(outcome: Outcome) -> Response[None]:
-    return Response(None, status_code=204, headers=_upstream_header(outcome.upstream_request_id))
-
-
-@get(
-    _ROOM_PATH,
-    summary="Get a room (get_room_info), through the shared short-TTL cache",
-    responses={200: ResponseSpec(data_container=Room, description="The room", generate_examples=False), **_ERRORS},
-    security=_SECURITY,
-    tags=["rooms"],
-    operation_id="getRoom",
-    operation_class=_documented(None, _CACHE_CONTROL),
-)
-async def get_room(request: Request[Any, Any, Any]) -> Response[bytes]:
-    gateway, tenant, room_id = _route(request)
-    resolved, share = _authorize(request, gateway, tenant, "read")
-    cache_control = _header(request.scope["headers"], b"cache-control")
-    bypass = b"no-cache" in cache_control.lower()
-    result: CacheResult = await gateway.service.get_room(resolved, room_id, share=share, bypass_cache=bypass)
-    headers = {"x-cache": result.status, **_upstream_header(result.upstream_request_id)}
-    return Response(result.body, media_type=MediaType.JSON, headers=headers)
-
-
-@patch(
-    _ROOM_PATH,
-    summary="Update a room (update_room_info); the cached copy is invalidated before the 204",
-    status_code=204,
-    responses=_ERRORS,
-    security=_SECURITY,
-    tags=["rooms"],
-    operation_id="updateRoom",
-    operation_class=_documented(RoomPatch),
-)
-async def update_room(request: Request[Any, Any, Any]) -> Response[None]:
-    gateway, tenant, room_id = _route(request)
-    resolved, share = _authorize(request, gateway, tenant, "write")
-    data = await _decode(request, _ROOM_PATCH)
-    return _no_content(await gateway.service.update_room(resolved, room_id, data, share=share))
-
-
-@get(
-    _ROOM_PATH + "/metadata",
-    summary="Get room metadata (get_room_metadata): the given keys, or all without 'key'",
-    responses={
-        200: ResponseSpec(data_container=Metadata, description="The metadata", generate_examples=False),
-        **_ERRORS,
-    },
-    security=_SECURITY,
-    tags=["metadata"],
-    operation_id="getRoomMetadata",
-    operation_class=_documented(None, _KEYS),
-)
-async def get_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
-    gateway, tenant, room_id = _route(request)
-    resolved, share = _authorize(request, gateway, tenant, "read")
-    keys = request.query_params.getall("key", [])
-    found, outcome = await gateway.service.get_metadata(resolved, room_id, keys, share=share)
-    body = _encode(Metadata(metadata=found))
-    return Response(body, media_type=MediaType.JSON, headers=_upstream_header(outcome.upstream_request_id))
-
-
-@patch(
-    _ROOM_PATH + "/metadata",
-    summary="Upsert room metadata keys (set_room_metadata)",
-    status_code=204,
-    responses=_ERRORS,
-    security=_SECURITY,
-    tags=["metadata"],
-    operation_id="setRoomMetadata",
-    operation_class=_documented(MetadataPatch),
-)
-async def set_metadata(request: Request[Any, Any, Any]) -> Response[None]:
-    gateway, tenant, room_id = _route(request)
-    resolved, share = _authorize(request, gateway, tenant, "write")
-    data = await _decode(request, _METADATA_PATCH)
-    return _no_content(await gateway.service.set_metadata(resolved, room_id, data, share=share))
-
-
-@delete(
-    _ROOM_PATH + "/metadata",
-    summary="Delete room metadata keys (del_room_metadata); at least one 'key'",
-    status_code=204,
-    responses=_ERRORS,
-    security=_SECURITY,
-    tags=["metadata"],
-    operation_id="deleteRoomMetadata",
-    operation_class=_documented(None, _KEYS),
-)
-async def delete_metadata(request: Request[Any, Any, Any]) -> Response[None]:
-    gateway, tenant, room_id = _route(request)
-    resolved, share = _authorize(request, gateway, tenant, "write")
-    keys = request.query_params.getall("key", [])
-    return _no_content(await gateway.service.delete_metadata(resolved, room_id, keys, share=share))
 
 
 @post(
@@ -775,7 +646,7 @@ def _query_parameter(query: Query) -> Parameter:
     item = Schema(type=_JSON_TYPES[query.kind])
     return Parameter(
         name=query.name,
-        param_in=ParamType.QUERY,
+        param_in=ParamType.HEADER if query.header else ParamType.QUERY,
         required=False,
         deprecated=False,
         description=query.description,
@@ -798,7 +669,8 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
         if decoder is not None:
             body = await _decode(request, decoder)
         query = {key: request.query_params.getall(key) for key in request.query_params}
-        args = Args(room_id=params.get("room_id", ""), query=query, body=body)
+        no_cache = op.cache == "room" and b"no-cache" in _header(request.scope["headers"], b"cache-control").lower()
+        args = Args(room_id=params.get("room_id", ""), query=query, body=body, no_cache=no_cache)
         done = await gateway.service.run(op, tenant, args, share=share)
         headers = _upstream_header(done.upstream_request_id)
         if done.cache is not None:
@@ -864,28 +736,13 @@ async def metrics(state: State) -> Response[bytes]:
 _CATALOGUE_ROUTES = [catalogue_route(op) for op in CATALOGUE]
 ROUTES = [
     *_CATALOGUE_ROUTES,
-    get_room,
-    update_room,
-    get_metadata,
-    set_metadata,
-    delete_metadata,
     tencent_callback,
     tenant_events,
     livez,
     readyz,
     metrics,
 ]
-_ROOM = "/v1/tenants/{tenant}/rooms/{room_id}"
 _DIRECT = direct_table(
-    [
-        ("GET", _ROOM, get_room.fn),
-        ("PATCH", _ROOM, update_room.fn),
-        ("GET", _ROOM + "/metadata", get_metadata.fn),
-        ("PATCH", _ROOM + "/metadata", set_metadata.fn),
-        ("DELETE", _ROOM + "/metadata", delete_metadata.fn),
-        *(
-            (op.method, "/v1/tenants/{tenant}" + op.path, route.fn)
-            for op, route in zip(CATALOGUE, _CATALOGUE_ROUTES, strict=True)
-        ),
-    ]
+    (op.method, "/v1/tenants/{tenant}" + op.path, handler.fn)
+    for op, handler in zip(CATALOGUE, _CATALOGUE_ROUTES, strict=True)
 )

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import msgspec
 
-from gateway import errors, validation
+from gateway import errors
 from gateway.budget import Budget, Paused, Share, Slot
-from gateway.cache import CacheResult, Filled, RoomCache, room_key
+from gateway.cache import Filled, RoomCache, room_key
 from gateway.catalogue import Args, Operation
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -24,16 +24,8 @@ from gateway.models import (
     CallbackSettingsReply,
     CallbackTokenRequest,
     Envelope,
-    KeysRequest,
-    MetadataItem,
-    MetadataPatch,
-    MetadataReply,
     RoomIdRequest,
     RoomInfoReply,
-    RoomPatch,
-    SetMetadataRequest,
-    room_from_wire,
-    update_to_wire,
 )
 from gateway.signing import Signer
 from gateway.tenants import Tenant
@@ -71,12 +63,6 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     cache: str | None = None
 
 
-class Outcome(msgspec.Struct, frozen=True):
-    """A write's result: Tencent's RequestId for ``X-Upstream-Request-Id``."""
-
-    upstream_request_id: str | None
-
-
 class RoomService:
     def __init__(
         self,
@@ -103,68 +89,25 @@ class RoomService:
         self._sleep = sleep
         self._uniform = uniform
 
-    # ------------------------------------------------------------------ use cases
-
-    async def get_room(self, tenant: Tenant, room_id: str, *, share: Share, bypass_cache: bool = False) -> CacheResult:
-        """The room as encoded JSON, from the shared cache or one coalesced upstream call."""
-        validation.room_id(room_id)
-
-        async def fetch() -> Filled:
-            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(RoomId=room_id), RoomInfoReply)
-            if reply.Response is None:
-                raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
-            return Filled(body=_encode(room_from_wire(reply.Response.RoomInfo)), upstream_request_id=reply.RequestId)
-
-        result = await self._cache.read(room_key(tenant.sdkappid, room_id), fetch, bypass=bypass_cache)
-        m = self._metrics
-        m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
-        return result
-
-    async def update_room(self, tenant: Tenant, room_id: str, patch: RoomPatch, *, share: Share) -> Outcome:
-        """Apply the patch, then invalidate the room everywhere before answering."""
-        validation.room_id(room_id)
-        validation.room_patch(patch)
-        reply = await self._call(tenant, share, "update_room_info", update_to_wire(room_id, patch), Envelope)
-        await self._cache.invalidate(room_key(tenant.sdkappid, room_id))
-        return Outcome(reply.RequestId or None)
-
-    async def get_metadata(
-        self, tenant: Tenant, room_id: str, keys: list[str], *, share: Share
-    ) -> tuple[dict[str, str], Outcome]:
-        """The room's metadata; all keys when ``keys`` is empty."""
-        validation.room_id(room_id)
-        wanted = validation.metadata_keys(keys, required=False)
-        request = KeysRequest(RoomId=room_id, Keys=wanted)
-        reply = await self._call(tenant, share, "get_room_metadata", request, MetadataReply)
-        items = reply.Response.Metadata if reply.Response is not None else []
-        return {item.Key: item.Value for item in items}, Outcome(reply.RequestId or None)
-
-    async def set_metadata(self, tenant: Tenant, room_id: str, patch: MetadataPatch, *, share: Share) -> Outcome:
-        """Upsert the given keys."""
-        validation.room_id(room_id)
-        validation.metadata_patch(patch)
-        items = [MetadataItem(Key=k, Value=v) for k, v in patch.metadata.items()]
-        reply = await self._call(
-            tenant, share, "set_room_metadata", SetMetadataRequest(RoomId=room_id, Metadata=items), Envelope
-        )
-        return Outcome(reply.RequestId or None)
-
-    async def delete_metadata(self, tenant: Tenant, room_id: str, keys: list[str], *, share: Share) -> Outcome:
-        """Delete the keys; a 100503 after an attempt that may have applied counts as done."""
-        validation.room_id(room_id)
-        wanted = validation.metadata_keys(keys, required=True)
-        request = KeysRequest(RoomId=room_id, Keys=wanted)
-        reply = await self._call(tenant, share, "del_room_metadata", request, Envelope, applied=_deleted)
-        return Outcome(reply.RequestId or None)
-
     # ------------------------------------------------------------------ the catalogue's operations
 
     async def run(self, op: Operation, tenant: Tenant, args: Args, *, share: Share) -> Done:
         """One catalogue operation: validated before any budget is spent, then one Tencent call
         per batch of accounts (each budgeted), the cached room invalidated where the operation
-        changes it, and our reply shaped from Tencent's. A read with its own cache (get_room_list)
-        goes through it, coalesced like room reads."""
+        changes it (before the answer), and our reply shaped from Tencent's. A room read goes
+        through the shared room cache (coalesced, served stale when Tencent fails), and
+        get_room_list's pages through a short cache of their own."""
         op.validate(args)
+        if op.cache == "room":
+
+            async def fill() -> Filled:
+                reply, request_id = await self._apply(op, tenant, args, share)
+                return Filled(body=_encode(reply), upstream_request_id=request_id or "")
+
+            result = await self._cache.read(room_key(tenant.sdkappid, args.room_id), fill, bypass=args.no_cache)
+            m = self._metrics
+            m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
+            return Done(body=result.body, upstream_request_id=result.upstream_request_id, cache=result.status)
         if op.cache == "read":
             page = [args.query.get(q.name, []) for q in op.query]  # (other parameters do not change the page)
             key = f"{op.api}:{tenant.sdkappid}:" + _encode(page).hex()
@@ -421,7 +364,3 @@ def _override(exc: errors.GatewayError, overrides: Mapping[int, type[errors.Gate
     if not overrides or code is None or code not in overrides:
         return exc
     return overrides[code](exc.detail, upstream_code=code, upstream_request_id=exc.upstream_request_id)
-
-
-async def _deleted(exc: errors.GatewayError) -> bool:
-    return isinstance(exc, errors.MetadataKeysNotFound)

@@ -1,4 +1,4 @@
-"""The operation catalogue: every room operation beyond the five seed routes, declared once.
+"""The operation catalogue: every room operation the gateway serves, declared once.
 
 An ``Operation`` says everything the gateway needs to serve one Tencent command, the way a
 botocore service model describes an AWS operation: its HTTP method and path, the caller's
@@ -27,7 +27,9 @@ import msgspec
 from gateway.errors import GatewayError
 from gateway.models import Envelope, Scope
 
-Effect = Literal["none", "invalidate", "read"]  # on the cached room, or (read) a short cache of its own
+# On the room cache: read through it (room), invalidate the room (invalidate), or read through a
+# short cache of the operation's own (read: get_room_list's pages); or nothing.
+Effect = Literal["none", "room", "invalidate", "read"]
 
 
 class Args(msgspec.Struct, kw_only=True):
@@ -36,6 +38,7 @@ class Args(msgspec.Struct, kw_only=True):
     room_id: str = ""
     query: Mapping[str, list[str]] = {}
     body: Any = None
+    no_cache: bool = False  # Cache-Control: no-cache (a room read goes to Tencent and refreshes the cache)
 
     def one(self, name: str, default: str = "") -> str:
         values = self.query.get(name) or [default]
@@ -50,6 +53,7 @@ class Query:
     description: str
     kind: Literal["string", "integer"] = "string"
     repeated: bool = False
+    header: bool = False  # a request header, not a query parameter
 
 
 @dataclass(frozen=True, kw_only=True)

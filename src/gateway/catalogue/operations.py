@@ -13,7 +13,23 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway import errors, validation
 from gateway.catalogue import Args, Operation, Query, chunks
-from gateway.models import Envelope, TakeSeatMode, account_text
+from gateway.models import (
+    Envelope,
+    KeysRequest,
+    Metadata,
+    MetadataItem,
+    MetadataPatch,
+    MetadataReply,
+    Room,
+    RoomIdRequest,
+    RoomInfoReply,
+    RoomPatch,
+    SetMetadataRequest,
+    TakeSeatMode,
+    account_text,
+    room_from_wire,
+    update_to_wire,
+)
 
 ACCOUNTS_PER_CALL = 20  # ban_member's documented batch; assumed for unban and mute
 ADMINS_MAX = 5
@@ -27,10 +43,6 @@ class Accounts(Struct, kw_only=True, forbid_unknown_fields=True):
     """A body naming accounts (UserIDs)."""
 
     accounts: list[str]
-
-
-class RoomIdRequest(Struct, kw_only=True):
-    RoomId: str
 
 
 def _room(args: Args) -> None:
@@ -57,6 +69,51 @@ def _done(args: Args, replies: list[Any]) -> None:
 
 def _bare(args: Args) -> list[Struct]:
     return [RoomIdRequest(RoomId=args.room_id)]
+
+
+# ---------------------------------------------------------------------- the room and its metadata
+
+
+def _room_reply(args: Args, replies: list[Any]) -> Struct:
+    reply: RoomInfoReply = replies[0]
+    if reply.Response is None:
+        raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
+    return room_from_wire(reply.Response.RoomInfo)
+
+
+def _validate_patch(args: Args) -> None:
+    _room(args)
+    validation.room_patch(args.body)
+
+
+def _keys(args: Args, *, required: bool) -> list[str]:
+    return validation.metadata_keys(args.query.get("key", []), required=required)
+
+
+def _validate_keys(args: Args) -> None:
+    _room(args)
+    _keys(args, required=False)
+
+
+def _validate_deleted_keys(args: Args) -> None:
+    _room(args)
+    _keys(args, required=True)
+
+
+def _validate_metadata(args: Args) -> None:
+    _room(args)
+    validation.metadata_patch(args.body)
+
+
+def _metadata(args: Args, replies: list[Any]) -> Struct:
+    reply: MetadataReply = replies[0]
+    items = reply.Response.Metadata if reply.Response is not None else []
+    return Metadata(metadata={item.Key: item.Value for item in items})
+
+
+def _set_metadata(args: Args) -> list[Struct]:
+    items = [MetadataItem(Key=k, Value=v) for k, v in args.body.metadata.items()]
+    return [SetMetadataRequest(RoomId=args.room_id, Metadata=items)]
 
 
 # ---------------------------------------------------------------------- create, destroy, list, stats
@@ -608,7 +665,79 @@ _ROOM = "/rooms/{room_id}"
 _ACCOUNT = Query("account", "an account (UserID); repeat it for several", repeated=True)
 _EXISTS = dict.fromkeys((100003, 100010, 100011), errors.RoomExists)
 
+_KEY = Query("key", "a metadata key; repeat it for several", repeated=True)
+
 CATALOGUE: tuple[Operation, ...] = (
+    Operation(
+        id="getRoom",
+        method="GET",
+        path=_ROOM,
+        scope="read",
+        summary="Get a room (get_room_info), through the shared short-TTL cache",
+        api="get_room_info",
+        query=(Query("cache-control", "'no-cache' reads through to Tencent and refreshes the cache", header=True),),
+        reply=Room,
+        wire=RoomInfoReply,
+        cache="room",
+        validate=_room,
+        request=_bare,
+        respond=_room_reply,
+    ),
+    Operation(
+        id="updateRoom",
+        method="PATCH",
+        path=_ROOM,
+        scope="write",
+        summary="Update a room (update_room_info); the cached copy is invalidated before the 204",
+        api="update_room_info",
+        body=RoomPatch,
+        status=204,
+        cache="invalidate",
+        validate=_validate_patch,
+        request=lambda args: [update_to_wire(args.room_id, args.body)],
+        respond=_done,
+    ),
+    Operation(
+        id="getRoomMetadata",
+        method="GET",
+        path=_ROOM + "/metadata",
+        scope="read",
+        summary="Get room metadata (get_room_metadata): the given keys, or all without 'key'",
+        api="get_room_metadata",
+        query=(_KEY,),
+        reply=Metadata,
+        wire=MetadataReply,
+        validate=_validate_keys,
+        request=lambda args: [KeysRequest(RoomId=args.room_id, Keys=_keys(args, required=False))],
+        respond=_metadata,
+    ),
+    Operation(
+        id="setRoomMetadata",
+        method="PATCH",
+        path=_ROOM + "/metadata",
+        scope="write",
+        summary="Upsert room metadata keys (set_room_metadata)",
+        api="set_room_metadata",
+        body=MetadataPatch,
+        status=204,
+        validate=_validate_metadata,
+        request=_set_metadata,
+        respond=_done,
+    ),
+    Operation(
+        id="deleteRoomMetadata",
+        method="DELETE",
+        path=_ROOM + "/metadata",
+        scope="write",
+        summary="Delete room metadata keys (del_room_metadata); at least one 'key'",
+        api="del_room_metadata",
+        query=(_KEY,),
+        status=204,
+        applied_if_retried=frozenset({100503}),
+        validate=_validate_deleted_keys,
+        request=lambda args: [KeysRequest(RoomId=args.room_id, Keys=_keys(args, required=True))],
+        respond=_done,
+    ),
     Operation(
         id="createRoom",
         method="POST",
