@@ -1,7 +1,9 @@
-"""Thin Litestar handlers, the edge middleware, and the single errors -> problem+json mapping.
+"""The HTTP side: the edge (``Edge``, the service's ASGI app), the one generic handler of the
+operation catalogue, Tencent's callbacks, the events stream, the operational routes, and the
+single errors -> problem+json mapping.
 
-Handlers authenticate, call one service method and shape the answer; they hold no logic of
-their own. Every error, the gateway's or Litestar's, leaves through ``problem_response``.
+Handlers authenticate, call the service and shape the answer; they hold no logic of their own.
+Every error, the gateway's or Litestar's, leaves through ``problem_response``.
 """
 
 from __future__ import annotations
@@ -282,8 +284,8 @@ def _direct(scope: Scope) -> Handler | None:
 
     The room routes are the gateway's hot path, and Litestar's routing and handler layers cost
     about as much CPU as everything the gateway does on a cache hit (BENCHMARKS.md). The edge
-    therefore calls the same handler functions itself, from one table (``_DIRECT``: the five room
-    routes and every operation of the catalogue), with what Litestar would give them: a Request
+    therefore calls the same handler functions itself, from one table (``_DIRECT``: every
+    operation of the catalogue), with what Litestar would give them: a Request
     with the path parameters, ``handle_error`` for whatever they raise, and their Response sent
     as Litestar sends it. Anything else (other methods, trailing slashes, empty segments, ...)
     goes through Litestar, which answers it as these same routes (it serves their documentation
@@ -427,7 +429,8 @@ def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
     body, ``parameters`` (header or query parameters); path parameters in the path's order.
 
-    Handlers take only the request (``_route``) and decode bodies themselves (``_decode``):
+    Handlers take only the request (each parameter Litestar injects costs CPU on every call) and
+    decode bodies themselves (``_decode``):
     strictly typed ("1" is not an integer), in one pass, every malformed input a 400. Litestar's
     own body parsing is lax and lets a RecursionError or UnicodeDecodeError escape as a 500.
     """

@@ -188,7 +188,7 @@ def create_app(
 ) -> Edge:
     """Build the app. ``directory`` (tenants and callers) is loaded from ``settings.config`` at
     start-up when not given; ``transport_factory`` replaces the pooled upstream transport;
-    ``direct_routes=False`` leaves the room routes to Litestar's router too (a test compares)."""
+    ``direct_routes=False`` leaves the API routes to Litestar's router (a test compares)."""
     env = os.environ if env is None else env
     settings = settings or settings_from_env(env)
     rng = random.Random()

@@ -98,25 +98,21 @@ class RoomService:
         through the shared room cache (coalesced, served stale when Tencent fails), and
         get_room_list's pages through a short cache of their own."""
         op.validate(args)
-        if op.cache == "room":
+        if op.cache in ("room", "read"):
+            if op.cache == "room":
+                cache, key = self._cache, room_key(tenant.sdkappid, args.room_id)
+            else:  # (other query parameters than the operation's own do not change the page)
+                page = [args.query.get(q.name, []) for q in op.query]
+                cache, key = self._lists, f"{op.api}:{tenant.sdkappid}:" + _encode(page).hex()
 
             async def fill() -> Filled:
                 reply, request_id = await self._apply(op, tenant, args, share)
                 return Filled(body=_encode(reply), upstream_request_id=request_id or "")
 
-            result = await self._cache.read(room_key(tenant.sdkappid, args.room_id), fill, bypass=args.no_cache)
-            m = self._metrics
-            m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
-            return Done(body=result.body, upstream_request_id=result.upstream_request_id, cache=result.status)
-        if op.cache == "read":
-            page = [args.query.get(q.name, []) for q in op.query]  # (other parameters do not change the page)
-            key = f"{op.api}:{tenant.sdkappid}:" + _encode(page).hex()
-
-            async def fetch() -> Filled:
-                reply, request_id = await self._apply(op, tenant, args, share)
-                return Filled(body=_encode(reply), upstream_request_id=request_id or "")
-
-            result = await self._lists.read(key, fetch)
+            result = await cache.read(key, fill, bypass=args.no_cache)
+            if op.cache == "room":
+                m = self._metrics
+                m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
             return Done(body=result.body, upstream_request_id=result.upstream_request_id, cache=result.status)
         reply, request_id = await self._apply(op, tenant, args, share)
         if op.cache == "invalidate":
