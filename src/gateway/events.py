@@ -250,16 +250,16 @@ class Hub:
             try:
                 feed.cursor = await self.log.tail(scope)
                 feed.ready.set()
-            except StoreUnavailable as exc:
-                log.warning("event feed cannot read the log, retrying: %s", exc)
+            except Exception as exc:  # (a feed that stopped would leave its streams silent for good)
+                log.warning("event feed cannot read the log, retrying: %s", exc, exc_info=_unexpected(exc))
                 await self.sleep(self.retry)
         while True:
             try:
                 page = await self.log.wait(scope, feed.cursor)
-            except StoreUnavailable as exc:
+            except Exception as exc:
                 # Entries may be trimmed while we cannot read: each subscriber reads the log
                 # itself once it answers again, and is told what was lost.
-                log.warning("event feed cannot read the log, retrying: %s", exc)
+                log.warning("event feed cannot read the log, retrying: %s", exc, exc_info=_unexpected(exc))
                 self._lag(feed)
                 await self.sleep(self.retry)
                 continue
@@ -270,6 +270,11 @@ class Hub:
                 for sub in feed.subscribers:
                     if not sub.offer(entry):
                         m.child(m.events_lagged, sub.label).inc()
+
+
+def _unexpected(exc: Exception) -> bool:
+    """Whether a failure is worth a traceback in the log (Redis being away is not)."""
+    return not isinstance(exc, StoreUnavailable)
 
 
 async def follow(
