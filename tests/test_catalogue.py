@@ -167,8 +167,8 @@ async def test_the_admin_limit(upstream_url: str, emulator: Emulator) -> None:
 
 
 async def test_seats_and_robots(upstream_url: str, emulator: Emulator) -> None:
-    """Seats (room_engine_http_mic) read, taken, left and locked; robots added, listed and
-    removed, at most 3 a request."""
+    """Seats (room_engine_http_mic) read, taken, moved (a taken seat cancels the move, or swaps),
+    left and locked; robots added, listed and removed, at most 3 a request."""
     emulator.add_members(APP_ID, "room-1", ["alice"])
     async with start_gateway(upstream_url) as gateway:
         c = gateway.client
@@ -181,6 +181,14 @@ async def test_seats_and_robots(upstream_url: str, emulator: Emulator) -> None:
         }
         assert (await c.post(ROOM + "/seats/members", json={"account": "alice", "index": 2})).status_code == 204
         assert (await c.get(ROOM + "/seats")).json()["seats"][2]["account"] == "alice"
+        emulator.add_members(APP_ID, "room-1", ["bob"])
+        assert (await c.post(ROOM + "/seats/members", json={"account": "bob", "index": 4})).status_code == 204
+        taken = await c.post(ROOM + "/seats/moves", json={"account": "alice", "index": 4})
+        assert (taken.status_code, taken.json()["upstream_code"]) == (400, 100002)  # if_taken: cancel
+        swap = {"account": "alice", "index": 4, "if_taken": "swap"}
+        assert (await c.post(ROOM + "/seats/moves", json=swap)).status_code == 204
+        seats = (await c.get(ROOM + "/seats")).json()["seats"]
+        assert (seats[2].get("account"), seats[4].get("account")) == ("bob", "alice")
         assert (await c.delete(ROOM + "/seats/members", params={"account": "alice"})).status_code == 204
         assert (await c.patch(ROOM + "/seats", json={"index": 3, "forbid_taken": True})).status_code == 204
         assert (await c.get(ROOM + "/seats")).json()["seats"][3]["is_taken_disabled"] is True
@@ -206,6 +214,7 @@ _BODIES: dict[str, Any] = {
     "sendMessage": {"sender": "a", "text": "hi"},
     "lockSeat": {"index": 0},
     "takeSeat": {"account": "a", "index": 0},
+    "moveSeat": {"account": "a", "index": 1},
     "addRobots": {"accounts": ["a"]},
 }
 _QUERIES: dict[str, dict[str, str]] = {
@@ -337,3 +346,33 @@ def test_the_emulator_serves_each_command_on_its_service_only() -> None:
     emulator = Emulator()
     reply = emulator.handle("get_seat_list", {}, {"RoomId": "r"}, service="live_engine_http_srv")
     assert reply["ErrorCode"] == 60009
+
+
+_MAPPED = [
+    (100006, 403, "forbidden"),
+    (100002, 400, "invalid_request"),
+    (70020, 503, "upstream_misconfigured"),
+]
+
+
+@pytest.mark.parametrize("op", CATALOGUE, ids=[op.id for op in CATALOGUE])
+async def test_every_operation_maps_tencents_errors_and_retries_transient_ones(
+    upstream_url: str, emulator: Emulator, op: Any
+) -> None:
+    """For every entry: Tencent's 100006, 100002 and a credentials error reach the caller as the
+    errors table says (with the upstream code), and a transient 100001 is retried to success."""
+    emulator.add_members(APP_ID, "room-1", ["a"])
+    api = op.api
+    async with start_gateway(upstream_url, misconfig_cooldown=0.0) as gateway:
+        body, params = _BODIES.get(op.id), _QUERIES.get(op.id, {})
+        path = _request(op.path, "room-1")
+        if op.id == "createRoom":
+            body = {"room_id": "fresh"}
+        for code, status, name in _MAPPED:
+            emulator.fail_next(api, code)
+            response = await gateway.client.request(op.method, path, json=body, params=params)
+            assert (response.status_code, response.json()["code"]) == (status, name), (code, response.text)
+            assert response.json()["upstream_code"] == code
+        emulator.fail_next(api, 100001)
+        response = await gateway.client.request(op.method, path, json=body, params=params)
+        assert response.status_code < 300, response.text

@@ -110,6 +110,7 @@ async def test_a_generated_python_client_drives_every_operation(
             await call("messages", "send_message", 204, t, r, body=models.Message(sender="alice", text="hi"))
             assert len((await call("seats", "list_seats", 200, t, r)).seats) == 8
             await call("seats", "take_seat", 204, t, r, body=models.SeatTake(account="alice", index=1))
+            await call("seats", "move_seat", 204, t, r, body=models.SeatMove(account="alice", index=3))
             await call("seats", "leave_seat", 204, t, r, account="alice")
             await call("seats", "lock_seat", 204, t, r, body=models.SeatLock(index=2, forbid_taken=True))
             await call("robots", "add_robots", 204, t, r, body=models.Accounts(accounts=["bot"]))

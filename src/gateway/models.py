@@ -42,6 +42,7 @@ TENCENT_APIS = frozenset(
         "lock_seat",
         "pick_user_on_seat",
         "kick_user_off_seat",
+        "move_user_to_seat",
         "get_robot",
         "add_robot",
         "del_robot",

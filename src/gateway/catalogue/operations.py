@@ -7,7 +7,7 @@ Tencent's nearest documented limit (20 accounts per call, as ban_member takes).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -608,6 +608,25 @@ class SeatTake(Struct, kw_only=True, forbid_unknown_fields=True):
     index: Annotated[int, Meta(ge=0, le=1000)]
 
 
+class SeatMove(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /rooms/{room_id}/seats/moves``: move a member to a seat; ``if_taken`` says
+    what happens when someone is on it: cancel the move, force (that member leaves), or swap."""
+
+    account: str
+    index: Annotated[int, Meta(ge=0, le=1000)]
+    if_taken: Literal["cancel", "force", "swap"] = "cancel"
+
+
+class _MoveRequest(Struct, kw_only=True):
+    RoomId: str
+    SeatIndex: int
+    Member_Account: str
+    Policy: int  # 0 cancel, 1 force, 2 swap
+
+
+_POLICIES = {"cancel": 0, "force": 1, "swap": 2}
+
+
 class _PickRequest(Struct, kw_only=True):
     RoomId: str
     Member_Account: str
@@ -1041,6 +1060,27 @@ CATALOGUE: tuple[Operation, ...] = (
         validate=_validate_kick,
         request=lambda args: [
             _KickRequest(RoomId=args.room_id, Member_Account=_query_accounts(args)[0], Data=args.one("data"))
+        ],
+        respond=_done,
+    ),
+    Operation(
+        id="moveSeat",
+        method="POST",
+        path=_ROOM + "/seats/moves",
+        scope="write",
+        summary="Move a member to a seat (room_engine_http_mic/move_user_to_seat)",
+        api="move_user_to_seat",
+        service="room_engine_http_mic",
+        body=SeatMove,
+        status=204,
+        validate=_validate_take,
+        request=lambda args: [
+            _MoveRequest(
+                RoomId=args.room_id,
+                SeatIndex=args.body.index,
+                Member_Account=args.body.account,
+                Policy=_POLICIES[args.body.if_taken],
+            )
         ],
         respond=_done,
     ),

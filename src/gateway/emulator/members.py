@@ -227,6 +227,32 @@ def kick_user_off_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply |
     return None
 
 
+def move_user_to_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+    people = _people(app, body)
+    target = _seat(people, body, "SeatIndex")
+    account = body.get("Member_Account")
+    policy = body.get("Policy")
+    if not isinstance(account, str) or account not in people.members:
+        raise _error(100002, "Member_Account must be a member of the room")
+    if policy not in (0, 1, 2):
+        raise _error(100002, "Policy must be 0 (cancel), 1 (force) or 2 (swap)")
+    if target["IsTakenDisabled"]:
+        raise _error(100002, "the seat is locked")
+    current = next((s for s in people.seats if s.get("Member_Account") == account), None)
+    occupant = target.get("Member_Account")
+    if occupant and occupant != account:
+        if policy == 0:
+            raise _error(100002, "the seat is taken")
+        if policy == 2 and current is not None:
+            current["Member_Account"] = occupant
+        elif current is not None:
+            del current["Member_Account"]
+    elif current is not None:
+        del current["Member_Account"]
+    target["Member_Account"] = account
+    return None
+
+
 def get_robot(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
     return {"RobotList_Account": list(_people(app, body).robots)}
 
@@ -265,6 +291,7 @@ HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = {
         lock_seat,
         pick_user_on_seat,
         kick_user_off_seat,
+        move_user_to_seat,
         get_robot,
         add_robot,
         del_robot,
@@ -273,5 +300,5 @@ HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = {
 API_QPS = {"get_room_list": 10, "get_room_stats": 100, "get_robot": 100, "add_robot": 100, "del_robot": 100}
 WRITES = frozenset(
     {"modify_admin", "ban_member", "unban_member", "mute_member", "send_text_msg", "send_custom_msg"}
-    | {"lock_seat", "pick_user_on_seat", "kick_user_off_seat", "add_robot", "del_robot"}
+    | {"lock_seat", "pick_user_on_seat", "kick_user_off_seat", "move_user_to_seat", "add_robot", "del_robot"}
 )

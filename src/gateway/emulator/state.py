@@ -39,7 +39,10 @@ WRITES = frozenset(
     | members.WRITES
 )
 SERVICES = {  # the commands not under v4/live_engine_http_srv
-    **dict.fromkeys(("get_seat_list", "lock_seat", "pick_user_on_seat", "kick_user_off_seat"), "room_engine_http_mic"),
+    **dict.fromkeys(
+        ("get_seat_list", "lock_seat", "pick_user_on_seat", "kick_user_off_seat", "move_user_to_seat"),
+        "room_engine_http_mic",
+    ),
     **dict.fromkeys(
         ("set_callback", "update_callback", "get_callback", "set_callback_token", "get_callback_token"), "live_config"
     ),
