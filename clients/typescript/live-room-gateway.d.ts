@@ -381,6 +381,17 @@ export interface components {
             ErrorInfo: string;
         };
         /**
+         * CallbackBody
+         * @description What Tencent posts to the callback URL (documented for clients; the receiver reads only
+         *     the room and the event time, leniently, and keeps the rest of the body as it came).
+         */
+        CallbackBody: {
+            CallbackCommand?: string;
+            EventTime?: number;
+            Operator_Account?: string;
+            RoomId?: string;
+        };
+        /**
          * CreateRoom
          * @description Body of ``POST /rooms``: the room id and any of create_room's room fields.
          */
@@ -667,12 +678,31 @@ export interface operations {
     };
     tencentCallback: {
         parameters: {
-            query?: never;
+            query: {
+                /** @description the tenant's SDKAppID */
+                SdkAppid: string;
+                /** @description e.g. Live.CallbackAfterDestroyRoom */
+                CallbackCommand: string;
+                /** @description json */
+                contenttype?: string;
+                /** @description the client's IP, when there was one */
+                ClientIP?: string;
+                /** @description RESTAPI, Web, Android, iOS, ... */
+                OptPlatform?: string;
+                /** @description Unix seconds; within 60 s of the gateway's clock */
+                RequestTime: string;
+                /** @description hex sha256 of the tenant's callback token followed by RequestTime */
+                Sign: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CallbackBody"];
+            };
+        };
         responses: {
             /** @description Accepted (or a duplicate, dropped) */
             200: {

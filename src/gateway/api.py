@@ -50,7 +50,7 @@ from gateway.catalogue.operations import CATALOGUE
 from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import CallbackAck, Problem
+from gateway.models import CallbackAck, CallbackBody, Problem
 from gateway.service import RoomService
 from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
@@ -539,6 +539,28 @@ def _upstream_header(request_id: str | None) -> dict[str, str]:
     },
     tags=["callbacks"],
     operation_id="tencentCallback",
+    operation_class=_documented(
+        CallbackBody,
+        *(
+            Parameter(
+                name=name,
+                param_in=ParamType.QUERY,
+                required=name in ("SdkAppid", "CallbackCommand", "RequestTime", "Sign"),
+                deprecated=False,
+                description=text,
+                schema=Schema(type=OpenAPIType.STRING),
+            )
+            for name, text in (
+                ("SdkAppid", "the tenant's SDKAppID"),
+                ("CallbackCommand", "e.g. Live.CallbackAfterDestroyRoom"),
+                ("contenttype", "json"),
+                ("ClientIP", "the client's IP, when there was one"),
+                ("OptPlatform", "RESTAPI, Web, Android, iOS, ..."),
+                ("RequestTime", "Unix seconds; within 60 s of the gateway's clock"),
+                ("Sign", "hex sha256 of the tenant's callback token followed by RequestTime"),
+            )
+        ),
+    ),
 )
 async def tencent_callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway = _gateway(request.app.state)

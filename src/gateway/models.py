@@ -97,6 +97,16 @@ class MetadataPatch(Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: dict[str, str]
 
 
+class CallbackBody(Struct, kw_only=True, omit_defaults=True):
+    """What Tencent posts to the callback URL (documented for clients; the receiver reads only
+    the room and the event time, leniently, and keeps the rest of the body as it came)."""
+
+    CallbackCommand: str | UnsetType = UNSET
+    RoomId: str | UnsetType = UNSET
+    EventTime: int | UnsetType = UNSET
+    Operator_Account: str | UnsetType = UNSET
+
+
 class CallbackAck(Struct, kw_only=True):
     """What Tencent expects back from a callback (``callbacks.ACK``)."""
 
