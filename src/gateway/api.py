@@ -376,6 +376,20 @@ T = TypeVar("T")
 _PATH_ORDER = {"tenant": 0, "room_id": 1}
 
 
+def _parameter(
+    name: str, description: str, *, schema: Schema | None = None, header: bool = False, required: bool = False
+) -> Parameter:
+    """A documented query parameter (or header) of a handler that reads it itself."""
+    return Parameter(
+        name=name,
+        param_in=ParamType.HEADER if header else ParamType.QUERY,
+        required=required,
+        deprecated=False,
+        description=description,
+        schema=schema or Schema(type=OpenAPIType.STRING),
+    )
+
+
 BODY_SCHEMAS: dict[str, Any] = {}  # request bodies' JSON Schemas, by component name (``_documented``)
 _PATH_PARAMETERS = {
     "tenant": "A configured tenant's name",
@@ -542,14 +556,7 @@ def _upstream_header(request_id: str | None) -> dict[str, str]:
     operation_class=_documented(
         CallbackBody,
         *(
-            Parameter(
-                name=name,
-                param_in=ParamType.QUERY,
-                required=name in ("SdkAppid", "CallbackCommand", "RequestTime", "Sign"),
-                deprecated=False,
-                description=text,
-                schema=Schema(type=OpenAPIType.STRING),
-            )
+            _parameter(name, text, required=name in ("SdkAppid", "CallbackCommand", "RequestTime", "Sign"))
             for name, text in (
                 ("SdkAppid", "the tenant's SDKAppID"),
                 ("CallbackCommand", "e.g. Live.CallbackAfterDestroyRoom"),
@@ -572,28 +579,19 @@ async def tencent_callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(ACK, media_type=MediaType.JSON)
 
 
-_LAST_EVENT_ID = Parameter(
-    name="last-event-id",
-    param_in=ParamType.HEADER,
-    required=False,
-    deprecated=False,
-    description="Resume after this event id (an SSE client sends it when it reconnects)",
-    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$"),
+_EVENT_ID = Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$")
+_LAST_EVENT_ID = _parameter(
+    "last-event-id",
+    "Resume after this event id (an SSE client sends it when it reconnects)",
+    schema=_EVENT_ID,
+    header=True,
 )
-_LAST_EVENT_ID_QUERY = Parameter(
-    name="last_event_id",
-    param_in=ParamType.QUERY,
-    required=False,
-    deprecated=False,
-    description="As the Last-Event-ID header (which wins), for clients that cannot set headers",
-    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$"),
+_LAST_EVENT_ID_QUERY = _parameter(
+    "last_event_id", "As the Last-Event-ID header (which wins), for clients that cannot set headers", schema=_EVENT_ID
 )
-_COMMANDS = Parameter(
-    name="command",
-    param_in=ParamType.QUERY,
-    required=False,
-    deprecated=False,
-    description="Only events of these callback commands (repeat it for several; all when absent)",
+_COMMANDS = _parameter(
+    "command",
+    "Only events of these callback commands (repeat it for several; all when absent)",
     schema=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, max_length=128), max_items=32),
 )
 _EVENTS_DESCRIPTION = """Server-Sent Events: every callback the gateway accepted for the tenant, as
@@ -669,14 +667,8 @@ _JSON_TYPES = {"string": OpenAPIType.STRING, "integer": OpenAPIType.INTEGER}
 
 def _query_parameter(query: Query) -> Parameter:
     item = Schema(type=_JSON_TYPES[query.kind])
-    return Parameter(
-        name=query.name,
-        param_in=ParamType.HEADER if query.header else ParamType.QUERY,
-        required=False,
-        deprecated=False,
-        description=query.description,
-        schema=Schema(type=OpenAPIType.ARRAY, items=item) if query.repeated else item,
-    )
+    schema = Schema(type=OpenAPIType.ARRAY, items=item) if query.repeated else item
+    return _parameter(query.name, query.description, schema=schema, header=query.header)
 
 
 def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
