@@ -88,8 +88,11 @@ def test_more_than_the_limit_in_a_second_is_60007(emu: Emulator) -> None:
 
 
 def test_bodies_and_commands_tencent_cannot_read(emu: Emulator) -> None:
-    """A body that is not a JSON object is 60003; an unknown command is 60009."""
+    """A body that is not a JSON object is 60003; an unknown command is 60009; a RoomId that is
+    not a string is 100002."""
     assert code(emu, "get_room_info", ["RoomId"]) == 60003
+    assert code(emu, "get_room_info", {"RoomId": ["r1"]}) == 100002
+    assert code(emu, "destroy_room", {"RoomId": {"r": 1}}) == 100002
     assert code(emu, "no_such_api", {}) == 60009
 
 

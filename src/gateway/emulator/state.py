@@ -219,7 +219,8 @@ class Emulator:
             app = self._authenticate(api, query)
             if injected:
                 raise ApiError(injected, "injected fault")
-            before = app.rooms.get(body.get("RoomId", "")) if isinstance(body, dict) else None
+            room_id = body.get("RoomId") if isinstance(body, dict) else None
+            before = app.rooms.get(room_id) if isinstance(room_id, str) else None  # (a destroy's callback shows it)
             response = self._dispatch(app, api, body)
             if api in WRITES:
                 self.applied.append((api, body))
