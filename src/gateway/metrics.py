@@ -23,7 +23,6 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 
-APIS = ("get_room_info", "update_room_info", "get_room_metadata", "set_room_metadata", "del_room_metadata")
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 M = TypeVar("M", bound=MetricWrapperBase)
 _WAIT = (0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)

@@ -646,8 +646,7 @@ def _validate_take(args: Args) -> None:
 
 def _validate_kick(args: Args) -> None:
     _room(args)
-    (account,) = validation.accounts(args.query.get("account", []), field="account", most=1)
-    del account
+    validation.accounts(args.query.get("account", []), field="account", most=1)
     validation.bounded("data", args.one("data"), 1024)
 
 
