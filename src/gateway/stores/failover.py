@@ -161,23 +161,26 @@ class FailoverEventLog:
     def __init__(self, *, shared: RedisEventLog, breaker: Breaker, hold: int) -> None:
         self._shared = shared
         self._breaker = breaker
-        self._hold = hold
+        self._limit = hold
         self.held: deque[tuple[str, str, bytes]] = deque()
         self.dropped = 0
         self._flushing = asyncio.Lock()
 
     async def publish(self, scope: str, command: str, data: bytes) -> str | None:
-        """The entry's id, or None if it is held until Redis answers."""
-        if not self.held and not self._flushing.locked() and self._breaker.allows():
-            try:
-                entry_id = await self._shared.publish(scope, command, data)
-            except StoreUnavailable as exc:
-                self._breaker.failed(exc)
-            else:
-                self._breaker.succeeded()
-                return entry_id
+        """The entry's id, or None if it is held until Redis answers (after the events held
+        before it: order is kept)."""
+        if self.held or self._flushing.locked():
+            return await self._hold(scope, command, data)
+        return await _either(
+            self._breaker,
+            lambda: self._shared.publish(scope, command, data),
+            lambda: self._hold(scope, command, data),
+        )
+
+    async def _hold(self, scope: str, command: str, data: bytes) -> str | None:
+        """Hold the event, then try to publish what is held: None (no id yet)."""
         self.held.append((scope, command, data))
-        while len(self.held) > self._hold:
+        while len(self.held) > self._limit:
             self.held.popleft()
             self.dropped += 1
         await self.flush()
