@@ -183,13 +183,20 @@ class Edge:
     """The service's ASGI application: the edge (``edge_middleware``) in front of the Litestar
     app, as a plain outer ASGI layer (nothing of Litestar's is patched). Litestar runs its
     middleware only after routing, and the edge's rules hold for every request, an unmatched path
-    included. ``state``, ``openapi_schema`` and ``lifespan`` are the Litestar app's."""
+    included. ``state``, ``openapi_schema`` and ``lifespan`` are the Litestar app's.
+
+    The OpenAPI document is built when first asked for (it takes ~65 ms, which every app made
+    for a test would pay), and tidied (``tidy_openapi``) then, before Litestar serves it."""
 
     def __init__(self, app: Litestar, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> None:
         self.app = app
         self._serve = edge_middleware(app, metrics=metrics, clock=clock, direct=direct)
+        self._schema_path: str = (app.openapi_config.path if app.openapi_config else None) or "/schema"
+        self._tidied = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._tidied and scope["type"] == ScopeType.HTTP and scope["path"].startswith(self._schema_path):
+            self.openapi_schema  # noqa: B018 - builds and tidies the document before Litestar serves it
         await self._serve(scope, receive, send)
 
     @property
@@ -198,7 +205,12 @@ class Edge:
 
     @property
     def openapi_schema(self) -> OpenAPI:
-        return self.app.openapi_schema
+        """Litestar's document, tidied for generated clients (once)."""
+        document = self.app.openapi_schema
+        if not self._tidied:
+            tidy_openapi(document)
+            self._tidied = True
+        return document
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         return self.app.lifespan()

@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import MAX_BODY, ROUTES, Edge, Gateway, handle_error, tidy_openapi
+from gateway.api import MAX_BODY, ROUTES, Edge, Gateway, handle_error
 from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
@@ -318,5 +318,4 @@ def create_app(
         logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,
     )
-    tidy_openapi(app.openapi_schema)  # (generated once here; /schema serves this same document)
     return Edge(app, metrics=metrics, clock=clock, direct=direct_routes)
