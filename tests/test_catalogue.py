@@ -360,7 +360,9 @@ async def test_every_operation_maps_tencents_errors_and_retries_transient_ones(
     upstream_url: str, emulator: Emulator, op: Any
 ) -> None:
     """For every entry: Tencent's 100006, 100002 and a credentials error reach the caller as the
-    errors table says (with the upstream code), and a transient 100001 is retried to success."""
+    errors table says (with the upstream code); a transient 100001 is retried to success where the
+    operation is repeatable, and answered at once with may_have_applied where it is not (its
+    "too frequent" 60007 is still retried: Tencent did not apply it)."""
     emulator.add_members(APP_ID, "room-1", ["a"])
     api = op.api
     async with start_gateway(upstream_url, misconfig_cooldown=0.0) as gateway:
@@ -375,4 +377,9 @@ async def test_every_operation_maps_tencents_errors_and_retries_transient_ones(
             assert response.json()["upstream_code"] == code
         emulator.fail_next(api, 100001)
         response = await gateway.client.request(op.method, path, json=body, params=params)
+        if not op.repeatable:
+            assert response.status_code == 502, response.text
+            assert response.json()["may_have_applied"] is True
+            emulator.fail_next(api, 60007)
+            response = await gateway.client.request(op.method, path, json=body, params=params)
         assert response.status_code < 300, response.text

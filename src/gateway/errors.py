@@ -14,8 +14,10 @@ into this tree, so nothing above it ever looks at an ErrorCode.
     │   ├── MetadataKeysNotFound       404    metadata_keys_not_found
     │   └── RouteNotFound              404    not_found
     ├── MethodNotAllowed               405    method_not_allowed
+    ├── IdempotencyKeyInUse            409    idempotency_key_in_use (the key's first request still runs)
     ├── PayloadTooLarge                413    payload_too_large
     ├── MetadataLimitExceeded          422    metadata_limit_exceeded
+    ├── IdempotencyKeyReused           422    idempotency_key_reused (the key was sent with another request)
     ├── RateLimited                    429    rate_limited
     │   └── UpstreamRateLimited        429    rate_limited      (Tencent said "too frequent")
     ├── UpstreamMisconfigured          503    upstream_misconfigured
@@ -26,6 +28,10 @@ into this tree, so nothing above it ever looks at an ErrorCode.
     ├── UpstreamRejected               502    upstream_rejected      (an ErrorCode we do not map)
     ├── UpstreamTimeout                504    upstream_timeout
     └── InternalError                  500    internal_error
+
+Two flags travel with any error: ``may_have_applied`` (an attempt at Tencent may have taken
+effect although the answer is an error: a timeout or a connection lost after the write; the
+problem document says so) and ``replayed`` (the answer is the one kept for an ``Idempotency-Key``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class GatewayError(Exception):
         self.upstream_code = upstream_code
         self.upstream_request_id = upstream_request_id
         self.retry_after = retry_after
+        self.may_have_applied = False
+        self.replayed = False
 
 
 class InternalError(GatewayError):
@@ -99,6 +107,14 @@ class RoomExists(GatewayError):
 
 class AdminLimitExceeded(GatewayError):
     status, code, title = 422, "admin_limit_exceeded", "A room has at most 5 admins"
+
+
+class IdempotencyKeyInUse(GatewayError):
+    status, code, title = 409, "idempotency_key_in_use", "A request with this Idempotency-Key is still running"
+
+
+class IdempotencyKeyReused(GatewayError):
+    status, code, title = 422, "idempotency_key_reused", "This Idempotency-Key was used for another request"
 
 
 class PayloadTooLarge(GatewayError):

@@ -133,6 +133,7 @@ class Problem(Struct, kw_only=True, omit_defaults=True):
     upstream_code: int | UnsetType = UNSET
     upstream_request_id: str | UnsetType = UNSET
     request_id: str | UnsetType = UNSET
+    may_have_applied: bool | UnsetType = UNSET  # true: an attempt at Tencent may have taken effect
 
 
 # --------------------------------------------------------------------------- Tencent's side

@@ -117,12 +117,23 @@ class Upstream:
         service: str = LIVE,
     ) -> R:
         """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError.
-        ``TooLate`` (nothing sent) if the request could not be written by ``send_by``."""
+        ``TooLate`` (nothing sent) if the request could not be written by ``send_by``.
+
+        A failure after the request's first byte was written (a timeout, a lost connection, a
+        non-200 status, an unreadable reply, Tencent's "internal error" codes) is marked
+        ``may_have_applied``: Tencent may have applied it. The transport asks ``on_time`` right
+        before that write, so a failure before it (no connection, the proxy unreachable) is not."""
         clock = self._clock
         started = clock()
         outcome: str | None = "0"
         target = f"/v4/{service}/{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
-        on_time = None if send_by is None else lambda: clock() <= send_by
+        written = False
+
+        def on_time() -> bool:
+            nonlocal written
+            written = send_by is None or clock() <= send_by
+            return written
+
         try:
             try:
                 async with asyncio.timeout(within):
@@ -145,6 +156,7 @@ class Upstream:
             return decoded
         except errors.GatewayError as exc:
             outcome = _outcome(exc)
+            exc.may_have_applied = written and isinstance(exc, errors.UpstreamUnavailable | errors.UpstreamTimeout)
             raise
         except TooLate:
             outcome = None  # nothing was sent: not a call to Tencent

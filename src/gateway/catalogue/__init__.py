@@ -5,7 +5,8 @@ botocore service model describes an AWS operation: its HTTP method and path, the
 scope, the request (path parameter, query parameters, JSON body Struct) and the reply Struct,
 the Tencent command it becomes, Tencent's documented limits (checked before any budget is
 spent), its budget rate, how many accounts one Tencent call takes (longer lists become several
-budgeted calls), its cache effect, its retry rule and its error overrides. From the catalogue:
+budgeted calls), its cache effect, whether it is repeatable (safe to apply twice), its retry
+rule and its error overrides. From the catalogue:
 
 - ``api.py`` generates the routes and their OpenAPI documentation;
 - ``service.RoomService.run`` validates, calls Tencent (budgeted, signed, retried) and shapes
@@ -74,6 +75,9 @@ class Operation:
     qps: int = 200  # Tencent's documented limit per SDKAppID (the tenant's api_qps overrides it)
     split: int | None = None  # accounts one Tencent call takes; longer lists are several calls
     cache: Effect = "none"
+    # Applying it twice leaves Tencent as applying it once (SPEC §10). A write that is not is retried
+    # only when an attempt certainly did not reach Tencent; otherwise its error says may_have_applied.
+    repeatable: bool = True
     applied_if_retried: frozenset[int] = frozenset()  # codes meaning "done" once an attempt may have applied
     owned_if_exists: bool = False  # create: a retried 100003 for a room the tenant's admin owns is done
     errors: Mapping[int, type[GatewayError]] = field(default_factory=dict)  # overrides of upstream.ERROR_CODES

@@ -987,6 +987,7 @@ CATALOGUE: tuple[Operation, ...] = (
         api_for=_message_api,
         body=Message,
         status=204,
+        repeatable=False,  # every viewer sees a message sent twice
         validate=_validate_message,
         request=_message,
         respond=_done,
@@ -1072,6 +1073,7 @@ CATALOGUE: tuple[Operation, ...] = (
         service="room_engine_http_mic",
         body=SeatMove,
         status=204,
+        repeatable=False,  # a second swap moves the two members back (one rule for every if_taken)
         validate=_validate_take,
         request=lambda args: [
             _MoveRequest(

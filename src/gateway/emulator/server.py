@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, Callback, Emulator
+from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, PASS, Callback, Emulator
 
 EMULATOR = web.AppKey("emulator", Emulator)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -92,9 +92,15 @@ async def _faults(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+_FAULTS = {"http_502": HTTP_502, "drop": DROP, "apply_then_drop": APPLY_THEN_DROP, "pass": PASS}
+
+
 async def _fail_next(request: web.Request) -> web.Response:
+    """The next calls' faults: ErrorCodes, or the faults by name ("apply_then_drop": the call is
+    applied and its reply lost) or number (``state.HTTP_502`` ...)."""
     spec = await request.json()
-    request.app[EMULATOR].fail_next(str(spec["api"]), *[int(c) for c in spec["codes"]])
+    codes = [_FAULTS[c] if isinstance(c, str) else int(c) for c in spec["codes"]]
+    request.app[EMULATOR].fail_next(str(spec["api"]), *codes)
     return web.json_response({"ok": True})
 
 
