@@ -16,9 +16,24 @@ from gateway.budget import BudgetStore, Paused
 from gateway.budget.schedule import Booked, Booking, Terms, Want
 from gateway.cache import RoomStore
 from gateway.events import EventLog, order
+from gateway.idempotency import Claim, KeyStore
 from gateway.signing import Signature, SignatureStore
-from gateway.stores.memory import MemoryBudgetStore, MemoryEventLog, MemoryRoomStore, MemorySignatureStore
-from gateway.stores.redis import Redis, RedisBudgetStore, RedisEventLog, RedisRoomStore, RedisSignatureStore, connect
+from gateway.stores.memory import (
+    MemoryBudgetStore,
+    MemoryEventLog,
+    MemoryKeyStore,
+    MemoryRoomStore,
+    MemorySignatureStore,
+)
+from gateway.stores.redis import (
+    Redis,
+    RedisBudgetStore,
+    RedisEventLog,
+    RedisKeyStore,
+    RedisRoomStore,
+    RedisSignatureStore,
+    connect,
+)
 from tests.redis_servers import url_for
 
 
@@ -31,6 +46,7 @@ class Stores:
     signatures: SignatureStore
     rooms: Callable[[float], RoomStore]
     events: Callable[..., EventLog]  # a tenant's events: the newest ``keep``, none older than ``keep_seconds``
+    keys: KeyStore  # Idempotency-Key claims and answers
 
 
 @pytest.fixture(params=["memory", "standalone", "cluster"])
@@ -47,6 +63,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             lambda keep, keep_seconds=3600: MemoryEventLog(
                 wall_clock=time.time, keep=keep, keep_seconds=keep_seconds, block=0.2
             ),
+            MemoryKeyStore(clock=clock),
         )
         return
     url = url_for(request, request.param)
@@ -61,6 +78,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
             lambda keep, keep_seconds=3600: RedisEventLog(
                 redis, keep=keep, keep_seconds=keep_seconds, wall_clock=time.time
             ),
+            RedisKeyStore(redis),
         )
     finally:
         await redis.aclose()
@@ -366,3 +384,53 @@ async def test_events_older_than_the_keep_time_are_trimmed_as_events_are_added(s
     assert page.lost
     assert page.through == old[1]
     assert [e.id for e in page.entries] == [new]
+
+
+# ---------------------------------------------------------------------- idempotency keys
+
+
+async def test_a_key_is_claimed_once_then_answers_what_was_kept(stores: Stores) -> None:
+    """The first claim holds the key; while it runs, others see it running (with its
+    fingerprint); once its answer is kept, every claim gets that answer."""
+    keys = stores.keys
+    assert await keys.claim("k1", "fp", "a", lease=10, ttl=60, repeatable=False) == Claim("claimed")
+    assert await keys.claim("k1", "fp", "b", lease=10, ttl=60, repeatable=False) == Claim("running", "fp")
+    assert await keys.claim("k1", "other", "b", lease=10, ttl=60, repeatable=False) == Claim("running", "fp")
+    await keys.keep("k1", "b", b"not the holder", 60)  # only the holder keeps an answer
+    assert (await keys.claim("k1", "fp", "b", lease=10, ttl=60, repeatable=False)).state == "running"
+    await keys.keep("k1", "a", b"answer", 60)
+    assert await keys.claim("k1", "fp", "c", lease=10, ttl=60, repeatable=False) == Claim("kept", "fp", b"answer")
+    assert await keys.claim("k1", "x", "c", lease=10, ttl=60, repeatable=False) == Claim("kept", "fp", b"answer")
+
+
+async def test_a_released_key_is_claimed_again(stores: Stores) -> None:
+    """Releasing (no answer to keep) frees the key for the next request."""
+    keys = stores.keys
+    assert (await keys.claim("k2", "fp", "a", lease=10, ttl=60, repeatable=True)).state == "claimed"
+    await keys.keep("k2", "a", None, 60)
+    assert (await keys.claim("k2", "fp", "b", lease=10, ttl=60, repeatable=True)).state == "claimed"
+
+
+async def test_a_lapsed_claim_is_taken_over_if_repeatable_else_abandoned(stores: Stores) -> None:
+    """A claim whose lease lapsed with no answer: a repeatable operation's key is claimed again
+    (and only the new holder keeps); a not-repeatable one's reads as abandoned, for good."""
+    keys = stores.keys
+    assert (await keys.claim("rep", "fp", "a", lease=0.05, ttl=60, repeatable=True)).state == "claimed"
+    assert (await keys.claim("once", "fp", "a", lease=0.05, ttl=60, repeatable=False)).state == "claimed"
+    await asyncio.sleep(0.12)
+    assert (await keys.claim("rep", "other", "b", lease=10, ttl=60, repeatable=True)).state == "running"
+    assert (await keys.claim("rep", "fp", "b", lease=10, ttl=60, repeatable=True)).state == "claimed"
+    await keys.keep("rep", "a", b"late", 60)  # the first holder lost the key
+    await keys.keep("rep", "b", b"new", 60)
+    assert await keys.claim("rep", "fp", "c", lease=10, ttl=60, repeatable=True) == Claim("kept", "fp", b"new")
+    assert await keys.claim("once", "fp", "b", lease=10, ttl=60, repeatable=False) == Claim("abandoned", "fp")
+    assert await keys.claim("once", "fp", "c", lease=10, ttl=60, repeatable=False) == Claim("abandoned", "fp")
+
+
+async def test_keys_expire_after_their_ttl(stores: Stores) -> None:
+    """A kept answer goes after the key's ttl; the key is then new."""
+    keys = stores.keys
+    assert (await keys.claim("k3", "fp", "a", lease=10, ttl=60, repeatable=True)).state == "claimed"
+    await keys.keep("k3", "a", b"answer", 0.1)
+    await asyncio.sleep(0.2)
+    assert (await keys.claim("k3", "other", "b", lease=10, ttl=60, repeatable=True)).state == "claimed"

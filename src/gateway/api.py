@@ -42,7 +42,7 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import catalogue, errors, events
+from gateway import catalogue, errors, events, idempotency
 from gateway.budget import Share
 from gateway.callbacks import ACK, Receiver
 from gateway.catalogue import Args, Query
@@ -125,8 +125,9 @@ def problem_response(exc: errors.GatewayError, request_id: str | None) -> Respon
         upstream_code=msgspec.UNSET if exc.upstream_code is None else exc.upstream_code,
         upstream_request_id=exc.upstream_request_id or msgspec.UNSET,
         request_id=request_id or msgspec.UNSET,
+        may_have_applied=True if exc.may_have_applied else msgspec.UNSET,
     )
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {"idempotent-replayed": "true"} if exc.replayed else {}
     if exc.retry_after is not None or exc.status in (429, 503):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
     if exc.upstream_request_id:
@@ -177,6 +178,11 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
     """A header's first value (b"" if absent), read from raw ASGI headers: ``request.headers``
     builds a mapping of all of them first, on every request."""
     return next((v for k, v in headers if k == name), b"")
+
+
+def _headers(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """Every value of a header, as sent."""
+    return [v for k, v in headers if k == name]
 
 
 class Edge:
@@ -496,8 +502,7 @@ async def _body(request: Request[Any, Any, Any]) -> bytes:
             return b"".join(chunks)
 
 
-async def _decode(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[T]) -> T:
-    raw = await _body(request)
+def _decode(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -513,9 +518,11 @@ _ERRORS = {
         401: "Missing or unknown bearer token (unauthenticated)",
         403: "Caller may not use this tenant or scope (forbidden)",
         404: "Unknown tenant, room or metadata keys",
-        409: "A room with this id exists (room_exists)",
+        409: "A room with this id exists (room_exists), or this Idempotency-Key's first request is still "
+        "running (idempotency_key_in_use)",
         413: "Request body over 64 KiB (payload_too_large)",
-        422: "Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded)",
+        422: "Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), "
+        "or an Idempotency-Key sent with another request (idempotency_key_reused)",
         429: "Budget exhausted within the wait cap, or Tencent rate-limited (rate_limited)",
         502: "Tencent unavailable or rejected the call (upstream_unavailable, upstream_rejected)",
         503: "Tencent rejected the gateway's credentials (upstream_misconfigured)",
@@ -683,6 +690,26 @@ def _query_parameter(query: Query) -> Parameter:
     return _parameter(query.name, query.description, schema=schema, header=query.header)
 
 
+_IDEMPOTENCY_KEY = _parameter(
+    "Idempotency-Key",
+    "Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat "
+    "with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and "
+    "Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to "
+    "the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h).",
+    schema=Schema(type=OpenAPIType.STRING, pattern=r'^(?:[!#-~][ -~]{0,254}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$'),
+    header=True,
+)
+_REPEATABLE = (
+    "Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a "
+    "transient failure."
+)
+_NOT_REPEATABLE = (
+    "Not repeatable: a second application is visible. The gateway retries it only when an attempt certainly "
+    "did not reach Tencent; after a timeout or a connection lost once the request was sent, it answers "
+    "504/502 at once with `may_have_applied: true`. Send an Idempotency-Key to retry it safely."
+)
+
+
 def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
     """The route an operation of the catalogue declares: authorize, decode, run, answer."""
     decoder = None if op.body is None else msgspec.json.Decoder(op.body)
@@ -693,15 +720,30 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
     async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
         gateway = _gateway(request.app.state)
         params = request.path_params
+        scope = request.scope
         tenant, share = _authorize(request, gateway, params["tenant"], op.scope)
-        body: msgspec.Struct | None = None
-        if decoder is not None:
-            body = await _decode(request, decoder)
-        query = {key: request.query_params.getall(key) for key in request.query_params}
-        no_cache = op.cache == "room" and b"no-cache" in _header(request.scope["headers"], b"cache-control").lower()
+        key = None if op.method == "GET" else idempotency.parse_key(_headers(scope["headers"], b"idempotency-key"))
+        raw = await _body(request) if decoder is not None or key is not None else b""
+        body = None if decoder is None else _decode(raw, decoder)
+        query = {name: request.query_params.getall(name) for name in request.query_params}
+        no_cache = op.cache == "room" and b"no-cache" in _header(scope["headers"], b"cache-control").lower()
         args = Args(room_id=params.get("room_id", ""), query=query, body=body, no_cache=no_cache)
-        done = await gateway.service.run(op, tenant, args, share=share)
+        keyed = None
+        if key is not None:
+            path = scope.get("raw_path") or scope["path"].encode()
+            keyed = idempotency.keyed(
+                caller=share.name,
+                tenant=tenant.name,
+                key=key,
+                method=op.method,
+                path=path,
+                query=scope["query_string"],
+                body=raw,
+            )
+        done = await gateway.service.run(op, tenant, args, share=share, key=keyed)
         headers = _upstream_header(done.upstream_request_id)
+        if done.replayed:
+            headers["idempotent-replayed"] = "true"
         if done.cache is not None:
             headers["x-cache"] = done.cache
         if op.status == 201:
@@ -719,11 +761,14 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
         http_method=[op.method],
         status_code=op.status,
         summary=op.summary,
+        description=None if op.method == "GET" else _REPEATABLE if op.repeatable else _NOT_REPEATABLE,
         responses={**success, **_ERRORS},
         security=_SECURITY,
         tags=[op.path.split("/")[3] if op.path.count("/") > 2 else "rooms"],
         operation_id=op.id,
-        operation_class=_documented(op.body, *(_query_parameter(q) for q in op.query)),
+        operation_class=_documented(
+            op.body, *(_query_parameter(q) for q in op.query), *(() if op.method == "GET" else (_IDEMPOTENCY_KEY,))
+        ),
     )(handler)
 
 

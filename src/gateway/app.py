@@ -28,15 +28,23 @@ from gateway.catalogue.operations import CATALOGUE
 from gateway.errors import ConfigError
 from gateway.events import EventLog, Hub
 from gateway.health import Breaker
+from gateway.idempotency import Keys, KeyStore
 from gateway.metrics import Metrics, StateCollector
 from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
 from gateway.signing import SignatureStore, Signer
-from gateway.stores.failover import FailoverEventLog, FailoverRoomStore, FailoverSeenStore, FailoverSignatureStore
+from gateway.stores.failover import (
+    FailoverEventLog,
+    FailoverKeyStore,
+    FailoverRoomStore,
+    FailoverSeenStore,
+    FailoverSignatureStore,
+)
 from gateway.stores.memory import (
     MemoryBudgetStore,
     MemoryEventLog,
+    MemoryKeyStore,
     MemoryRoomStore,
     MemorySeenStore,
     MemorySignatureStore,
@@ -45,6 +53,7 @@ from gateway.stores.redis import (
     Redis,
     RedisBudgetStore,
     RedisEventLog,
+    RedisKeyStore,
     RedisRoomStore,
     RedisSeenStore,
     RedisSignatureStore,
@@ -70,12 +79,14 @@ def openapi_config() -> OpenAPIConfig:
 
 
 class Stores(msgspec.Struct, frozen=True):
-    """The signature, room, seen-callback and event stores, and the shared budget store when Redis is configured."""
+    """The signature, room, seen-callback, event and idempotency-key stores, and the shared budget
+    store when Redis is configured."""
 
     signatures: SignatureStore
     rooms: RoomStore
     seen: Seen  # callbacks already acted on (duplicates are dropped)
     events: EventLog  # each tenant's room events
+    keys: KeyStore  # Idempotency-Key claims and answers
     budget: BudgetStore | None = None
     members: Members | None = None
     redis: Redis | None = None
@@ -88,11 +99,12 @@ def build_stores(
     signatures = MemorySignatureStore(clock=clock)
     keep = settings.cache_ttl + settings.stale_ttl
     rooms = MemoryRoomStore(clock=clock, max_age=keep, max_rooms=settings.cache_max_rooms)
+    keys = MemoryKeyStore(clock=clock, max_keys=settings.idempotency_max_keys)
     if not settings.redis_url:
         events = MemoryEventLog(
             wall_clock=wall_clock, keep=settings.events_keep, keep_seconds=settings.events_keep_seconds
         )
-        return Stores(signatures=signatures, rooms=rooms, seen=MemorySeenStore(clock=clock), events=events)
+        return Stores(signatures=signatures, rooms=rooms, seen=MemorySeenStore(clock=clock), events=events, keys=keys)
     try:
         client = connect(settings.redis_url, timeout=settings.redis_timeout)
     except ValueError as exc:
@@ -110,6 +122,7 @@ def build_stores(
             breaker=breaker,
             hold=settings.events_hold,
         ),
+        keys=FailoverKeyStore(shared=RedisKeyStore(redis), local=keys, breaker=breaker),
         budget=budget,
         members=budget,
         redis=redis,
@@ -211,12 +224,22 @@ def create_app(
         store=stores.rooms, ttl=settings.room_list_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
     )
     budget, fleet_budget, dispatchers = build_budget(settings, stores, breaker, clock)
+    keys = Keys(
+        store=stores.keys,
+        ttl=settings.idempotency_ttl,
+        lease=2 * settings.deadline,  # a request's calls end by their deadline; then its claim is abandoned
+        wait=settings.budget_max_wait,
+        metrics=metrics,
+        clock=clock,
+        sleep=asyncio.sleep,
+    )
     service = RoomService(
         upstream=upstream,
         signer=signer,
         budget=budget,
         cache=cache,
         lists=lists,
+        keys=keys,
         policy=Policy(
             deadline=settings.deadline,
             upstream_timeout=settings.upstream_timeout,
@@ -304,6 +327,8 @@ def create_app(
         hub.close()
         for task in tasks:
             task.cancel()
+        if isinstance(stores.keys, FailoverKeyStore):
+            await stores.keys.aclose()
         if fleet_budget is not None:
             await fleet_budget.leave()
 

@@ -110,6 +110,13 @@ class Metrics:
             ["tenant", "caller"],
             registry=registry,
         )
+        self.idempotency = Counter(
+            "gateway_idempotency",
+            "Writes with an Idempotency-Key by outcome: stored (the first's answer kept), replayed, "
+            "reused (the key sent with another request: 422), in_use (its first still running: 409)",
+            ["tenant", "outcome"],
+            registry=registry,
+        )
         self.callbacks = Counter(
             "gateway_callbacks",
             "Tencent's callbacks by command (known ones, else other) and outcome: accepted, duplicate, "

@@ -18,6 +18,7 @@ from gateway import errors
 from gateway.budget import Budget, Paused, Share, Slot
 from gateway.cache import Filled, RoomCache, room_key
 from gateway.catalogue import Args, Operation
+from gateway.idempotency import Answer, Keyed, Keys
 from gateway.metrics import Metrics
 from gateway.models import (
     CallbackSettings,
@@ -56,11 +57,12 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
 
 class Done(msgspec.Struct, frozen=True, kw_only=True):
     """A catalogue operation's result: our reply's JSON (None: no content), Tencent's RequestId,
-    and for a cached read whether it was a hit."""
+    for a cached read whether it was a hit, and whether it is an Idempotency-Key's kept answer."""
 
     body: bytes | None
     upstream_request_id: str | None
     cache: str | None = None
+    replayed: bool = False
 
 
 class RoomService:
@@ -72,6 +74,7 @@ class RoomService:
         budget: Budget,
         cache: RoomCache,
         lists: RoomCache,
+        keys: Keys,
         policy: Policy,
         metrics: Metrics,
         clock: Callable[[], float],
@@ -83,6 +86,7 @@ class RoomService:
         self._budget = budget
         self._cache = cache
         self._lists = lists  # get_room_list's pages: a short shared cache of their own
+        self._keys = keys
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
@@ -91,13 +95,27 @@ class RoomService:
 
     # ------------------------------------------------------------------ the catalogue's operations
 
-    async def run(self, op: Operation, tenant: Tenant, args: Args, *, share: Share) -> Done:
+    async def run(self, op: Operation, tenant: Tenant, args: Args, *, share: Share, key: Keyed | None = None) -> Done:
         """One catalogue operation: validated before any budget is spent, then one Tencent call
         per batch of accounts (each budgeted), the cached room invalidated where the operation
         changes it (before the answer), and our reply shaped from Tencent's. A room read goes
         through the shared room cache (coalesced, served stale when Tencent fails), and
-        get_room_list's pages through a short cache of their own."""
+        get_room_list's pages through a short cache of their own.
+
+        A write with an Idempotency-Key (``key``) runs once per key: a repeat gets the first
+        one's answer (``idempotency``). A request that fails validation holds no key."""
         op.validate(args)
+        if key is None or op.method == "GET":
+            return await self._run(op, tenant, args, share)
+
+        async def work() -> Answer:
+            done = await self._run(op, tenant, args, share)
+            return Answer(status=op.status, body=done.body, upstream_request_id=done.upstream_request_id)
+
+        answer, replayed = await self._keys.run(key, repeatable=op.repeatable, work=work)
+        return Done(body=answer.body, upstream_request_id=answer.upstream_request_id, replayed=replayed)
+
+    async def _run(self, op: Operation, tenant: Tenant, args: Args, share: Share) -> Done:
         if op.cache in ("room", "read"):
             if op.cache == "room":
                 cache, key = self._cache, room_key(tenant.sdkappid, args.room_id)
@@ -144,6 +162,7 @@ class RoomService:
                         service=op.service,
                         documented=op.qps,
                         overrides=op.errors,
+                        repeatable=op.repeatable,
                     )
                 )
             except errors.GatewayError as exc:
@@ -201,11 +220,17 @@ class RoomService:
         service: str = LIVE,
         documented: int = 200,
         overrides: Mapping[int, type[errors.GatewayError]] | None = None,
+        repeatable: bool = True,
     ) -> R:
         """Call Tencent: budgeted (``documented``: the API's documented limit, which the
         tenant's ``api_qps`` may override), signed and retried. ``applied`` says whether an error
         means "done" after an earlier attempt may have applied (a retried delete finds it gone);
-        ``overrides`` map ErrorCodes to other errors than ``upstream.ERROR_CODES`` does."""
+        ``overrides`` map ErrorCodes to other errors than ``upstream.ERROR_CODES`` does.
+
+        A call that is not ``repeatable`` is retried only after an attempt that certainly did not
+        reach Tencent (no connection, the budget, a refused UserSig, Tencent's "too frequent"):
+        one that may have (``may_have_applied``: a timeout, a connection lost after the write)
+        fails at once. Whatever fails after an attempt that may have applied says so."""
         body = _encode(request)
         qps = tenant.limit(api, documented)
         policy = self._policy
@@ -215,59 +240,73 @@ class RoomService:
         last: errors.GatewayError | None = None
         retry_reason = ""
         m = self._metrics
-        for attempt in range(1, policy.attempts + 1):
-            if attempt > 1:
-                m.upstream_retries.labels(tenant=tenant.name, api=api, reason=retry_reason).inc()
-            usersig = await self._signer.get(tenant)  # before the slot: its send window is short
-            try:
-                return await self._send(
-                    tenant,
-                    share,
-                    api,
-                    body=body,
-                    usersig=usersig,
-                    reply=reply,
-                    deadline=deadline,
-                    last=last,
-                    service=service,
-                    qps=qps,
-                )
-            except errors.SignatureRejected as exc:
-                m.usersig_rejections.labels(tenant=tenant.name).inc()
-                retry_reason = "usersig"
-                await self._signer.drop(tenant, usersig)
-                if resigned:
-                    await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice", exc)
-                    raise
-                resigned = True
-                continue
-            except errors.UpstreamLockedOut as exc:
-                await self._pause(tenant, policy.lockout, "Tencent locked the app out (70050)", exc)
-                raise
-            except errors.UpstreamMisconfigured as exc:
-                refused = isinstance(exc, errors.EgressProxyRefused)
-                why = "the egress proxy refused the gateway" if refused else "Tencent rejected the credentials"
-                await self._pause(tenant, policy.misconfig_cooldown, why, exc)
-                raise
-            except errors.UpstreamRateLimited as exc:
-                await self._budget.defer(str(tenant.sdkappid), api, policy.rate_limit_pause)
-                exc.retry_after = policy.rate_limit_pause
-                last = exc
-                retry_reason = "rate_limited"
-            except (errors.UpstreamUnavailable, errors.UpstreamTimeout) as exc:
-                maybe_applied = True
-                last = exc
-                retry_reason = "transient"
-                delay = self._uniform(0, min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1)))
-                if attempt == policy.attempts or self._clock() + delay >= deadline:
-                    raise
-                await self._sleep(delay)
-            except errors.GatewayError as exc:
-                if maybe_applied and applied is not None and await applied(exc):
-                    return reply(ErrorCode=0, RequestId=exc.upstream_request_id or "")
-                raise _override(exc, overrides) from None
-        assert last is not None  # the loop only falls through after a retried failure
-        raise last
+        try:
+            for attempt in range(1, policy.attempts + 1):
+                if attempt > 1:
+                    m.upstream_retries.labels(tenant=tenant.name, api=api, reason=retry_reason).inc()
+                usersig = await self._signer.get(tenant)  # before the slot: its send window is short
+                try:
+                    return await self._send(
+                        tenant,
+                        share,
+                        api,
+                        body=body,
+                        usersig=usersig,
+                        reply=reply,
+                        deadline=deadline,
+                        last=last,
+                        service=service,
+                        qps=qps,
+                    )
+                except errors.UpstreamMisconfigured as exc:
+                    if not await self._refused(tenant, usersig, exc, resigned=resigned):
+                        raise
+                    resigned = True  # a fresh UserSig, once
+                    retry_reason = "usersig"
+                except errors.UpstreamRateLimited as exc:
+                    await self._budget.defer(str(tenant.sdkappid), api, policy.rate_limit_pause)
+                    exc.retry_after = policy.rate_limit_pause
+                    last = exc
+                    retry_reason = "rate_limited"
+                except (errors.UpstreamUnavailable, errors.UpstreamTimeout) as exc:
+                    maybe_applied = maybe_applied or exc.may_have_applied
+                    last = exc
+                    retry_reason = "transient"
+                    if exc.may_have_applied and not repeatable:
+                        raise
+                    delay = self._uniform(0, min(policy.backoff_max, policy.backoff * 2 ** (attempt - 1)))
+                    if attempt == policy.attempts or self._clock() + delay >= deadline:
+                        raise
+                    await self._sleep(delay)
+                except errors.GatewayError as exc:
+                    if maybe_applied and applied is not None and await applied(exc):
+                        return reply(ErrorCode=0, RequestId=exc.upstream_request_id or "")
+                    raise _override(exc, overrides) from None
+            assert last is not None  # the loop only falls through after a retried failure
+            raise last
+        except errors.GatewayError as exc:
+            exc.may_have_applied = exc.may_have_applied or maybe_applied
+            raise
+
+    async def _refused(
+        self, tenant: Tenant, usersig: str, exc: errors.UpstreamMisconfigured, *, resigned: bool
+    ) -> bool:
+        """After Tencent (or the egress proxy) refused the gateway: True to sign again and retry
+        (a UserSig rejected for the first time), else the tenant's calls pause."""
+        policy = self._policy
+        if isinstance(exc, errors.SignatureRejected):
+            self._metrics.usersig_rejections.labels(tenant=tenant.name).inc()
+            await self._signer.drop(tenant, usersig)
+            if not resigned:
+                return True
+            await self._pause(tenant, policy.misconfig_cooldown, "UserSig rejected twice", exc)
+        elif isinstance(exc, errors.UpstreamLockedOut):
+            await self._pause(tenant, policy.lockout, "Tencent locked the app out (70050)", exc)
+        else:
+            refused = isinstance(exc, errors.EgressProxyRefused)
+            why = "the egress proxy refused the gateway" if refused else "Tencent rejected the credentials"
+            await self._pause(tenant, policy.misconfig_cooldown, why, exc)
+        return False
 
     async def _send(
         self,
@@ -359,4 +398,6 @@ def _override(exc: errors.GatewayError, overrides: Mapping[int, type[errors.Gate
     code = exc.upstream_code
     if not overrides or code is None or code not in overrides:
         return exc
-    return overrides[code](exc.detail, upstream_code=code, upstream_request_id=exc.upstream_request_id)
+    mapped = overrides[code](exc.detail, upstream_code=code, upstream_request_id=exc.upstream_request_id)
+    mapped.may_have_applied = exc.may_have_applied
+    return mapped

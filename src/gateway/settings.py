@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # shutdown and reload
     drain_seconds: float = 20.0
     config_reload_interval: float = 5.0
+    # Idempotency-Key (SPEC §10)
+    idempotency_ttl: float = 86_400.0  # a key's answer is kept this long
+    idempotency_max_keys: int = 100_000  # keys a replica keeps in process (embedded, and through Redis outages)
 
     def __post_init__(self) -> None:
         checks = {
@@ -85,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "events_max_subscribers": self.events_max_subscribers >= 1,
             "events_heartbeat": self.events_heartbeat > 0,
             "events_hold": self.events_hold >= 0,
+            "idempotency_ttl": self.idempotency_ttl >= 1,
+            "idempotency_max_keys": self.idempotency_max_keys >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -6,7 +6,8 @@ signatures) go to both tiers so that a later degraded period cannot resurrect ol
 replica remembers the UserSigs Tencent rejected: a Redis that comes back with an older copy (a
 drop made while it was unreachable, or a failover to a replica that lost writes) cannot hand one
 back to it. Room events are held in process while Redis is unreachable and published, in
-order, when it answers again.
+order, when it answers again. Idempotency keys are claimed in both tiers, so that one key never
+sends twice through one replica, whatever Redis does.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import TypeVar
 from gateway.cache import Lookup, RoomStore
 from gateway.events import Page
 from gateway.health import Breaker, StoreUnavailable
+from gateway.idempotency import Claim
 from gateway.signing import Signature, SignatureStore
-from gateway.stores.memory import MemoryRoomStore, MemorySeenStore
-from gateway.stores.redis import RedisEventLog, RedisSeenStore
+from gateway.stores.memory import MemoryKeyStore, MemoryRoomStore, MemorySeenStore
+from gateway.stores.redis import RedisEventLog, RedisKeyStore, RedisSeenStore
 
 T = TypeVar("T")
 REVOKED_KEPT = 1024  # UserSigs Tencent rejected that a replica remembers (rare: a few per key rotation)
@@ -122,6 +124,46 @@ class FailoverSeenStore:
         return await _either(self._breaker, lambda: self._shared.first(key, ttl), lambda: _value(here))
 
 
+class FailoverKeyStore:
+    """Idempotency keys in both tiers. The replica's own tier is asked first and always holds
+    what ran here: a repeat through this replica finds it even while Redis is unreachable (or
+    after Redis lost it). Redis's tier then says what the fleet did; while it does not answer,
+    the replica's tier alone decides (another replica may then run the same key: README,
+    "Retrying writes"). Answers are kept here at once and in Redis in the background
+    (``redis.Batch``: with the next claims, under load): the claim is a keyed write's one extra
+    round trip. A repeat on another replica meanwhile sees the key running for that moment, and
+    waits."""
+
+    def __init__(self, *, shared: RedisKeyStore, local: MemoryKeyStore, breaker: Breaker) -> None:
+        self._shared = shared
+        self._local = local
+        self._breaker = breaker
+
+    async def claim(
+        self, key: str, fingerprint: str, owner: str, *, lease: float, ttl: float, repeatable: bool
+    ) -> Claim:
+        here = await self._local.claim(key, fingerprint, owner, lease=lease, ttl=ttl, repeatable=repeatable)
+        if here.state != "claimed":
+            return here
+        fleet = await _either(
+            self._breaker,
+            lambda: self._shared.claim(key, fingerprint, owner, lease=lease, ttl=ttl, repeatable=repeatable),
+            lambda: _value(here),
+        )
+        if fleet.state != "claimed":  # another replica has it: not ours to hold here
+            await self._local.keep(key, owner, None, ttl)
+        return fleet
+
+    async def keep(self, key: str, owner: str, answer: bytes | None, ttl: float) -> None:
+        await self._local.keep(key, owner, answer, ttl)
+        if self._breaker.allows():
+            await self._shared.keep(key, owner, answer, ttl)  # (queued: sent in the background)
+
+    async def aclose(self) -> None:
+        """Send the answers still on their way to Redis (each bounded by its timeout)."""
+        await self._shared.aclose()
+
+
 class FailoverSignatureStore:
     def __init__(self, *, shared: SignatureStore, local: SignatureStore, breaker: Breaker) -> None:
         self._shared = shared
@@ -213,5 +255,5 @@ async def _nothing() -> None:
     return None
 
 
-async def _value(value: bool) -> bool:
+async def _value(value: T) -> T:
     return value

@@ -19,6 +19,7 @@ from gateway.budget import schedule
 from gateway.budget.schedule import Booked, Booking, FairState, Paused, Terms, Want
 from gateway.cache import Lookup
 from gateway.events import Entry, Page, order
+from gateway.idempotency import Claim
 from gateway.signing import Signature
 
 
@@ -70,6 +71,57 @@ class MemorySeenStore:
         while len(self._until) > self._max:
             del self._until[next(iter(self._until))]
         return True
+
+
+class _Held:
+    __slots__ = ("answer", "expires", "fingerprint", "lease_until", "owner", "repeatable")
+
+    def __init__(self, fingerprint: str, owner: str, lease_until: float, repeatable: bool, expires: float) -> None:
+        self.fingerprint = fingerprint
+        self.owner = owner
+        self.lease_until = lease_until
+        self.repeatable = repeatable
+        self.expires = expires
+        self.answer: bytes | None = None
+
+
+class MemoryKeyStore:
+    """Idempotency keys (``idempotency.KeyStore``) until they expire, at most ``max_keys`` (past
+    that, the oldest go); atomic because the event loop runs one coroutine at a time."""
+
+    def __init__(self, *, clock: Callable[[], float], max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._max = max_keys
+        self._keys: dict[str, _Held] = {}  # in insertion order: the oldest first
+
+    async def claim(
+        self, key: str, fingerprint: str, owner: str, *, lease: float, ttl: float, repeatable: bool
+    ) -> Claim:
+        now = self._clock()
+        held = self._keys.get(key)
+        if held is None or held.expires <= now:
+            self._keys.pop(key, None)
+            self._keys[key] = _Held(fingerprint, owner, now + lease, repeatable, now + ttl)
+            while len(self._keys) > self._max:
+                del self._keys[next(iter(self._keys))]
+            return Claim("claimed")
+        if held.answer is not None:
+            return Claim("kept", held.fingerprint, held.answer)
+        if held.lease_until > now or held.fingerprint != fingerprint:
+            return Claim("running", held.fingerprint)
+        if held.repeatable:
+            held.owner, held.lease_until = owner, now + lease
+            return Claim("claimed")
+        return Claim("abandoned", held.fingerprint)
+
+    async def keep(self, key: str, owner: str, answer: bytes | None, ttl: float) -> None:
+        held = self._keys.get(key)
+        if held is None or held.owner != owner:
+            return
+        if answer is None:
+            del self._keys[key]
+        else:
+            held.answer, held.expires = answer, self._clock() + ttl
 
 
 class MemorySignatureStore:

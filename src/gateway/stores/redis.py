@@ -34,6 +34,7 @@ from gateway.budget.schedule import Booked, Booking, Paused, Terms, Want
 from gateway.cache import Lookup
 from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
+from gateway.idempotency import MAX_ANSWER, Claim
 from gateway.signing import Signature
 
 T = TypeVar("T")
@@ -86,6 +87,8 @@ class Redis:
                 "unlock",
                 "events_add",
                 "events_read",
+                "idempotency_claim",
+                "idempotency_keep",
             )
         }
         self.round_trips = 0
@@ -207,6 +210,127 @@ class RedisBudgetStore:
     def _fleet(self) -> list[str]:
         """The fleet's set and its birth time, in one cluster slot."""
         return [f"{self._r.prefix}fleet:{{fleet}}", f"{self._r.prefix}fleet:{{fleet}}:born"]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisKeyStore:
+    """Idempotency keys fleet-wide (``idempotency.KeyStore``): a hash per key, claimed and kept
+    by one script each (``idempotency_claim.lua``, ``idempotency_keep.lua``) on Redis's clock.
+    Claims made in one event-loop turn go to Redis as one pipeline; an answer is kept in the
+    background, riding with the next claims (``Batch``)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+        self._batch = Batch(redis)
+
+    def _key(self, key: str) -> list[str]:
+        return [f"{self._r.prefix}idem:{key}"]
+
+    async def claim(
+        self, key: str, fingerprint: str, owner: str, *, lease: float, ttl: float, repeatable: bool
+    ) -> Claim:
+        args = [fingerprint, owner, _ms(lease), _ms(ttl), 1 if repeatable else 0]
+        reply = await self._batch.call("idempotency_claim", self._key(key), args)
+        state = _text(reply[0])
+        if state == "kept":
+            return Claim("kept", _text(reply[1]), bytes(reply[2]))
+        return Claim(state, _text(reply[1]) if len(reply) > 1 else "")  # type: ignore[arg-type]
+
+    async def keep(self, key: str, owner: str, answer: bytes | None, ttl: float) -> None:
+        """Sent in the background: a failure leaves the claim to lapse (idempotency's glossary)."""
+        self._batch.later("idempotency_keep", self._key(key), [owner, _ms(ttl), answer or b"", MAX_ANSWER])
+
+    async def aclose(self) -> None:
+        await self._batch.flush()
+
+
+Call = tuple[str, list[str], list[Any], "asyncio.Future[Any] | None"]
+
+
+class Batch:
+    """Script calls sent to Redis together. The calls made in one event-loop turn go as one
+    pipeline (one round trip and one connection for all of them), and calls whose reply nobody
+    waits for (``later``) ride along with the next such pipeline, or go on their own within
+    ``linger`` seconds. Under load a keyed write's claim and an earlier write's answer share a
+    round trip. A Redis Cluster client sends a batch's calls one by one, in order (its pipelines
+    group commands by node). A ``later`` call that fails is dropped (its caller chose not to wait
+    for it)."""
+
+    def __init__(self, redis: Redis, *, linger: float = 0.002) -> None:
+        self._r = redis
+        self._linger = linger
+        self._batched = isinstance(redis.client, aioredis.Redis)
+        self._queued: list[Call] = []
+        self._soon = False  # a send at the end of this turn is scheduled
+        self._timer: asyncio.TimerHandle | None = None  # a send within linger is
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        waiter = asyncio.get_running_loop().create_future()
+        self._queued.append((name, keys, args, waiter))
+        self._schedule(now=True)
+        return await waiter
+
+    def later(self, name: str, keys: list[str], args: list[Any]) -> None:
+        self._queued.insert(0, (name, keys, args, None))  # first: a repeat's claim behind it then finds it kept
+        self._schedule(now=False)
+
+    def _schedule(self, now: bool) -> None:
+        """Send at the end of this turn (a caller waits), or within ``linger`` (nobody does)."""
+        loop = asyncio.get_running_loop()
+        if now and not self._soon:
+            self._soon = True
+            loop.call_soon(self._send)
+        elif not self._soon and self._timer is None:
+            self._timer = loop.call_later(self._linger, self._send)
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        batch, self._queued, self._soon, self._timer = self._queued, [], False, None
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: list[Call]) -> None:
+        replies: list[Any]
+        if self._batched:
+            pipe = self._r.client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                pipe.evalsha(self._r.scripts[name].sha, len(keys), *keys, *args)
+            try:
+                replies = await self._r.run(pipe.execute(raise_on_error=False))
+            except StoreUnavailable as exc:
+                replies = [exc] * len(batch)
+        else:
+            replies = [await self._one(name, keys, args) for name, keys, args, _ in batch]
+        for (name, keys, args, waiter), reply in zip(batch, replies, strict=True):
+            outcome = await self._one(name, keys, args) if isinstance(reply, NoScriptError) else reply
+            if isinstance(outcome, Exception) and not isinstance(outcome, StoreUnavailable):
+                outcome = StoreUnavailable(f"{type(outcome).__name__}: {outcome}"[:200])
+            if waiter is None or waiter.done():  # nobody waits for it, or its caller was cancelled
+                continue
+            if isinstance(outcome, Exception):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+
+    async def _one(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One call on its own (Redis lost the script: this loads it again)."""
+        try:
+            return await self._r.script(name, keys, args)
+        except StoreUnavailable as exc:
+            return exc
+
+    async def flush(self) -> None:
+        """Send what is queued and wait for every batch under way (before the client closes)."""
+        self._send()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
 
 
 class RedisSeenStore:
