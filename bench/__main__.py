@@ -17,6 +17,7 @@ BENCHES = {
     "fairness": "bench.fairness",
     "proxy": "bench.proxy",
     "callbacks": "bench.callbacks",
+    "idempotency": "bench.idempotency",
 }
 
 

@@ -161,7 +161,7 @@ def load(
 
 
 _WRK_SCRIPT = """
-local paths, i, vary = {%(paths)s}, 0, %(vary)s
+local paths, i, vary, key = {%(paths)s}, 0, %(vary)s, %(key)s
 wrk.method = %(method)s
 wrk.body = %(body)s
 %(headers)s
@@ -169,6 +169,12 @@ request = function()
   i = i + 1
   if vary then
     return wrk.format(nil, paths[(i %% #paths) + 1], nil, string.format(wrk.body, i))
+  end
+  if key then  -- a new Idempotency-Key for every request
+    local headers = {}
+    for name, value in pairs(wrk.headers) do headers[name] = value end
+    headers["Idempotency-Key"] = key .. i
+    return wrk.format(nil, paths[(i %% #paths) + 1], headers)
   end
   return wrk.format(nil, paths[(i %% #paths) + 1])
 end
@@ -201,9 +207,11 @@ def wrk(
     body: str = "",
     headers: dict[str, str] | None = None,
     vary: bool = False,
+    key: str | None = None,
 ) -> dict[str, object]:
     """The same measurement with wrk (one thread; its latencies are kept in microseconds).
-    ``vary``: ``body`` is a Lua format string whose ``%d`` is the request's number (distinct bodies)."""
+    ``vary``: ``body`` is a Lua format string whose ``%d`` is the request's number (distinct bodies).
+    ``key``: every request carries a distinct ``Idempotency-Key``, this prefix and its number."""
     origin = _origin(urls[0])
     if any(_origin(u) != origin for u in urls):
         raise ValueError("wrk runs take URLs of one origin")
@@ -216,6 +224,7 @@ def wrk(
         "method": _lua(method),
         "body": _lua(body) if body else "nil",
         "vary": "true" if vary else "false",
+        "key": "nil" if key is None else _lua(key),
         "headers": "\n".join(f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in all_headers.items()),
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:

@@ -106,7 +106,13 @@ async def test_a_generated_python_client_drives_every_operation(
             await call("mutes", "mute_members", 204, t, r, body=models.Mute(accounts=["bob"], duration=60))
             assert [m.account for m in (await call("mutes", "list_mutes", 200, t, r)).mutes] == ["bob"]
             await call("mutes", "unmute_members", 204, t, r, account=["bob"])
-            await call("messages", "send_message", 204, t, r, body=models.Message(sender="alice", text="hi"))
+            message = models.Message(sender="alice", text="hi")
+            await call("messages", "send_message", 204, t, r, body=message, idempotency_key="gen-msg-1")
+            again = await _api(lrg, "messages", "send_message").asyncio_detailed(
+                t, r, client=client, body=message, idempotency_key="gen-msg-1"
+            )
+            assert again.headers["idempotent-replayed"] == "true"  # the generated client carries the key
+            assert len(emulator.apps[APP_ID].people[r].messages) == 1
             assert len((await call("seats", "list_seats", 200, t, r)).seats) == 8
             await call("seats", "take_seat", 204, t, r, body=models.SeatTake(account="alice", index=1))
             await call("seats", "move_seat", 204, t, r, body=models.SeatMove(account="alice", index=3))

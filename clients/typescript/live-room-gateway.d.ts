@@ -111,7 +111,10 @@ export interface paths {
         /** List public rooms by view count (get_room_list, 10/s), through a short shared cache */
         get: operations["listRooms"];
         put?: never;
-        /** Create a room (create_room); a retry that finds its own room answers 201 */
+        /**
+         * Create a room (create_room); a retry that finds its own room answers 201
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["createRoom"];
         delete?: never;
         options?: never;
@@ -130,11 +133,17 @@ export interface paths {
         get: operations["getRoom"];
         put?: never;
         post?: never;
-        /** Destroy a room (destroy_room); the cached room is invalidated first on every replica */
+        /**
+         * Destroy a room (destroy_room); the cached room is invalidated first on every replica
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["destroyRoom"];
         options?: never;
         head?: never;
-        /** Update a room (update_room_info); the cached copy is invalidated before the 204 */
+        /**
+         * Update a room (update_room_info); the cached copy is invalidated before the 204
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         patch: operations["updateRoom"];
         trace?: never;
     };
@@ -148,9 +157,15 @@ export interface paths {
         /** Room admins (get_admin_list) */
         get: operations["listAdmins"];
         put?: never;
-        /** Make members admins (modify_admin add); a room has at most 5 */
+        /**
+         * Make members admins (modify_admin add); a room has at most 5
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["addAdmins"];
-        /** Remove admins (modify_admin delete) */
+        /**
+         * Remove admins (modify_admin delete)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["removeAdmins"];
         options?: never;
         head?: never;
@@ -167,9 +182,15 @@ export interface paths {
         /** Banned members (get_banned_member_list), a page at a time */
         get: operations["listBans"];
         put?: never;
-        /** Ban members (ban_member): removed and kept out; 20 accounts per Tencent call */
+        /**
+         * Ban members (ban_member): removed and kept out; 20 accounts per Tencent call
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["banMembers"];
-        /** Lift bans (unban_member) */
+        /**
+         * Lift bans (unban_member)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["unbanMembers"];
         options?: never;
         head?: never;
@@ -202,7 +223,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Send a text (send_text_msg) or custom (send_custom_msg) message as a member */
+        /**
+         * Send a text (send_text_msg) or custom (send_custom_msg) message as a member
+         * @description Not repeatable: a second application is visible. The gateway retries it only when an attempt certainly did not reach Tencent; after a timeout or a connection lost once the request was sent, it answers 504/502 at once with `may_have_applied: true`. Send an Idempotency-Key to retry it safely.
+         */
         post: operations["sendMessage"];
         delete?: never;
         options?: never;
@@ -221,11 +245,17 @@ export interface paths {
         get: operations["getRoomMetadata"];
         put?: never;
         post?: never;
-        /** Delete room metadata keys (del_room_metadata); at least one 'key' */
+        /**
+         * Delete room metadata keys (del_room_metadata); at least one 'key'
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["deleteRoomMetadata"];
         options?: never;
         head?: never;
-        /** Upsert room metadata keys (set_room_metadata) */
+        /**
+         * Upsert room metadata keys (set_room_metadata)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         patch: operations["setRoomMetadata"];
         trace?: never;
     };
@@ -239,9 +269,15 @@ export interface paths {
         /** Muted members (get_muted_member_list) */
         get: operations["listMutes"];
         put?: never;
-        /** Mute members for a while (mute_member) */
+        /**
+         * Mute members for a while (mute_member)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["muteMembers"];
-        /** Unmute members (mute_member with MuteTime 0) */
+        /**
+         * Unmute members (mute_member with MuteTime 0)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["unmuteMembers"];
         options?: never;
         head?: never;
@@ -258,9 +294,15 @@ export interface paths {
         /** The room's robots (get_robot, 100/s) */
         get: operations["listRobots"];
         put?: never;
-        /** Add robots (add_robot, 100/s; at most 3 a room, imported accounts) */
+        /**
+         * Add robots (add_robot, 100/s; at most 3 a room, imported accounts)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["addRobots"];
-        /** Remove robots (del_robot, 100/s) */
+        /**
+         * Remove robots (del_robot, 100/s)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["removeRobots"];
         options?: never;
         head?: never;
@@ -281,7 +323,10 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        /** Lock a seat (room_engine_http_mic/lock_seat); whoever is on it leaves it */
+        /**
+         * Lock a seat (room_engine_http_mic/lock_seat); whoever is on it leaves it
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         patch: operations["lockSeat"];
         trace?: never;
     };
@@ -294,9 +339,15 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Put a member on a seat (room_engine_http_mic/pick_user_on_seat) */
+        /**
+         * Put a member on a seat (room_engine_http_mic/pick_user_on_seat)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         post: operations["takeSeat"];
-        /** Take a member off their seat (room_engine_http_mic/kick_user_off_seat) */
+        /**
+         * Take a member off their seat (room_engine_http_mic/kick_user_off_seat)
+         * @description Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a transient failure.
+         */
         delete: operations["leaveSeat"];
         options?: never;
         head?: never;
@@ -312,7 +363,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Move a member to a seat (room_engine_http_mic/move_user_to_seat) */
+        /**
+         * Move a member to a seat (room_engine_http_mic/move_user_to_seat)
+         * @description Not repeatable: a second application is visible. The gateway retries it only when an attempt certainly did not reach Tencent; after a timeout or a connection lost once the request was sent, it answers 504/502 at once with `may_have_applied: true`. Send an Idempotency-Key to retry it safely.
+         */
         post: operations["moveSeat"];
         delete?: never;
         options?: never;
@@ -475,6 +529,7 @@ export interface components {
             code: string;
             detail: string;
             instance?: string;
+            may_have_applied?: boolean;
             request_id?: string;
             status: number;
             title: string;
@@ -880,7 +935,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -898,7 +953,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -948,7 +1003,10 @@ export interface operations {
     createRoom: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -1006,7 +1064,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1024,7 +1082,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1133,7 +1191,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1151,7 +1209,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1201,7 +1259,10 @@ export interface operations {
     destroyRoom: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -1255,7 +1316,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1273,7 +1334,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1323,7 +1384,10 @@ export interface operations {
     updateRoom: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -1381,7 +1445,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1399,7 +1463,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1505,7 +1569,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1523,7 +1587,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1573,7 +1637,10 @@ export interface operations {
     addAdmins: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -1631,7 +1698,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1649,7 +1716,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1702,7 +1769,10 @@ export interface operations {
                 /** @description an account (UserID); repeat it for several */
                 account?: string[];
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -1756,7 +1826,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1774,7 +1844,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1885,7 +1955,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1903,7 +1973,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1953,7 +2023,10 @@ export interface operations {
     banMembers: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -2011,7 +2084,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2029,7 +2102,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2082,7 +2155,10 @@ export interface operations {
                 /** @description an account (UserID); repeat it for several */
                 account?: string[];
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -2136,7 +2212,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2154,7 +2230,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2263,7 +2339,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2281,7 +2357,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2331,7 +2407,10 @@ export interface operations {
     sendMessage: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -2389,7 +2468,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2407,7 +2486,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2516,7 +2595,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2534,7 +2613,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2587,7 +2666,10 @@ export interface operations {
                 /** @description a metadata key; repeat it for several */
                 key?: string[];
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -2641,7 +2723,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2659,7 +2741,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2709,7 +2791,10 @@ export interface operations {
     setRoomMetadata: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -2767,7 +2852,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2785,7 +2870,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2891,7 +2976,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2909,7 +2994,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2959,7 +3044,10 @@ export interface operations {
     muteMembers: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3017,7 +3105,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3035,7 +3123,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3088,7 +3176,10 @@ export interface operations {
                 /** @description an account (UserID); repeat it for several */
                 account?: string[];
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3142,7 +3233,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3160,7 +3251,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3266,7 +3357,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3284,7 +3375,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3334,7 +3425,10 @@ export interface operations {
     addRobots: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3392,7 +3486,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3410,7 +3504,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3463,7 +3557,10 @@ export interface operations {
                 /** @description an account (UserID); repeat it for several */
                 account?: string[];
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3517,7 +3614,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3535,7 +3632,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3641,7 +3738,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3659,7 +3756,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3709,7 +3806,10 @@ export interface operations {
     lockSeat: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3767,7 +3867,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3785,7 +3885,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3835,7 +3935,10 @@ export interface operations {
     takeSeat: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -3893,7 +3996,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3911,7 +4014,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3966,7 +4069,10 @@ export interface operations {
                 /** @description sent to the room in the notification (optional) */
                 data?: string;
             };
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -4020,7 +4126,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4038,7 +4144,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4088,7 +4194,10 @@ export interface operations {
     moveSeat: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A configured tenant's name */
                 tenant: string;
@@ -4146,7 +4255,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4164,7 +4273,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4270,7 +4379,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A room with this id exists (room_exists) */
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4288,7 +4397,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Room metadata limit exceeded (metadata_limit_exceeded), or a room's 5 admins (admin_limit_exceeded) */
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
             422: {
                 headers: {
                     [name: string]: unknown;
