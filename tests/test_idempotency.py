@@ -15,6 +15,7 @@ from gateway.catalogue.operations import CATALOGUE
 from gateway.emulator import Emulator
 from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from gateway.transport import OnTime, PooledTransport, Proxy, Reply, Sender
+from tests.redis_servers import free_port
 from tests.support import APP_ID, TOKENS, Gateway, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
@@ -295,3 +296,15 @@ async def test_a_keyed_create_replays_its_201_and_a_keyless_one_is_409(gateway: 
     assert keyless.status_code == 409
     assert keyless.json()["code"] == "room_exists"
     assert emulator.calls["create_room"] == 2
+
+
+async def test_one_key_never_sends_twice_through_a_replica_while_redis_is_unreachable(
+    emulator: Emulator, upstream_url: str
+) -> None:
+    """With Redis configured but down, the replica's own keys decide: a repeat is replayed, not sent."""
+    async with start_gateway(upstream_url, redis_url=f"redis://127.0.0.1:{free_port()}", redis_timeout=0.1) as gw:
+        first = await gw.client.post(MESSAGES, json=HELLO, headers=key("outage"))
+        again = await gw.client.post(MESSAGES, json=HELLO, headers=key("outage"))
+    assert first.status_code == again.status_code == 204
+    assert again.headers["idempotent-replayed"] == "true"
+    assert messages(emulator) == ["hello"]
