@@ -1,7 +1,10 @@
 """The gateway as `gateway serve` runs it (uvloop, httptools, JSON logs, gc.freeze), plus a bare
 Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
 
-    python -m bench.apps PORT     (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, and any GATEWAY_* setting)
+    python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, any GATEWAY_* setting)
+
+``bare``: a Litestar app of that one route alone, in a process of its own (the bar of issue 25).
+For granian, ``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ import os
 import sys
 
 import msgspec
-from litestar import Response, get
+from litestar import Litestar, Response, get
 from tests.support import SECRETS, directory
 
-from gateway.api import Edge
+from gateway import logs
 from gateway.app import create_app
 from gateway.cli import _run, _server
 from gateway.models import Room
@@ -45,16 +48,26 @@ def bare(room_id: str) -> Response[bytes]:
     return Response(ROOM, media_type="application/json")
 
 
-def build(port: int) -> Edge:
+def build(port: int) -> Litestar:
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
     upstream = os.environ["BENCH_UPSTREAM"]
     qps, proxy = int(os.environ.get("BENCH_QPS", "200")), os.environ.get("BENCH_PROXY")
     app = create_app(settings, env=SECRETS, directory=directory(upstream, qps, proxy_url=proxy))
-    app.app.register(bare)  # (on the Litestar app behind the edge, as the gateway's own routes)
+    getattr(app, "app", app).register(bare)  # (behind the edge, as the gateway's own routes; "app": older trees)
     return app
+
+
+def bare_app() -> Litestar:
+    return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None)
+
+
+def factory() -> Litestar:
+    """For granian (``--factory bench.apps:factory``): the app BENCH_APP names."""
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))  # type: ignore[arg-type]
+    return bare_app() if os.environ.get("BENCH_APP") == "bare" else build(int(os.environ["BENCH_PORT"]))
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    app = build(port)
+    app = bare_app() if sys.argv[2:] == ["bare"] else build(port)
     _run(_server(app, settings_from_env(os.environ, host="127.0.0.1", port=port)).serve())

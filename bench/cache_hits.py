@@ -8,17 +8,26 @@ default 1 s TTL each room is refilled from the emulator once a second: the 100-r
 60 s TTL is all hits, the one with 1 s includes ~100 misses (fills) a second.
 
     python -m bench cache_hits        (env: ROUNDS=3 SECONDS=4 CONCURRENCY=64)
+
+Then, on each server (uvicorn as `gateway serve` runs it, and granian), a cache hit in Redis mode
+against a bare Litestar app in a process of its own (issue 25's bar: >= 0.6 of the best bare
+app), with wrk at 32 connections, every process measured in each round; BASELINE_SRC=/path/src
+adds the gateway from that source tree (the code before a change) on both servers, same run:
+
+    python -m bench.cache_hits servers     (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=...)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 from tests.redis_servers import standalone
 from tests.support import KEY, TOKENS
 
-from bench._harness import GATEWAY, free_port, load, median, process
+from bench._harness import GATEWAY, ROOT, Steal, free_port, load, median, process
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
@@ -67,5 +76,58 @@ def main() -> None:
                 )
 
 
+GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1"]
+GRANIAN += ["--no-ws", "--log-level", "warning", "--host", "127.0.0.1", "--factory", "bench.apps:factory"]
+
+
+@contextlib.contextmanager
+def served(server: str, app: str, env: dict[str, str], src: str | None = None) -> Iterator[str]:
+    """``app`` (gateway or bare) on ``server`` (uvicorn or granian) in a process of its own."""
+    port = free_port()
+    env = {**env, "BENCH_APP": app, "BENCH_PORT": str(port), "PYTHONPATH": f"{src or ROOT / 'src'}:{ROOT}"}
+    if server == "uvicorn":
+        args = [sys.executable, "-m", "bench.apps", str(port), *(["bare"] if app == "bare" else [])]
+    else:
+        args = [*GRANIAN, "--port", str(port)]
+    with process(args, port=port, env=env):
+        yield f"http://127.0.0.1:{port}"
+
+
+def servers() -> None:
+    rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
+    baseline = os.environ.get("BASELINE_SRC")
+    emu_port = free_port()
+    emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
+    env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "GATEWAY_LOG_LEVEL": "info", "EMULATOR_SECRET_KEY": KEY}
+    with process(emulator, port=emu_port, env=env), standalone() as redis, contextlib.ExitStack() as stack:
+        shared = {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"}
+        targets: dict[str, tuple[list[str], dict[str, str]]] = {}
+        for server in ("uvicorn", "granian"):
+            url = stack.enter_context(served(server, "bare", env))
+            targets[f"bare/{server}"] = ([f"{url}/bare/rooms/room-1"], {})
+            trees = {"gateway": None, **({"before": baseline} if baseline else {})}
+            for name, src in trees.items():
+                url = stack.enter_context(served(server, "gateway", shared, src))
+                reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
+                load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
+                targets[f"{name}/{server}"] = (reads, AUTH)
+        runs: dict[str, list[float]] = {}
+        with Steal() as steal:
+            for n in range(rounds):
+                order = list(targets) if n % 2 == 0 else list(reversed(targets))
+                for key in order:
+                    urls, headers = targets[key]
+                    result = load(urls, concurrency=32, seconds=seconds, headers=headers, generator="wrk")
+                    runs.setdefault(key, []).append(float(result["rps"]))  # type: ignore[arg-type]
+        rps = {key: median(values) for key, values in runs.items()}
+        best = max(rps[f"bare/{s}"] for s in ("uvicorn", "granian"))
+        print(f"cache hits, Redis mode, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
+        for key, value in rps.items():
+            print(f"  {key:16s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["servers"]:
+        servers()
+    else:
+        main()

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import httpx
 import uvicorn
+from litestar import Litestar
 
-from gateway.api import Edge
 from gateway.app import create_app
 from gateway.emulator import Emulator
 from gateway.settings import Settings
@@ -122,7 +122,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Edge) -> AsyncIterator[str]:
+async def serve_app(app: Litestar) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
     config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
     server = uvicorn.Server(config)
@@ -180,7 +180,7 @@ class ScriptedTencent:
 class Gateway:
     """A running gateway: its app (for internals), URL and an httpx client with a token."""
 
-    def __init__(self, app: Edge, url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, app: Litestar, url: str, client: httpx.AsyncClient) -> None:
         self.app = app
         self.url = url
         self.client = client
@@ -195,7 +195,6 @@ async def start_gateway(
     *,
     transport_factory: Callable[[], Sender] | None = None,
     qps: int = 200,
-    direct_routes: bool = True,
     proxy_url: str | None = None,
     env: dict[str, str] | None = None,
     **overrides: Any,
@@ -205,7 +204,6 @@ async def start_gateway(
         env={},
         directory=directory(upstream_url, qps, proxy_url=proxy_url, env=env),
         transport_factory=transport_factory,
-        direct_routes=direct_routes,
     )
     async with serve_app(app) as url:
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)

@@ -148,14 +148,14 @@ async def test_request_ids_outside_the_safe_alphabet_are_never_echoed(given: byt
     one header is added; a valid id is echoed as it came."""
     from prometheus_client import CollectorRegistry
 
-    from gateway.api import edge_middleware
+    from gateway.api import EdgeMiddleware
     from gateway.metrics import Metrics
 
     async def inner(scope: dict[str, object], receive: object, send: object) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"", "more_body": False})  # type: ignore[operator]
 
-    app = edge_middleware(inner, metrics=Metrics(CollectorRegistry()), clock=lambda: 0.0, direct=False)  # type: ignore[arg-type]
+    edge = EdgeMiddleware(metrics=Metrics(CollectorRegistry()), clock=lambda: 0.0)
 
     async def answer(request_id: bytes) -> list[tuple[bytes, bytes]]:
         sent: list[dict[str, object]] = []
@@ -170,7 +170,7 @@ async def test_request_ids_outside_the_safe_alphabet_are_never_echoed(given: byt
             "raw_path": b"/livez",
             "headers": [(b"x-request-id", request_id)],
         }
-        await app(scope, None, send)  # type: ignore[arg-type]
+        await edge.handle(scope, None, send, inner)  # type: ignore[arg-type]
         return sent[0]["headers"]  # type: ignore[return-value]
 
     headers = await answer(given)

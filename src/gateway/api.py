@@ -1,6 +1,6 @@
-"""The HTTP side: the edge (``Edge``, the service's ASGI app), the one generic handler of the
-operation catalogue, Tencent's callbacks, the events stream, the operational routes, and the
-single errors -> problem+json mapping.
+"""The HTTP side: the edge (``EdgeMiddleware``), the one generic handler of the operation
+catalogue, Tencent's callbacks, the events stream, the operational routes, and the single
+errors -> problem+json mapping. Litestar routes every request; the edge is its middleware.
 
 Handlers authenticate, call the service and shape the answer; they hold no logic of their own.
 Every error, the gateway's or Litestar's, leaves through ``problem_response``.
@@ -13,19 +13,19 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post, route
+from litestar import Litestar, Request, Response, Router, get, post, route
 from litestar.datastructures import State
 from litestar.enums import MediaType, ParamType, ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPI,
@@ -114,7 +114,7 @@ def _gateway(state: State) -> Gateway:
 # ---------------------------------------------------------------------- errors
 
 
-def problem_response(exc: errors.GatewayError, request_id: str | None) -> Response[bytes]:
+def problem_response(exc: errors.GatewayError, request_id: str | None) -> Reply:
     """The RFC 9457 document for an error, with its status and headers."""
     body = Problem(
         type=f"urn:live-room-gateway:problem:{exc.code}",
@@ -132,7 +132,7 @@ def problem_response(exc: errors.GatewayError, request_id: str | None) -> Respon
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
     if exc.upstream_request_id:
         headers["x-upstream-request-id"] = exc.upstream_request_id
-    return Response(_encode(body), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
+    return Reply(_encode(body), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _from_litestar(exc: HTTPException) -> errors.GatewayError:
@@ -152,7 +152,7 @@ def _from_litestar(exc: HTTPException) -> errors.GatewayError:
     return cls(str(exc.detail))
 
 
-def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Reply:
     """The one exception handler: gateway errors as they are, Litestar's mapped, others a 500."""
     if isinstance(exc, errors.GatewayError):
         mapped = exc
@@ -161,13 +161,21 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
     else:
         log.error("unhandled error", exc_info=exc)
         mapped = errors.InternalError("the gateway failed to handle this request")
-    state = request.scope.setdefault("state", {})
+    scope = request.scope
+    state = scope.setdefault("state", {})
     if mapped.upstream_code is not None:
         state["upstream_code"] = mapped.upstream_code
+    unmatched = "request_id" not in state  # refused by the router: no route's middleware ran
+    rid = request_id(scope["headers"], state) if unmatched else b""
+    if unmatched:
+        mapped = _refused_path(scope) or mapped
     response = problem_response(mapped, state.get("request_id"))
     allow = exc.headers.get("allow") if isinstance(exc, HTTPException) and exc.headers else None
     if allow:  # RFC 9110: a 405 says which methods the resource takes
         response.headers["allow"] = allow
+    if unmatched:
+        response.headers["x-request-id"] = rid.decode()
+        _record(scope, state, {"status": response.status_code}, None, _gateway(request.app.state).metrics)
     return response
 
 
@@ -185,63 +193,51 @@ def _headers(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]
     return [v for k, v in headers if k == name]
 
 
-class Edge:
-    """The service's ASGI application: the edge (``edge_middleware``) in front of the Litestar
-    app, as a plain outer ASGI layer (nothing of Litestar's is patched). Litestar runs its
-    middleware only after routing, and the edge's rules hold for every request, an unmatched path
-    included. ``state``, ``openapi_schema`` and ``lifespan`` are the Litestar app's.
+class Reply(Response[bytes | None]):
+    """A response of bytes (or none), sent as Litestar's ``ASGIResponse`` sends one (the headers,
+    then content-type and content-length unless the status allows no body) without building one:
+    at one caller that took ~200 µs of a forwarded write's ~700 µs in the gateway. Litestar asks
+    every Response for its ASGI app (``to_asgi_response``); this one is its own."""
 
-    The OpenAPI document is built when first asked for (it takes ~65 ms, which every app made
-    for a test would pay), and tidied (``tidy_openapi``) then, before Litestar serves it."""
-
-    def __init__(self, app: Litestar, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> None:
-        self.app = app
-        self._serve = edge_middleware(app, metrics=metrics, clock=clock, direct=direct)
-        self._schema_path: str = (app.openapi_config.path if app.openapi_config else None) or "/schema"
-        self._tidied = False
+    # Litestar only calls the ASGI app it gets; its declared ASGIResponse would cost the building.
+    def to_asgi_response(  # type: ignore[override]
+        self, app: Litestar | None, request: Request[Any, Any, Any], **_: Any
+    ) -> ASGIApp:
+        return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._tidied and scope["type"] == ScopeType.HTTP and scope["path"].startswith(self._schema_path):
-            self.openapi_schema  # noqa: B018 - builds and tidies the document before Litestar serves it
-        await self._serve(scope, receive, send)
-
-    @property
-    def state(self) -> State:
-        return self.app.state
-
-    @property
-    def openapi_schema(self) -> OpenAPI:
-        """Litestar's document, tidied for generated clients (once)."""
-        document = self.app.openapi_schema
-        if not self._tidied:
-            tidy_openapi(document)
-            self._tidied = True
-        return document
-
-    def lifespan(self) -> AbstractAsyncContextManager[None]:
-        return self.app.lifespan()
+        status = self.status_code or 200
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        body = self.content or b""
+        if status in (204, 304) or status < 200:
+            body = b""
+        else:
+            media_type = self.media_type.value if isinstance(self.media_type, Enum) else str(self.media_type)
+            headers.append((b"content-type", media_type.encode("latin-1")))
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def edge_middleware(app: Litestar, *, metrics: Metrics, clock: Callable[[], float], direct: bool = True) -> ASGIApp:
-    """Request ids in and out, refusal of paths that would decode into other routes, the room
-    routes' direct dispatch (``_direct``), and the request's metrics and access-log line, around
-    the Litestar ``app`` (``Edge``).
+class EdgeMiddleware(ASGIMiddleware):
+    """The edge, as Litestar middleware on every route: request ids in and out, refusal of paths
+    that would decode into other routes, and the request's metrics and access-log line. A request
+    Litestar's router refuses (404, 405) never reaches a route's middleware: ``handle_error``
+    gives it its id and counts it (route ``unmatched``).
 
     Request ids the gateway makes are 32 hex digits: a random per-process half and a counter
-    (unique across replicas without a system call per request, unlike ``uuid4``).
-    """
-    prefix, counter = secrets.token_hex(8), itertools.count(1)
+    (unique across replicas without a system call per request, unlike ``uuid4``)."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        started = clock()
-        given = _header(scope["headers"], b"x-request-id")
-        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else f"{prefix}{next(counter):016x}"
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, *, metrics: Metrics, clock: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._clock = clock
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        started = self._clock()
         state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        rid = request_id.encode()
+        rid = request_id(scope["headers"], state)
         sent: dict[str, Any] = {"status": 500}
 
         async def send_with_id(message: Message) -> None:
@@ -253,124 +249,45 @@ def edge_middleware(app: Litestar, *, metrics: Metrics, clock: Callable[[], floa
             await send(message)
 
         try:
-            raw_path = (scope.get("raw_path") or b"").lower()
-            if b"%2f" in raw_path or b"%5c" in raw_path:
-                exc = errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
-                await _respond(problem_response(exc, request_id), scope, receive, send_with_id)
-            elif (handler := _direct(scope) if direct else None) is not None:
-                scope["app"] = scope["litestar_app"] = app  # (as Litestar sets them; handlers use them)
-                await _serve(handler, scope, receive, send_with_id)
+            if (refused := _refused_path(scope)) is not None:
+                await problem_response(refused, state["request_id"])(scope, receive, send_with_id)
             else:
-                await app(scope, receive, send_with_id)
+                await next_app(scope, receive, send_with_id)
         finally:
-            _record(scope, state, sent, clock() - started, metrics)
-
-    return middleware
+            _record(scope, state, sent, self._clock() - started, self._metrics)
 
 
-Handler = Callable[[Request[Any, Any, Any]], Awaitable[Response[Any]]]
-
-
-class _Route:
-    """A route of the edge's table: its template's literal segments and where its parameters are."""
-
-    __slots__ = ("handlers", "literals", "names", "template")
-
-    def __init__(self, template: str) -> None:
-        segments = template.split("/")
-        self.template = template
-        self.literals = tuple((i, seg) for i, seg in enumerate(segments) if not seg.startswith("{"))
-        self.names = tuple((i, seg[1:-1]) for i, seg in enumerate(segments) if seg.startswith("{"))
-        self.handlers: dict[str, Handler] = {}
-
-
-def direct_table(routes: Iterable[tuple[str, str, Handler]]) -> dict[tuple[int, str], list[_Route]]:
-    """The edge's routes by segment count and last segment: ``(method, template, handler)``."""
-    by_template: dict[str, _Route] = {}
-    for method, template, handler in routes:
-        by_template.setdefault(template, _Route(template)).handlers[method] = handler
-    table: dict[tuple[int, str], list[_Route]] = {}
-    for entry in by_template.values():
-        segments = entry.template.split("/")
-        last = "" if segments[-1].startswith("{") else segments[-1]
-        table.setdefault((len(segments), last), []).append(entry)
-    return table
-
-
-def _direct(scope: Scope) -> Handler | None:
-    """The API route this request is for, when it is exactly one (else Litestar routes it).
-
-    The room routes are the gateway's hot path, and Litestar's routing and handler layers cost
-    about as much CPU as everything the gateway does on a cache hit (BENCHMARKS.md). The edge
-    therefore calls the same handler functions itself, from one table (``_DIRECT``: every
-    operation of the catalogue), with what Litestar would give them: a Request
-    with the path parameters, ``handle_error`` for whatever they raise, and their Response sent
-    as Litestar sends it. Anything else (other methods, trailing slashes, empty segments, ...)
-    goes through Litestar, which answers it as these same routes (it serves their documentation
-    too) or with 404/405.
-    """
-    path: str = scope["path"]
-    segments = path.split("/")
-    size = len(segments)
-    for entry in (*_DIRECT.get((size, segments[-1]), ()), *_DIRECT.get((size, ""), ())):
-        if all(segments[i] == literal for i, literal in entry.literals) and all(segments[i] for i, _ in entry.names):
-            handler: Handler | None = entry.handlers.get(str(scope.get("method", "")))
-            if handler is not None:
-                scope["path_params"] = {name: segments[i] for i, name in entry.names}
-                scope["path_template"] = entry.template
-            return handler
+def _refused_path(scope: Scope) -> errors.GatewayError | None:
+    """A path with an encoded ``/`` or ``\\``: the server decodes it before routing, so
+    ``rooms/a%2Fmetadata`` would address room ``a``'s metadata (or no route at all)."""
+    raw_path = (scope.get("raw_path") or b"").lower()
+    if b"%2f" in raw_path or b"%5c" in raw_path:
+        return errors.InvalidRequest("room ids containing '/' or '\\' cannot be addressed")
     return None
 
 
-async def _serve(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-    request: Request[Any, Any, Any] = Request(scope, receive=receive, send=send)
-    try:
-        response: Response[Any] = await handler(request)
-    except Exception as exc:  # as Litestar's exception middleware does: every error is answered
-        response = handle_error(request, exc)
-    await _respond(response, scope, receive, send, request)
+_ID_PREFIX, _ID_COUNTER = secrets.token_hex(8), itertools.count(1)
 
 
-async def _respond(
-    response: Response[Any],
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    request: Request[Any, Any, Any] | None = None,
-) -> None:
-    """Send what Litestar's ``ASGIResponse`` sends for a response of bytes (the handler's
-    headers, then content-type and content-length unless the status allows no body), without
-    building one: at one caller that took ~200 µs of a forwarded write's ~700 µs in the gateway.
-    Anything else (other content, cookies, a background task) goes through Litestar."""
-    body = response.content
-    if not (body is None or isinstance(body, bytes)) or response.cookies or response.background is not None:
-        await response.to_asgi_response(app=None, request=request)(scope, receive, send)  # type: ignore[arg-type]
-        return
-    status = response.status_code or 200
-    media_type = response.media_type.value if isinstance(response.media_type, Enum) else str(response.media_type)
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-    if status in (204, 304) or status < 200:
-        body = b""
-    else:
-        body = body or b""
-        names = {name for name, _ in headers}
-        if b"content-type" not in names:
-            charset = "; charset=utf-8" if media_type.startswith("text/") else ""
-            headers.append((b"content-type", (media_type + charset).encode("latin-1")))
-        if b"content-length" not in names:
-            headers.append((b"content-length", str(len(body)).encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+def request_id(headers: Iterable[tuple[bytes, bytes]], state: dict[str, Any]) -> bytes:
+    """The request's id (the caller's ``X-Request-Id`` if it is one we accept, else a new one),
+    kept in the scope's state for the handlers and logs."""
+    given = _header(headers, b"x-request-id")
+    value = given.decode() if _REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    state["request_id"] = value
+    return value.encode()
 
 
-def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float, metrics: Metrics) -> None:
+def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: float | None, metrics: Metrics) -> None:
+    """The request's metrics and access-log line (``elapsed`` unknown: no duration observed)."""
     route = scope.get("path_template") or "unmatched"
     method = scope.get("method", "")
     if method not in _METHODS:
         method = "other"
     status = int(sent["status"])
     metrics.child(metrics.requests, route, method, str(status)).inc()
-    metrics.child(metrics.request_seconds, route, method).observe(elapsed)
+    if elapsed is not None:
+        metrics.child(metrics.request_seconds, route, method).observe(elapsed)
     if access.isEnabledFor(logging.INFO):  # (AccessLog checks too; this skips building the fields)
         upstream = sent.get("upstream")
         fields = {
@@ -378,7 +295,7 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
             "method": method,
             "route": route,
             "status": status,
-            "duration_ms": round(elapsed * 1000, 3),
+            "duration_ms": None if elapsed is None else round(elapsed * 1000, 3),
             "tenant": state.get("tenant"),
             "upstream_code": state.get("upstream_code"),
             "upstream_request_id": upstream.decode("latin-1") if upstream else None,
@@ -414,6 +331,26 @@ _PATH_PARAMETERS = {
     "room_id": "1-48 UTF-8 bytes without control characters; an id with '/' or '\\' cannot be "
     "addressed (its encoded %2F or %5C is refused with 400)",
 }
+
+
+def openapi_document(app: Litestar) -> OpenAPI:
+    """Litestar's document, tidied for generated clients (``tidy_openapi``) the first time it is
+    asked for: building it takes ~65 ms, which every app made for a test would pay at start-up."""
+    document = app.openapi_schema
+    if not app.state.get("openapi_tidied"):
+        tidy_openapi(document)
+        app.state["openapi_tidied"] = True
+    return document
+
+
+async def _tidied_first(request: Request[Any, Any, Any]) -> None:
+    """The schema routes' before-request hook: the document they serve is the tidied one."""
+    openapi_document(request.app)
+
+
+def openapi_router() -> Router:
+    """Litestar's router for ``/schema``, serving the tidied document."""
+    return Router("/schema", route_handlers=[], include_in_schema=False, before_request=_tidied_first)
 
 
 def tidy_openapi(document: OpenAPI) -> OpenAPI:
@@ -749,8 +686,8 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
         if op.status == 201:
             headers["location"] = f"/v1/tenants/{params['tenant']}/rooms/{quote(args.room_id, safe='')}"
         if done.body is None:
-            return Response(None, status_code=204, headers=headers)
-        return Response(done.body, status_code=op.status, media_type=MediaType.JSON, headers=headers)
+            return Reply(None, status_code=204, headers=headers)
+        return Reply(done.body, status_code=op.status, media_type=MediaType.JSON, headers=headers)
 
     handler.__name__ = handler.__qualname__ = op.id
     if op.status == 204:  # (Litestar checks that a 204 handler returns no body)
@@ -816,7 +753,3 @@ ROUTES = [
     readyz,
     metrics,
 ]
-_DIRECT = direct_table(
-    (op.method, "/v1/tenants/{tenant}" + op.path, handler.fn)
-    for op, handler in zip(CATALOGUE, _CATALOGUE_ROUTES, strict=True)
-)

@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import MAX_BODY, ROUTES, Edge, Gateway, handle_error
+from gateway.api import MAX_BODY, ROUTES, EdgeMiddleware, Gateway, handle_error, openapi_router
 from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
@@ -75,6 +75,7 @@ def openapi_config() -> OpenAPIConfig:
         description="Tencent Live Engine rooms behind one budgeted, cached, signed internal API.",
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
         path="/schema",
+        openapi_router=openapi_router(),
     )
 
 
@@ -197,11 +198,9 @@ def create_app(
     transport_factory: Callable[[], Sender] | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
-    direct_routes: bool = True,
-) -> Edge:
+) -> Litestar:
     """Build the app. ``directory`` (tenants and callers) is loaded from ``settings.config`` at
-    start-up when not given; ``transport_factory`` replaces the pooled upstream transport;
-    ``direct_routes=False`` leaves the API routes to Litestar's router (a test compares)."""
+    start-up when not given; ``transport_factory`` replaces the pooled upstream transport."""
     env = os.environ if env is None else env
     settings = settings or settings_from_env(env)
     rng = random.Random()
@@ -332,8 +331,9 @@ def create_app(
         if fleet_budget is not None:
             await fleet_budget.leave()
 
-    app = Litestar(
+    return Litestar(
         route_handlers=ROUTES,
+        middleware=[EdgeMiddleware(metrics=metrics, clock=clock)],
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
@@ -343,4 +343,3 @@ def create_app(
         logging_config=None,  # logging is the process's (gateway.logs), not each app's
         debug=False,
     )
-    return Edge(app, metrics=metrics, clock=clock, direct=direct_routes)

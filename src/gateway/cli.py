@@ -26,7 +26,7 @@ from gateway.settings import Settings, settings_from_env
 from gateway.tenants import Caller, Directory, Secret, Tenant, hash_token, load_directory
 
 if TYPE_CHECKING:  # (the service's modules load only for the commands that run it)
-    from gateway.api import Edge
+    from litestar import Litestar
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the demo's published token; the demo binds loopback
 DEMO_SDKAPPID = 1400000001
@@ -38,7 +38,7 @@ class GatewayServer(uvicorn.Server):
     the listener closes, in-flight requests finish (at most ``GATEWAY_DRAIN_SECONDS``), the
     lifespan shuts down, and the process exits 0 (uvicorn itself re-raises the signal)."""
 
-    def __init__(self, config: uvicorn.Config, app: Edge) -> None:
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
         super().__init__(config)
         self._app = app
 
@@ -50,7 +50,7 @@ class GatewayServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _server(app: Edge, settings: Settings) -> uvicorn.Server:
+def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
     logs.configure(settings.log_level)
     config = uvicorn.Config(
         app,
@@ -192,9 +192,11 @@ def openapi(fmt: str) -> int:
     return 0
 
 
-def openapi_document(app: Edge, fmt: str = "yaml") -> str:
+def openapi_document(app: Litestar, fmt: str = "yaml") -> str:
     """The app's OpenAPI document as committed in ``openapi/openapi.yaml``."""
-    schema = json.loads(msgspec.json.encode(app.openapi_schema.to_schema()))
+    from gateway.api import openapi_document as tidied
+
+    schema = json.loads(msgspec.json.encode(tidied(app).to_schema()))
     if fmt == "json":
         return json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return str(yaml.safe_dump(schema, sort_keys=True, allow_unicode=True))
