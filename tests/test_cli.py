@@ -24,8 +24,8 @@ from TLSSigAPIv2 import TLSSigAPIv2
 
 from gateway.app import create_app
 from gateway.cli import openapi_document
-from gateway.emulator import Emulator
 from gateway.settings import Settings
+from live_engine_emulator import Emulator
 from tests.redis_servers import free_port
 from tests.support import APP_ID, SECRETS, TOKENS, config_yaml
 

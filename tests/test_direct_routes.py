@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from gateway.emulator import serve_emulator
+from live_engine_emulator import serve_emulator
 from tests.conftest import SEEN_USERSIGS
 from tests.support import TOKENS, new_emulator, start_gateway
 
