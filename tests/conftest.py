@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from gateway.emulator import Emulator, serve_emulator
 from gateway.logs import JsonFormatter
+from live_engine_emulator import Emulator, serve_emulator
 from tests.proxies import PASSWORD as PROXY_PASSWORD
 from tests.redis_servers import RedisServer, cluster, standalone
 from tests.support import KEY, OTHER_KEY, TOKENS, Gateway, new_emulator, start_gateway

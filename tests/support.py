@@ -16,10 +16,10 @@ import uvicorn
 from litestar import Litestar
 
 from gateway.app import create_app
-from gateway.emulator import Emulator
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
 from gateway.transport import OnTime, Proxy, Reply, Sender, TooLate
+from live_engine_emulator import Emulator
 from tests import openloop
 
 APP_ID = 1400000001

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.support import TOKENS, Gateway
 
 ACME = "/v1/tenants/acme/rooms/room-1"

@@ -16,11 +16,11 @@ from gateway.budget.clock import ClockSync
 from gateway.budget.dispatch import Dispatcher
 from gateway.budget.modes import FleetBudget, Mode
 from gateway.budget.schedule import interval_for
-from gateway.emulator import Emulator
 from gateway.health import Breaker
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
 from gateway.transport import OnTime, PooledTransport, Proxy, Reply
+from live_engine_emulator import Emulator
 from tests.support import APP_ID, TOKENS, Call, ScriptedTencent, blast, start_gateway
 
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.cache import Filled, RoomCache
-from gateway.emulator import Emulator
-from gateway.emulator.state import HTTP_502
 from gateway.stores.memory import MemoryRoomStore
 from gateway.stores.redis import Redis, RedisRoomStore, connect
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import HTTP_502
 from tests.support import APP_ID, TOKENS, Gateway, blast, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.callbacks import ACK, sign
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.fleet import fleet
 from tests.redis_servers import standalone
 from tests.support import APP_ID, CALLBACK_TOKEN, Gateway, start_gateway

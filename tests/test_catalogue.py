@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from gateway.catalogue.operations import CATALOGUE
-from gateway.emulator import Emulator
-from gateway.emulator.state import _HANDLERS, APPLY_THEN_DROP, PASS
 from gateway.models import TENCENT_APIS
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import _HANDLERS, APPLY_THEN_DROP, PASS
 from tests.support import APP_ID, TOKENS, start_gateway
 
 BASE = "/v1/tenants/acme"

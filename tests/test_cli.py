@@ -23,9 +23,9 @@ import pytest
 from TLSSigAPIv2 import TLSSigAPIv2
 
 from gateway.app import create_app
-from gateway.cli import openapi_document
-from gateway.emulator import Emulator
+from gateway.cli import main, openapi_document
 from gateway.settings import Settings
+from live_engine_emulator import Emulator
 from tests.redis_servers import free_port
 from tests.support import APP_ID, SECRETS, TOKENS, config_yaml
 
@@ -145,6 +145,28 @@ def test_serve_refuses_a_bad_setting() -> None:
     )
     assert result.returncode == 2
     assert "GATEWAY_DEADLINE" in result.stderr
+
+
+def test_serve_loads_neither_the_emulator_nor_aiohttp() -> None:
+    """The service's modules, its app and `gateway serve`'s CLI import no emulator and no aiohttp
+    (the image installs neither)."""
+    code = (
+        "import sys; import gateway.cli; from gateway.app import create_app; from gateway.settings import Settings; "
+        "create_app(Settings(), env={}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'live_engine_emulator')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["demo", "emulator"])
+def test_demo_and_emulator_say_how_to_install_the_emulator(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the emulator package, `gateway demo` and `gateway emulator` exit 2 naming the install."""
+    monkeypatch.setitem(sys.modules, "live_engine_emulator", None)  # (an import of it raises ImportError)
+    assert main([command], env={}) == 2
+    assert "pip install ./emulator" in capsys.readouterr().err
 
 
 def test_emulator_alone_speaks_tencents_protocol() -> None:

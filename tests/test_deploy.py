@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,18 @@ def test_dockerfile_runs_what_the_tests_run() -> None:
     assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
     assert "STOPSIGNAL SIGTERM" in text
     assert text.index("COPY pyproject.toml") < text.index("COPY src/"), "dependencies before the source"
+
+
+def test_the_image_holds_neither_the_emulator_nor_aiohttp() -> None:
+    """The gateway's runtime dependencies (the image's requirements) name no aiohttp, and the emulator
+    package (emulator/) is not in the build context."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(("aiohttp", "live-engine-emulator"))]
+    installed = [r for r in metadata.requires("live-room-gateway") or [] if "extra ==" not in r]
+    assert not [r for r in installed if r.startswith("aiohttp")], installed
+    context = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in context
+    assert not [line for line in context if line.startswith("!") and "emulator" in line]
 
 
 @pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "everything-on"])

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.emulator import Emulator
-from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
-from gateway.emulator.usersig import mint
 from gateway.signing import Signature, Signer
 from gateway.upstream import ERROR_CODES
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
+from live_engine_emulator.usersig import mint
 from tests.support import APP_ID, KEY, Call, Gateway, ScriptedTencent, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.budget import Share
 from gateway.cli import default_commands
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.fleet import fleet
 from tests.redis_servers import standalone
 from tests.sse import subscribe

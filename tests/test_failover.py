@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from gateway.cache import Lookup
-from gateway.emulator import Emulator
-from gateway.emulator.state import HTTP_502
 from gateway.health import Breaker
 from gateway.signing import Signature, Signer
 from gateway.stores.failover import FailoverRoomStore, FailoverSignatureStore
 from gateway.stores.memory import MemoryRoomStore, MemorySignatureStore
 from gateway.stores.redis import Redis, RedisRoomStore, RedisSignatureStore, connect
 from gateway.tenants import Secret, Tenant
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import HTTP_502
 from tests.redis_servers import RedisServer, standalone
 from tests.support import start_gateway
 

@@ -8,8 +8,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from gateway.emulator import Emulator
-from gateway.emulator.state import APPLY_THEN_DROP
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import APPLY_THEN_DROP
 from tests.support import APP_ID, TOKENS, Gateway, blast, drive, start_gateway
 
 pytestmark = pytest.mark.slow  # load against the emulator: it needs the CPU it measures

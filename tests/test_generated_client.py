@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from gateway.callbacks import sign
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.support import APP_ID, CALLBACK_TOKEN, TOKENS, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import pytest
 
 from gateway import errors, idempotency
 from gateway.catalogue.operations import CATALOGUE
-from gateway.emulator import Emulator
-from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from gateway.transport import OnTime, PooledTransport, Proxy, Reply, Sender
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from tests.redis_servers import free_port
 from tests.support import APP_ID, TOKENS, Gateway, start_gateway
 

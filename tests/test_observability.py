@@ -14,8 +14,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
-from gateway.emulator import Emulator
 from gateway.logs import JsonFormatter
+from live_engine_emulator import Emulator
 from tests.support import KEY, OTHER_KEY, TOKENS, Gateway
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.support import APP_ID, Gateway, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"

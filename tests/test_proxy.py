@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trustme
 
-from gateway.emulator import Emulator, serve_emulator
 from gateway.errors import ConfigError
 from gateway.tenants import egress_proxy as proxy_for
 from gateway.tenants import parse_config, resolve
 from gateway.transport import PooledTransport, ProxyRefused, TooLate, proxy_from_url
+from live_engine_emulator import Emulator, serve_emulator
 from tests.fleet import Fleet
 from tests.proxies import PASSWORD, EgressProxy, egress_proxy
 from tests.redis_servers import free_port

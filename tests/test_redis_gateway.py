@@ -11,7 +11,7 @@ import pytest
 import redis
 import trustme
 
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.redis_servers import RedisServer, redis_server_binary
 from tests.support import Gateway, start_gateway
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.support import APP_ID, SECRETS, config_yaml, serve_app, settings
 
 NEW_TOKEN = "token-added-later"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.emulator.usersig import SigError, decode, mint, verify
 from gateway.signing import Signer, issue_usersig
 from gateway.stores.memory import MemorySignatureStore
 from gateway.tenants import Secret, Tenant
+from live_engine_emulator.usersig import SigError, decode, mint, verify
 
 TENANT = Tenant(
     name="t", sdkappid=1400000001, identifier="administrator", secret_key=Secret("k" * 32), base_url="http://x", qps=200

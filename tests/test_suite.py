@@ -14,7 +14,7 @@ README = (TESTS.parent / "README.md").read_text()
 def collected() -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
     """Each test module's test functions, read from the source."""
     found: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted([*TESTS.glob("test_*.py"), *(TESTS.parent / "emulator" / "tests").glob("test_*.py")]):
         tree = ast.parse(path.read_text())
         found[path.name] = [
             node

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator import Emulator
+from live_engine_emulator import Emulator
 from tests.support import Gateway, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"

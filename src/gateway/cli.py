@@ -20,17 +20,24 @@ import uvloop
 import yaml
 
 from gateway import logs
-from gateway.emulator import Emulator, serve_emulator
 from gateway.errors import ConfigError
 from gateway.settings import Settings, settings_from_env
 from gateway.tenants import Caller, Directory, Secret, Tenant, hash_token, load_directory
 
-if TYPE_CHECKING:  # (the service's modules load only for the commands that run it)
+if TYPE_CHECKING:  # (the service's modules load only for the commands that run it, the emulator
+    # package only for `demo` and `emulator`: the image that runs `serve` does not install it)
     from litestar import Litestar
+
+    from live_engine_emulator import Emulator
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the demo's published token; the demo binds loopback
 DEMO_SDKAPPID = 1400000001
 DEMO_ROOMS = ("demo-room-1", "demo-room-2", "demo-room-3")
+EMULATOR_MISSING = (
+    "gateway: `gateway {command}` needs the Live Engine emulator package (live-engine-emulator), "
+    "which is not installed: pip install ./emulator (from the repository root), "
+    "or run `python3 scripts/dev.py demo`"
+)
 
 
 class GatewayServer(uvicorn.Server):
@@ -128,6 +135,7 @@ def seed_demo(emulator: Emulator, secret_key: str) -> None:
 
 async def _demo(settings: Settings, env: Mapping[str, str]) -> None:
     from gateway.app import create_app
+    from live_engine_emulator import Emulator, serve_emulator
 
     secret_key, callback_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     emulator = Emulator()
@@ -158,31 +166,32 @@ async def _demo(settings: Settings, env: Mapping[str, str]) -> None:
 
 
 def emulator_apps(emulator: Emulator, config: str | None, env: Mapping[str, str]) -> list[str]:
-    """Register the apps of a gateway config file (or one default app); describe them."""
+    """Register the apps of a gateway config file (or the emulator's default app); describe them."""
+    from live_engine_emulator.cli import register
+
     if config is None:
-        key = env.get("EMULATOR_SECRET_KEY", "emulator-secret-key")
-        emulator.add_app(DEMO_SDKAPPID, key, {"administrator"})
-        return [f"sdkappid {DEMO_SDKAPPID}, admin 'administrator', key from EMULATOR_SECRET_KEY (or the default)"]
+        return register(emulator, [], env)
     directory = load_directory(config, env)
-    described = []
-    for tenant in directory.tenants.values():
-        emulator.add_app(tenant.sdkappid, tenant.secret_key.reveal(), {tenant.identifier})
-        described.append(f"sdkappid {tenant.sdkappid}, admin {tenant.identifier!r} (tenant {tenant.name})")
-    return described
+    apps = [(t.sdkappid, t.secret_key.reveal(), t.identifier) for t in directory.tenants.values()]
+    register(emulator, apps, env)
+    return [f"sdkappid {t.sdkappid}, admin {t.identifier!r} (tenant {t.name})" for t in directory.tenants.values()]
 
 
 async def _emulator(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    emulator = Emulator()
-    emulator.enforce_rate_limit = not args.no_rate_limit
-    emulator.faults.latency = args.latency_ms / 1000
-    host, port, config, rooms = args.host, args.port, args.config, args.rooms
-    described = emulator_apps(emulator, config, env)
-    for app in list(emulator.apps):
-        for n in range(1, rooms + 1):
-            emulator.add_room(app, f"room-{n}")
-    async with serve_emulator(emulator, host, port) as base_url:
-        print(f"Live Engine emulator on {base_url}; apps: " + "; ".join(described), flush=True)
-        await asyncio.Event().wait()
+    from live_engine_emulator.cli import configured, serve_forever
+
+    emulator = configured(args)
+    described = emulator_apps(emulator, args.config, env)
+    await serve_forever(emulator, args.host, args.port, rooms=args.rooms, described=described)
+
+
+def _emulator_installed() -> bool:
+    """Whether the Live Engine emulator package can be imported (``demo`` and ``emulator`` need it)."""
+    try:
+        import live_engine_emulator  # noqa: F401 - imported to be found
+    except ImportError:
+        return False
+    return True
 
 
 def openapi(fmt: str) -> int:
@@ -253,6 +262,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         sub.add_argument("--host", default=None)
         sub.add_argument("--port", type=int, default=None)
     emu = commands.add_parser("emulator", help="run the Live Engine emulator alone")
+    # the emulator's own options (live-engine-emulator --help), declared here so that `gateway
+    # --help` works without the emulator package
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=9100)
     emu.add_argument("--config", default=None, help="register the tenants of this gateway config")
@@ -280,6 +291,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     )
     args = parser.parse_args(argv)
 
+    if args.command in ("demo", "emulator") and not _emulator_installed():
+        print(EMULATOR_MISSING.format(command=args.command), file=sys.stderr)
+        return 2
     try:
         if args.command == "openapi":
             return openapi(args.format)

@@ -8,68 +8,38 @@ list (Tencent wants imported accounts for owners, senders and robots; the emulat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.emulator.state import App, Emulator, Reply
+from live_engine_emulator.model import ApiError, App, Clocked, People, Reply
+from live_engine_emulator.model import people as _people
 
 ADMINS_MAX = 5
 ROBOTS_MAX = 3
 ACCOUNTS_PER_CALL = 20
-SEATS = 8
-
-
-@dataclass
-class People:
-    """Who is in a room and what they may do."""
-
-    members: list[str] = field(default_factory=list)
-    admins: list[str] = field(default_factory=list)
-    banned: dict[str, int] = field(default_factory=dict)  # account -> until (unix s)
-    muted: dict[str, int] = field(default_factory=dict)
-    robots: list[str] = field(default_factory=list)
-    seats: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"Index": i, "IsTakenDisabled": False} for i in range(SEATS)]
-    )
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _error(code: int, info: str) -> Exception:
-    from gateway.emulator.state import ApiError
-
-    return ApiError(code, info)
-
-
-def _people(app: App, body: dict[str, Any]) -> People:
-    from gateway.emulator.state import _room
-
-    room = _room(app, body)
-    return app.people.setdefault(room["RoomId"], People())
 
 
 def _accounts(body: dict[str, Any], name: str, most: int | None = None) -> list[str]:
     value = body.get(name)
     good = isinstance(value, list) and all(isinstance(a, str) and 1 <= len(a.encode()) <= 32 for a in value)
     if not good or not value:
-        raise _error(100002, f"{name} must be a non-empty array of account strings")
+        raise ApiError(100002, f"{name} must be a non-empty array of account strings")
     if most is not None and len(value) > most:
-        raise _error(100002, f"{name} holds at most {most} accounts")
+        raise ApiError(100002, f"{name} holds at most {most} accounts")
     return [str(a) for a in value]
 
 
 def _int(body: dict[str, Any], name: str, *, default: int | None = None, low: int = 0, high: int = 2**31 - 1) -> int:
     value = body.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _error(100002, f"{name} must be an integer {low}-{high}")
+        raise ApiError(100002, f"{name} must be an integer {low}-{high}")
     return value
 
 
-def get_member_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_member_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     nxt = body.get("Next")
     if not isinstance(nxt, str):
-        raise _error(100002, "Next must be a string")
+        raise ApiError(100002, "Next must be a string")
     start = int(nxt) if nxt.isdigit() else 0
     page = people.members[start : start + 100][:1000]
     more = start + 100 < len(people.members)
@@ -80,32 +50,32 @@ def get_member_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | No
     }
 
 
-def get_admin_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_admin_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     return {"Admin_Account": list(_people(app, body).admins)}
 
 
-def modify_admin(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def modify_admin(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     accounts = _accounts(body, "Admin_Account")
     op = body.get("OpType")
     if op == "add":
         merged = list(dict.fromkeys([*people.admins, *accounts]))
         if len(merged) > ADMINS_MAX:
-            raise _error(100020, f"a room has at most {ADMINS_MAX} admins")
+            raise ApiError(100020, f"a room has at most {ADMINS_MAX} admins")
         people.admins = merged
     elif op == "delete":
         people.admins = [a for a in people.admins if a not in accounts]
     else:
-        raise _error(100002, "OpType must be add or delete")
+        raise ApiError(100002, "OpType must be add or delete")
     return None
 
 
-def ban_member(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def ban_member(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     accounts = _accounts(body, "MemberList_Account", ACCOUNTS_PER_CALL)
     until = int(emu.wall()) + _int(body, "Duration", low=1)
     if "Reason" in body and not isinstance(body["Reason"], str):
-        raise _error(100002, "Reason must be a string")
+        raise ApiError(100002, "Reason must be a string")
     for account in accounts:
         people.banned[account] = until
         if account in people.members:
@@ -113,14 +83,14 @@ def ban_member(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
     return None
 
 
-def unban_member(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def unban_member(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     for account in _accounts(body, "MemberList_Account", ACCOUNTS_PER_CALL):
         people.banned.pop(account, None)
     return None
 
 
-def get_banned_member_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_banned_member_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     offset = _int(body, "Offset", default=0)
     limit = _int(body, "Limit", default=100, low=1, high=100)
@@ -131,7 +101,7 @@ def get_banned_member_list(emu: Emulator, app: App, body: dict[str, Any]) -> Rep
     return {"BannedAccountList": [{"Member_Account": a, "BannedUntil": u} for a, u in page], "NextOffset": nxt}
 
 
-def mute_member(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def mute_member(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     accounts = _accounts(body, "MemberList_Account", ACCOUNTS_PER_CALL)
     seconds = _int(body, "MuteTime")
@@ -143,7 +113,7 @@ def mute_member(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
     return None
 
 
-def get_muted_member_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_muted_member_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     now = int(emu.wall())
     muted = sorted((a, u) for a, u in _people(app, body).muted.items() if u > now)
     return {"MutedAccountList": [{"Member_Account": a, "MutedUntil": u} for a, u in muted]}
@@ -153,26 +123,26 @@ def _message(app: App, body: dict[str, Any], fields: tuple[str, ...]) -> None:
     people = _people(app, body)
     sender = body.get("Sender_Account")
     if not isinstance(sender, str) or not 1 <= len(sender.encode()) <= 32:
-        raise _error(100002, "Sender_Account must be an account")
+        raise ApiError(100002, "Sender_Account must be an account")
     for name in fields:
         if not isinstance(body.get(name), str):
-            raise _error(100002, f"{name} must be a string")
+            raise ApiError(100002, f"{name} must be a string")
     if sender in people.muted:
-        raise _error(100002, "the sender is muted")
+        raise ApiError(100002, "the sender is muted")
     people.messages.append({k: body[k] for k in ("Sender_Account", *fields)})
 
 
-def send_text_msg(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def send_text_msg(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     _message(app, body, ("TextContent",))
     return None
 
 
-def send_custom_msg(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def send_custom_msg(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     _message(app, body, ("BusinessId", "Data"))
     return None
 
 
-def get_room_stats(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_room_stats(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     return {
         "TotalViewers": len(people.members),
@@ -184,7 +154,7 @@ def get_room_stats(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | Non
     }
 
 
-def get_seat_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_seat_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     return {"SeatList": [dict(seat) for seat in _people(app, body).seats]}
 
 
@@ -193,56 +163,56 @@ def _seat(people: People, body: dict[str, Any], name: str) -> dict[str, Any]:
     return people.seats[index]
 
 
-def lock_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def lock_seat(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     seat = _seat(people, body, "Index")
     for name in ("ForbidTaken", "ForbidVideo", "ForbidAudio"):
         if name in body and not isinstance(body[name], bool):
-            raise _error(100002, f"{name} must be a boolean")
+            raise ApiError(100002, f"{name} must be a boolean")
     seat.pop("Member_Account", None)
     seat["IsTakenDisabled"] = bool(body.get("ForbidTaken", seat["IsTakenDisabled"]))
     return None
 
 
-def pick_user_on_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def pick_user_on_seat(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     seat = _seat(people, body, "Index")
     account = body.get("Member_Account")
     if not isinstance(account, str) or account not in people.members:
-        raise _error(100002, "Member_Account must be a member of the room")
+        raise ApiError(100002, "Member_Account must be a member of the room")
     if seat.get("Member_Account") or seat["IsTakenDisabled"]:
-        raise _error(100002, "the seat is taken or locked")
+        raise ApiError(100002, "the seat is taken or locked")
     seat["Member_Account"] = account
     return None
 
 
-def kick_user_off_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def kick_user_off_seat(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     account = body.get("Member_Account")
     if not isinstance(account, str) or not isinstance(body.get("Data"), str):
-        raise _error(100002, "Member_Account and Data are required")
+        raise ApiError(100002, "Member_Account and Data are required")
     for seat in people.seats:
         if seat.get("Member_Account") == account:
             del seat["Member_Account"]
     return None
 
 
-def move_user_to_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def move_user_to_seat(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     target = _seat(people, body, "SeatIndex")
     account = body.get("Member_Account")
     policy = body.get("Policy")
     if not isinstance(account, str) or account not in people.members:
-        raise _error(100002, "Member_Account must be a member of the room")
+        raise ApiError(100002, "Member_Account must be a member of the room")
     if policy not in (0, 1, 2):
-        raise _error(100002, "Policy must be 0 (cancel), 1 (force) or 2 (swap)")
+        raise ApiError(100002, "Policy must be 0 (cancel), 1 (force) or 2 (swap)")
     if target["IsTakenDisabled"]:
-        raise _error(100002, "the seat is locked")
+        raise ApiError(100002, "the seat is locked")
     current = next((s for s in people.seats if s.get("Member_Account") == account), None)
     occupant = target.get("Member_Account")
     if occupant and occupant != account:
         if policy == 0:
-            raise _error(100002, "the seat is taken")
+            raise ApiError(100002, "the seat is taken")
         if policy == 2 and current is not None:
             current["Member_Account"] = occupant
         elif current is not None:
@@ -253,27 +223,27 @@ def move_user_to_seat(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | 
     return None
 
 
-def get_robot(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def get_robot(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     return {"RobotList_Account": list(_people(app, body).robots)}
 
 
-def add_robot(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def add_robot(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     merged = list(dict.fromkeys([*people.robots, *_accounts(body, "RobotList_Account")]))
     if len(merged) > ROBOTS_MAX:
-        raise _error(100002, f"a room has at most {ROBOTS_MAX} robots")
+        raise ApiError(100002, f"a room has at most {ROBOTS_MAX} robots")
     people.robots = merged
     return None
 
 
-def del_robot(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
+def del_robot(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     people = _people(app, body)
     gone = _accounts(body, "RobotList_Account")
     people.robots = [r for r in people.robots if r not in gone]
     return None
 
 
-HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = {
+HANDLERS: dict[str, Callable[[Clocked, App, dict[str, Any]], Reply | None]] = {
     f.__name__: f
     for f in (
         get_member_list,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator import Emulator
-from gateway.emulator.state import DROP, HTTP_502, LOCKOUT_FAILURES
-from gateway.emulator.usersig import mint
+from live_engine_emulator import Emulator
+from live_engine_emulator.state import DROP, HTTP_502, LOCKOUT_FAILURES
+from live_engine_emulator.usersig import mint
 
 APP, KEY = 1400000001, "k" * 32
 NOW = 1_700_000_000.0

@@ -4,7 +4,7 @@ It shares no request or response code with the gateway's upstream client, so a b
 by being on both sides: it has its own UserSig verifier, its own wire handling, its own limits.
 """
 
-from gateway.emulator.server import create_emulator_app, serve_emulator
-from gateway.emulator.state import Emulator
+from live_engine_emulator.server import create_emulator_app, serve_emulator
+from live_engine_emulator.state import Emulator
 
 __all__ = ["Emulator", "create_emulator_app", "serve_emulator"]

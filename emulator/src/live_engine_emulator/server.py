@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, PASS, Callback, Emulator
+from live_engine_emulator.state import APPLY_THEN_DROP, DROP, HTTP_502, PASS, Callback, Emulator
 
 EMULATOR = web.AppKey("emulator", Emulator)
 SESSION = web.AppKey("session", aiohttp.ClientSession)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
-from gateway.emulator import members, usersig
+from live_engine_emulator import members, model, usersig
+from live_engine_emulator.model import ApiError, App, People, Reply
 
-Reply = dict[str, Any]
 LOCKOUT_FAILURES = 5  # signature failures within LOCKOUT_WINDOW before 70050
 LOCKOUT_WINDOW = 60.0
 API_QPS = members.API_QPS
@@ -58,29 +58,6 @@ HTTP_502 = 0  # fault: answer HTTP 502
 DROP = -1  # fault: close the connection before doing anything
 APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
 PASS = -3  # no fault for this call (to script a later call's)
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, info: str) -> None:
-        super().__init__(info)
-        self.code = code
-        self.info = info
-
-
-@dataclass
-class App:
-    sdkappid: int
-    key: str
-    admins: set[str]
-    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
-    sig_failures: deque[float] = field(default_factory=deque)
-    locked_until: float = 0.0
-    callback_url: str = ""  # live_config: where Tencent sends callbacks, and which commands
-    callback_commands: list[str] = field(default_factory=list)
-    callback_token: str = ""
-    callback_token_enabled: bool = False
-    people: dict[str, members.People] = field(default_factory=dict)  # room id -> its members, admins, ...
 
 
 class Callback(NamedTuple):
@@ -146,7 +123,7 @@ class Emulator:
 
     def add_members(self, sdkappid: int, room_id: str, accounts: list[str]) -> None:
         """Members who entered the room (as clients would)."""
-        people = self.apps[sdkappid].people.setdefault(room_id, members.People())
+        people = self.apps[sdkappid].people.setdefault(room_id, People())
         people.members.extend(a for a in accounts if a not in people.members)
 
     def fail_next(self, api: str, *codes: int) -> None:
@@ -359,20 +336,6 @@ def _new_room(room_id: str, owner: str, now: int) -> dict[str, Any]:
     }
 
 
-def _room_id(body: dict[str, Any]) -> str:
-    room_id = body.get("RoomId")
-    if not isinstance(room_id, str) or not 1 <= len(room_id.encode()) <= 48:
-        raise ApiError(100002, "RoomId must be a string of 1-48 bytes")
-    return room_id
-
-
-def _room(app: App, body: dict[str, Any]) -> dict[str, Any]:
-    room = app.rooms.get(_room_id(body))
-    if room is None:
-        raise ApiError(100004, "room does not exist")
-    return room
-
-
 _UPDATABLE: dict[str, tuple[type, int | None]] = {
     "RoomName": (str, 100),
     "MaxMemberCount": (int, None),
@@ -405,7 +368,7 @@ def create_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
     info = body.get("RoomInfo")
     if not isinstance(info, dict) or info.get("RoomType") != "Live":
         raise ApiError(100002, "RoomInfo with RoomType Live is required")
-    room_id = _room_id(info)
+    room_id = model.room_id(info)
     if room_id in app.rooms:
         if app.rooms[room_id]["Owner_Account"] == str(info.get("Owner_Account", "administrator")):
             raise ApiError(100010, "RoomId exists and you are its owner")
@@ -419,10 +382,10 @@ def create_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
 
 
 def destroy_room(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
-    room = _room(app, body)
+    room = model.room(app, body)
     del app.rooms[room["RoomId"]]
     app.metadata.pop(room["RoomId"], None)
-    people = app.people.pop(room["RoomId"], members.People())
+    people = app.people.pop(room["RoomId"], People())
     stats = {"TotalViewers": len(people.members), "TotalGiftsSent": 0, "TotalGiftCoins": 0}
     return {"Statistic": stats | {"TotalUniqueGiftSenders": 0, "TotalLikesReceived": 0}}
 
@@ -440,7 +403,7 @@ def get_room_list(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None
 
 
 def get_room_info(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
-    info = dict(_room(app, body))
+    info = dict(model.room(app, body))
     owner = info["Owner_Account"]
     if isinstance(owner, str) and owner.isdigit():
         info["Owner_Account"] = int(owner)  # as in Tencent's sample reply
@@ -452,7 +415,7 @@ def update_room_info(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | N
     info = body.get("RoomInfo")
     if not isinstance(info, dict):
         raise ApiError(100002, "RoomInfo is required")
-    room = _room(app, info)
+    room = model.room(app, info)
     _check_fields(info, _UPDATABLE)
     room.update({k: v for k, v in info.items() if k in _UPDATABLE})
     return None
@@ -466,14 +429,14 @@ def _keys(body: dict[str, Any]) -> list[str]:
 
 
 def get_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
-    room = _room(app, body)
+    room = model.room(app, body)
     stored = app.metadata[room["RoomId"]]
     keys = _keys(body) or list(stored)
     return {"Metadata": [{"Key": k, "Value": stored[k]} for k in keys if k in stored]}
 
 
 def set_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
-    room = _room(app, body)
+    room = model.room(app, body)
     items = body.get("Metadata")
     if not isinstance(items, list) or not items:
         raise ApiError(100002, "Metadata must be a non-empty array")
@@ -495,7 +458,7 @@ def set_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | 
 
 
 def del_room_metadata(emu: Emulator, app: App, body: dict[str, Any]) -> Reply | None:
-    room = _room(app, body)
+    room = model.room(app, body)
     keys = _keys(body)
     stored = app.metadata[room["RoomId"]]
     present = [k for k in keys if k in stored]
@@ -565,4 +528,5 @@ _HANDLERS: dict[str, Callable[[Emulator, App, dict[str, Any]], Reply | None]] = 
         set_callback_token,
         get_callback_token,
     )
-} | members.HANDLERS
+}
+_HANDLERS.update(members.HANDLERS)  # (they need only the clock of the emulator they are given)

@@ -1,0 +1,3 @@
+from live_engine_emulator.cli import main
+
+raise SystemExit(main())
