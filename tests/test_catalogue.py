@@ -384,3 +384,20 @@ async def test_every_operation_maps_tencents_errors_and_retries_transient_ones(
             emulator.fail_next(api, 60007)
             response = await gateway.client.request(op.method, path, json=body, params=params)
         assert response.status_code < 300, response.text
+
+
+async def test_options_and_405_name_every_method_a_path_serves(upstream_url: str) -> None:
+    """OPTIONS on each catalogue path answers 204 with every method served there in ``Allow``,
+    and a method it does not serve is 405 with the same methods (RFC 9110)."""
+    paths: dict[str, set[str]] = {}
+    for op in CATALOGUE:
+        paths.setdefault(_request(op.path, "room-1"), set()).add(op.method)
+    async with start_gateway(upstream_url) as gateway:
+        for path, methods in paths.items():
+            options = await gateway.client.options(path)
+            assert options.status_code == 204, path
+            assert set(options.headers["allow"].split(", ")) == {*methods, "OPTIONS"}, path
+            assert options.headers["x-request-id"]
+            refused = await gateway.client.put(path)
+            assert refused.status_code == 405, path
+            assert set(refused.headers["allow"].split(", ")) == {*methods, "OPTIONS"}, path

@@ -647,6 +647,10 @@ _NOT_REPEATABLE = (
 )
 
 
+def _route_path(op: catalogue.Operation) -> str:
+    return "/v1/tenants/{tenant:str}" + op.path.replace("{room_id}", "{room_id:str}")
+
+
 def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
     """The route an operation of the catalogue declares: authorize, decode, run, answer."""
     decoder = None if op.body is None else msgspec.json.Decoder(op.body)
@@ -692,9 +696,8 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
     handler.__name__ = handler.__qualname__ = op.id
     if op.status == 204:  # (Litestar checks that a 204 handler returns no body)
         handler.__annotations__["return"] = "Response[None]"
-    path = "/v1/tenants/{tenant:str}" + op.path.replace("{room_id}", "{room_id:str}")
     return route(
-        path,
+        _route_path(op),
         http_method=[op.method],
         status_code=op.status,
         summary=op.summary,
@@ -744,9 +747,32 @@ async def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(_gateway(state).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-_CATALOGUE_ROUTES = [catalogue_route(op) for op in CATALOGUE]
+def options_route(path: str, methods: Iterable[str]) -> HTTPRouteHandler:
+    """``OPTIONS`` for a path several operations share, with every method in ``Allow``.
+    Litestar makes one itself for each route handler it is given, and keeps the first one's
+    when it merges several handlers of one path: its ``Allow`` named that handler's method only."""
+    allow = ", ".join(sorted({*methods, "OPTIONS"}))
+
+    async def options() -> Reply:
+        return Reply(None, status_code=204, headers={"allow": allow})
+
+    options.__annotations__["return"] = "Response[None]"  # (Litestar checks that a 204 handler has no body)
+    return route(path, http_method=["OPTIONS"], status_code=204, include_in_schema=False, name=f"options {path}")(
+        options
+    )
+
+
+def _catalogue_routes() -> list[HTTPRouteHandler]:
+    """Each operation's route, after each path's ``OPTIONS`` (registered first, so that Litestar
+    does not make its own)."""
+    paths: dict[str, set[str]] = {}
+    for op in CATALOGUE:
+        paths.setdefault(_route_path(op), set()).add(op.method)
+    return [*(options_route(path, methods) for path, methods in paths.items()), *map(catalogue_route, CATALOGUE)]
+
+
 ROUTES = [
-    *_CATALOGUE_ROUTES,
+    *_catalogue_routes(),
     tencent_callback,
     tenant_events,
     livez,
