@@ -13,6 +13,7 @@ import os
 import sys
 
 import msgspec
+import uvicorn
 from litestar import Litestar, Response, get
 from tests.support import SECRETS, directory
 
@@ -69,5 +70,8 @@ def factory() -> Litestar:
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    app = bare_app() if sys.argv[2:] == ["bare"] else build(port)
-    _run(_server(app, settings_from_env(os.environ, host="127.0.0.1", port=port)).serve())
+    settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
+    if sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
+        _run(uvicorn.Server(_server(bare_app(), settings).config).serve())
+    else:
+        _run(_server(build(port), settings).serve())
