@@ -45,7 +45,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Ready for traffic: config loaded and not draining (degraded Redis mode is still ready) */
+        /** Ready for traffic: config loaded, not draining, not overloaded for long (degraded Redis mode is ready) */
         get: operations["readyz"];
         put?: never;
         post?: never;

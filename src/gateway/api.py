@@ -8,6 +8,7 @@ Every error, the gateway's or Litestar's, leaves through ``problem_response``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -51,6 +52,7 @@ from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.models import CallbackAck, CallbackBody, Problem
+from gateway.overload import Overload
 from gateway.service import RoomService
 from gateway.stores.redis import Redis
 from gateway.tenants import Directory, Tenant
@@ -78,9 +80,11 @@ class Gateway:
         hub: events.Hub,
         breaker: Breaker,
         metrics: Metrics,
+        overload: Overload,
         redis: Redis | None = None,
     ) -> None:
         self.directory = directory
+        self.overload = overload
         self.service = service
         self.metrics = metrics
         self.breaker = breaker
@@ -230,9 +234,10 @@ class EdgeMiddleware(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, *, metrics: Metrics, clock: Callable[[], float]) -> None:
+    def __init__(self, *, metrics: Metrics, clock: Callable[[], float], overload: Overload | None = None) -> None:
         self._metrics = metrics
         self._clock = clock
+        self._overload = overload or Overload(shed_at=0, unready_after=1)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = self._clock()
@@ -249,12 +254,21 @@ class EdgeMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            if (refused := _refused_path(scope)) is not None:
+            if (refused := _refused_path(scope) or self._shed(scope)) is not None:
                 await problem_response(refused, state["request_id"])(scope, receive, send_with_id)
             else:
                 await next_app(scope, receive, send_with_id)
         finally:
             _record(scope, state, sent, self._clock() - started, self._metrics)
+
+    def _shed(self, scope: Scope) -> errors.GatewayError | None:
+        """New API work while the replica is overloaded (never Tencent's callbacks, health or metrics)."""
+        if not self._overload.shedding or not scope["path"].startswith("/v1/tenants/"):
+            return None
+        self._overload.shed += 1
+        return errors.Overloaded(
+            "this replica's event loop is overloaded; retry, another replica may answer", retry_after=1
+        )
 
 
 def _refused_path(scope: Scope) -> errors.GatewayError | None:
@@ -724,7 +738,7 @@ async def livez() -> Health:
 
 @get(
     "/readyz",
-    summary="Ready for traffic: config loaded and not draining (degraded Redis mode is still ready)",
+    summary="Ready for traffic: config loaded, not draining, not overloaded for long (degraded Redis mode is ready)",
     tags=["operations"],
     operation_id="readyz",
     responses={503: ResponseSpec(data_container=Health, description="Not ready", generate_examples=False)},
@@ -733,6 +747,8 @@ async def readyz(state: State) -> Response[Health]:
     gateway = _gateway(state)
     if gateway.directory is None or gateway.draining:
         return Response(Health(status="draining" if gateway.draining else "starting"), status_code=503)
+    if not gateway.overload.ready(asyncio.get_running_loop().time()):
+        return Response(Health(status="overloaded", mode=gateway.mode), status_code=503)
     return Response(Health(status="ready", mode=gateway.mode))
 
 

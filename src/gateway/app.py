@@ -30,6 +30,7 @@ from gateway.events import EventLog, Hub
 from gateway.health import Breaker
 from gateway.idempotency import Keys, KeyStore
 from gateway.metrics import Metrics, StateCollector
+from gateway.overload import Overload
 from gateway.reload import ConfigWatcher
 from gateway.service import Policy, RoomService
 from gateway.settings import Settings, settings_from_env
@@ -263,8 +264,10 @@ def create_app(
         heartbeat=settings.events_heartbeat,
         metrics=metrics,
     )
+    overload = Overload(shed_at=settings.overload_lag, unready_after=settings.overload_unready_after)
     gateway = Gateway(
         directory=directory,
+        overload=overload,
         service=service,
         callbacks=callbacks,
         hub=hub,
@@ -289,6 +292,9 @@ def create_app(
                 "gateway_budget_mode": fleet_budget.mode().value if fleet_budget else "embedded",
                 "gateway_events_held": len(held.held) if held else 0,
                 "gateway_events_dropped": held.dropped if held else 0,
+                "gateway_event_loop_lag_seconds": overload.lag,
+                "gateway_overloaded": 1 if overload.shedding else 0,
+                "gateway_overload_shed": overload.shed,
             }
         )
     )
@@ -300,6 +306,9 @@ def create_app(
         )
 
     tasks: list[asyncio.Task[None]] = []
+
+    async def watch_overload() -> None:
+        tasks.append(asyncio.create_task(overload.run()))
 
     async def start_redis() -> None:
         if stores.redis is not None and fleet_budget is not None:
@@ -333,11 +342,11 @@ def create_app(
 
     return Litestar(
         route_handlers=ROUTES,
-        middleware=[EdgeMiddleware(metrics=metrics, clock=clock)],
+        middleware=[EdgeMiddleware(metrics=metrics, clock=clock, overload=overload)],
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
-        on_startup=[load_config, start_redis],
+        on_startup=[load_config, start_redis, watch_overload],
         on_shutdown=[stop_background, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         logging_config=None,  # logging is the process's (gateway.logs), not each app's

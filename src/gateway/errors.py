@@ -20,6 +20,9 @@ into this tree, so nothing above it ever looks at an ErrorCode.
     ├── IdempotencyKeyReused           422    idempotency_key_reused (the key was sent with another request)
     ├── RateLimited                    429    rate_limited
     │   └── UpstreamRateLimited        429    rate_limited      (Tencent said "too frequent")
+    ├── Draining                       503    draining
+    ├── Overloaded                     503    overloaded (its event loop lags: overload.py)
+    ├── TooManySubscribers             503    too_many_subscribers
     ├── UpstreamMisconfigured          503    upstream_misconfigured
     │   ├── SignatureRejected          503    upstream_misconfigured (retried once with a new sig)
     │   ├── EgressProxyRefused         503    upstream_misconfigured (the egress proxy said no)
@@ -135,6 +138,10 @@ class UpstreamRateLimited(RateLimited):
 
 class Draining(GatewayError):
     status, code, title = 503, "draining", "This replica is shutting down"
+
+
+class Overloaded(GatewayError):
+    status, code, title = 503, "overloaded", "This replica is overloaded"
 
 
 class TooManySubscribers(GatewayError):

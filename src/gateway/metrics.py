@@ -208,6 +208,8 @@ class StateCollector(Collector):
             "gateway_budget_bookings": "Budget store calls (Redis round trips when shared), each booking a batch",
             "gateway_events_dropped": "Room events dropped because more were held during a Redis outage than "
             "GATEWAY_EVENTS_HOLD",
+            "gateway_overload_shed": "API requests answered 503 overloaded because the event loop lagged past "
+            "GATEWAY_OVERLOAD_LAG",
         }
         for name, text in counters.items():
             yield CounterMetricFamily(name, text, value=float(state.get(name, 0)))
@@ -223,6 +225,16 @@ class StateCollector(Collector):
             "gateway_redis_degraded",
             "1 while Redis is unreachable and in-process state is used",
             value=float(state.get("gateway_redis_degraded", 0)),
+        )
+        yield GaugeMetricFamily(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last sample (every 50 ms): the queue every request waits in",
+            value=float(state.get("gateway_event_loop_lag_seconds", 0)),
+        )
+        yield GaugeMetricFamily(
+            "gateway_overloaded",
+            "1 while the replica sheds new API work (its event loop lags past GATEWAY_OVERLOAD_LAG)",
+            value=float(state.get("gateway_overloaded", 0)),
         )
         yield GaugeMetricFamily(
             "gateway_events_held",

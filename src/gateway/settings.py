@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # shutdown and reload
     drain_seconds: float = 20.0
     config_reload_interval: float = 5.0
+    # overload (overload.py): shed new API work past this event-loop lag (0: never), unready after shedding this long
+    overload_lag: float = 0.25
+    overload_unready_after: float = 5.0
     # Idempotency-Key (SPEC §10)
     idempotency_ttl: float = 86_400.0  # a key's answer is kept this long
     idempotency_max_keys: int = 100_000  # keys a replica keeps in process (embedded, and through Redis outages)
@@ -88,6 +91,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "events_max_subscribers": self.events_max_subscribers >= 1,
             "events_heartbeat": self.events_heartbeat > 0,
             "events_hold": self.events_hold >= 0,
+            "overload_lag": self.overload_lag >= 0,
+            "overload_unready_after": self.overload_unready_after > 0,
             "idempotency_ttl": self.idempotency_ttl >= 1,
             "idempotency_max_keys": self.idempotency_max_keys >= 1,
         }

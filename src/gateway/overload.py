@@ -1,0 +1,62 @@
+"""Overload, as Envoy's overload manager sees it: a resource monitor and actions at thresholds.
+
+The resource is the event loop: every request, every budget slot's send window and every Redis
+reply on a replica waits its turn on it, so how late a timer fires (the loop's *lag*) is the
+queue all of them stand in. ``Overload.run`` samples it every ``every`` seconds.
+
+The actions:
+
+- **shed**: past ``shed_at`` seconds of lag, the replica answers new API work 503 ``overloaded``
+  with ``Retry-After`` at its edge, before the work queues behind the backlog, so the requests it
+  accepts keep a bounded latency. It serves again once the lag is under half of ``shed_at`` (the
+  hysteresis keeps it from flapping at the bound).
+- **unready**: shedding for ``unready_after`` seconds in a row turns readiness false, so that
+  Kubernetes routes around a replica that cannot keep up; it turns true when shedding stops.
+
+Tencent's callbacks, health, readiness and metrics are never shed (the edge decides: ``api``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+log = logging.getLogger("gateway.overload")
+
+
+class Overload:
+    """The event loop's lag and what the replica does about it (``shed_at`` 0: never sheds)."""
+
+    def __init__(self, *, shed_at: float, unready_after: float, every: float = 0.05) -> None:
+        self._shed_at = shed_at
+        self._unready_after = unready_after
+        self._every = every
+        self.lag = 0.0  # the latest sample, in seconds
+        self.shedding = False
+        self.shed = 0  # requests answered 503 overloaded
+        self._since = 0.0  # when shedding began (loop time)
+
+    def sample(self, lag: float, now: float) -> None:
+        """One measurement of the loop's lag, taken at ``now`` (the loop's clock)."""
+        self.lag = lag
+        if self._shed_at <= 0:
+            return
+        if not self.shedding and lag > self._shed_at:
+            self.shedding, self._since = True, now
+            log.warning("overloaded: shedding new requests", extra={"fields": {"lag_seconds": round(lag, 3)}})
+        elif self.shedding and lag < self._shed_at / 2:
+            self.shedding = False
+            log.warning("no longer overloaded", extra={"fields": {"shed_for_seconds": round(now - self._since, 3)}})
+
+    def ready(self, now: float) -> bool:
+        """False while shedding has lasted ``unready_after`` seconds."""
+        return not (self.shedding and now - self._since >= self._unready_after)
+
+    async def run(self) -> None:
+        """Sample the lag until cancelled: a timer's lateness past its ``every`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self._every)
+            now = loop.time()
+            self.sample(max(0.0, now - start - self._every), now)
