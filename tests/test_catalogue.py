@@ -319,6 +319,22 @@ def test_every_entry_is_documented_and_served_by_the_emulator() -> None:
             assert api in DOCUMENTED, api
 
 
+def test_an_entry_is_checked_when_it_is_declared() -> None:
+    """No reply means 204 and nothing to shape, said once; fixed values and the split name fields of
+    Tencent's request; Tencent's names come from ours (PascalCase, IM's X_Account, exceptions named)."""
+    from gateway.catalogue import Operation, Split, tencent
+
+    entry: dict[str, Any] = {"id": "x", "method": "DELETE", "path": "/rooms/{room_id}", "scope": "write"}
+    entry |= {"summary": "s", "api": "destroy_room"}
+    assert Operation(**entry).status == 204
+    for wrong in ({"status": 201}, {"split": Split("accounts", 20)}, {"fixed": {"op_type": "add"}}):
+        with pytest.raises(ValueError, match="x: "):
+            Operation(**entry, **wrong)
+    rename = tencent(accounts="MemberList_Account")
+    names = [rename(n) for n in ("room_id", "owner_account", "accounts")]
+    assert names == ["RoomId", "Owner_Account", "MemberList_Account"]
+
+
 def test_a_tenants_per_api_budgets() -> None:
     """Tencent's documented limits are the defaults (10/s for get_room_list, 100/s for robots
     and stats); qps lowers every API and raises the common ones; api_qps sets single APIs."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -90,6 +90,35 @@ class Variant:
     when: str
     api: str
     send: type[msgspec.Struct]
+
+
+def tencent(**names: str) -> Callable[[str], str]:
+    """A msgspec ``rename``: Tencent's name for each field, ``names``' where given, else the field
+    in PascalCase (room_id: RoomId) with IM's account suffix (owner_account: Owner_Account)."""
+
+    def rename(name: str) -> str:
+        if name in names:
+            return names[name]
+        pascal = "".join(word.capitalize() for word in name.split("_"))
+        return pascal.removesuffix("Account") + "_Account" if name.endswith("_account") else pascal
+
+    return rename
+
+
+def tencent_reply(ours: type[msgspec.Struct], **names: str) -> type[Envelope]:
+    """Tencent's reply whose ``Response`` holds the fields of ``ours`` under Tencent's names
+    (``tencent``): an operation Tencent answers in our shape needs no reply Structs of its own."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(ours):
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, f.type, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, f.type))
+    response = msgspec.defstruct(f"Tencent{ours.__name__}", fields, rename=tencent(**names), kw_only=True)
+    reply = msgspec.defstruct(f"Tencent{ours.__name__}Reply", [("Response", response | None, None)], bases=(Envelope,))
+    return cast(type[Envelope], reply)
 
 
 def _room(args: Args) -> None:

@@ -15,7 +15,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from msgspec.structs import asdict
 
 from gateway import errors, validation
-from gateway.catalogue import Args, Operation, Query, Split, Variant
+from gateway.catalogue import Args, Operation, Query, Split, Variant, tencent, tencent_reply
 from gateway.models import (
     Envelope,
     Metadata,
@@ -36,19 +36,6 @@ ACCOUNTS_PER_CALL = 20  # ban_member's documented batch; assumed for unban and m
 ADMINS_MAX = 5
 ROBOTS_MAX = 3
 _Seconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86400)]
-
-
-def tencent(**names: str) -> Callable[[str], str]:
-    """A msgspec ``rename``: Tencent's name for each field, ``names``' where given, else the field
-    in PascalCase (room_id: RoomId) with IM's account suffix (owner_account: Owner_Account)."""
-
-    def rename(name: str) -> str:
-        if name in names:
-            return names[name]
-        pascal = "".join(word.capitalize() for word in name.split("_"))
-        return pascal.removesuffix("Account") + "_Account" if name.endswith("_account") else pascal
-
-    return rename
 
 
 def _texts(accounts: list[str | int]) -> list[str]:
@@ -257,19 +244,6 @@ class RoomStats(Struct, kw_only=True):
     total_unique_gift_senders: int = 0
     total_likes_received: int = 0
     total_msg_count: int = 0
-
-
-class _Stats(Struct, kw_only=True, rename="pascal"):
-    total_viewers: int = 0
-    total_gifts_sent: int = 0
-    total_gift_coins: int = 0
-    total_unique_gift_senders: int = 0
-    total_likes_received: int = 0
-    total_msg_count: int = 0
-
-
-class _StatsReply(Envelope, kw_only=True):
-    Response: _Stats | None = None
 
 
 # ---------------------------------------------------------------------- members and admins
@@ -728,7 +702,7 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Room totals (get_room_stats, 100/s)",
         api="get_room_stats",
         reply=RoomStats,
-        wire=_StatsReply,
+        wire=tencent_reply(RoomStats),
         qps=100,
     ),
     Operation(
