@@ -123,6 +123,20 @@ async def test_members_admins_bans_mutes_messages_stats(upstream_url: str, emula
         assert (await c.get(ROOM + "/bans")).json()["bans"] == []
 
 
+async def test_a_members_gift_totals(upstream_url: str, emulator: Emulator) -> None:
+    """get_gift_count's totals for the account asked (From_Account) in snake_case; without an
+    account the request is a 400 that calls nothing."""
+    emulator.add_members(APP_ID, "room-1", ["alice"])
+    emulator.apps[APP_ID].people["room-1"].gift_counts["alice"] = {"Sequence": 7, "TotalCount": 3, "TotalCoins": 90}
+    async with start_gateway(upstream_url) as gateway:
+        totals = (await gateway.client.get(ROOM + "/gifts", params={"account": "alice"})).json()
+        assert totals == {"sequence": 7, "total_count": 3, "total_coins": 90, "gift_sender_count": 0}
+        before = calls(emulator)
+        missing = await gateway.client.get(ROOM + "/gifts")
+        assert (missing.status_code, missing.json()["code"]) == (400, "invalid_request")
+        assert calls(emulator) == before
+
+
 async def test_long_account_lists_are_split_into_budgeted_calls(upstream_url: str, emulator: Emulator) -> None:
     """45 accounts to ban are 3 calls of at most 20 (each its own budget slot); the ban list
     pages 20 at a time with next_offset."""
@@ -223,6 +237,7 @@ _QUERIES: dict[str, dict[str, str]] = {
     "unmuteMembers": {"account": "a"},
     "leaveSeat": {"account": "a"},
     "removeRobots": {"account": "a"},
+    "getGiftCount": {"account": "a"},
 }
 ROOM_OPS = [op for op in CATALOGUE if "{room_id}" in op.path]
 

@@ -246,6 +246,25 @@ class RoomStats(Struct, kw_only=True):
     total_msg_count: int = 0
 
 
+class GiftCount(Struct, kw_only=True):
+    """A member's gift totals in a room, as get_gift_count gives them."""
+
+    sequence: int = 0
+    total_count: int = 0
+    total_coins: int = 0
+    gift_sender_count: int = 0
+
+
+class _GiftCountRequest(Struct, kw_only=True, rename=tencent(account="From_Account")):
+    room_id: str
+    account: str
+
+
+def _validate_gift_count(args: Args) -> None:
+    _room(args)
+    validation.account(args.one("account"), field="account")
+
+
 # ---------------------------------------------------------------------- members and admins
 
 
@@ -704,6 +723,19 @@ CATALOGUE: tuple[Operation, ...] = (
         reply=RoomStats,
         wire=tencent_reply(RoomStats),
         qps=100,
+    ),
+    Operation(
+        id="getGiftCount",
+        method="GET",
+        path=_ROOM + "/gifts",
+        scope="read",
+        summary="A member's gift totals in the room (get_gift_count)",
+        api="get_gift_count",
+        query=(Query("account", "the member (Tencent's From_Account)"),),
+        send=_GiftCountRequest,
+        reply=GiftCount,
+        wire=tencent_reply(GiftCount),
+        validate=_validate_gift_count,
     ),
     Operation(
         id="listMembers",
