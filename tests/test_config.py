@@ -126,6 +126,16 @@ def test_broken_config_names_the_field(tmp_path: Path, text: str, env: dict[str,
     assert message in str(error.value)
 
 
+def test_api_qps_names_the_commands_the_gateway_calls(tmp_path: Path) -> None:
+    """A tenant's api_qps may name any command the gateway calls (one a body chooses, the callback
+    settings' too), and no other."""
+    known = GOOD.replace("    qps: 200\n", "    qps: 200\n    api_qps: {send_custom_msg: 50, update_callback: 5}\n", 1)
+    limits = load_directory(write(tmp_path, known), SECRETS).tenants["acme"].api_qps
+    assert limits == {"send_custom_msg": 50, "update_callback": 5}
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.api_qps: unknown Tencent API 'send_msg'"):
+        load_directory(write(tmp_path, known.replace("update_callback", "send_msg")), SECRETS)
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     """A missing file names the path and the variable that sets it."""
     with pytest.raises(ConfigError, match="GATEWAY_CONFIG"):

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.budget import Share
+from gateway.catalogue.operations import DOCUMENTED
 from gateway.cli import default_commands
 from live_engine_emulator import Emulator
 from tests.fleet import fleet
@@ -328,8 +329,8 @@ async def test_events_accepted_during_a_redis_outage_are_published_after_it(upst
 
 async def test_the_emulator_calls_back_for_its_changes(upstream_url: str, emulator: Emulator) -> None:
     """The emulated Tencent, its callback registered through the service (as `gateway callbacks
-    register` does), sends signed callbacks for room updates, metadata and destroys: each one
-    reaches a subscriber."""
+    register` does; set, then updated, with commands the budget knows), sends signed callbacks
+    for room updates, metadata and destroys: each one reaches a subscriber."""
     async with start_gateway(upstream_url) as gateway, subscribe(gateway.client, EVENTS, LISTENER) as stream:
         gw = gateway.app.state.gateway
         acme = gw.directory.tenants["acme"]
@@ -340,6 +341,11 @@ async def test_the_emulator_calls_back_for_its_changes(upstream_url: str, emulat
             )
             == "set"
         )
+        again = await gw.service.register_callback(
+            acme, gateway.url + "/v1/callbacks/tencent", default_commands(), share=share
+        )
+        assert again == "updated"
+        assert set(emulator.calls) <= DOCUMENTED.keys()  # (every command the budget gauge and api_qps know)
         room = "/v1/tenants/acme/rooms/room-1"
         assert (await gateway.client.patch(room, json={"room_name": "Renamed"})).status_code == 204
         assert (await gateway.client.patch(room + "/metadata", json={"metadata": {"k": "v"}})).status_code == 204

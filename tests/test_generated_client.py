@@ -96,6 +96,8 @@ async def test_a_generated_python_client_drives_every_operation(
             assert any(x.room_id == "gen-1" for x in (await call("rooms", "list_rooms", 200, t, limit=20)).rooms)
             await call("rooms", "destroy_room", 204, t, "gen-1")
             assert (await call("stats", "get_room_stats", 200, t, r)).total_viewers == 2
+            emulator.apps[APP_ID].people[r].gift_counts["alice"] = {"TotalCoins": 5}
+            assert (await call("gifts", "get_gift_count", 200, t, r, account="alice")).total_coins == 5
             assert (await call("members", "list_members", 200, t, r)).member_count == 2
             await call("admins", "add_admins", 204, t, r, body=models.Accounts(accounts=["alice"]))
             assert (await call("admins", "list_admins", 200, t, r)).admins == ["alice"]

@@ -87,6 +87,8 @@ async def test_budget_refusals_and_limits(upstream_url: str) -> None:
     assert value(samples, "gateway_budget_limit_per_second", tenant="globex", api="get_room_info") == 200
     assert value(samples, "gateway_budget_limit_per_second", tenant="globex", api="get_room_list") == 10  # Tencent's
     assert value(samples, "gateway_budget_limit_per_second", tenant="acme", api="get_room_list") == 1  # qps lowers it
+    for api in ("send_custom_msg", "set_callback_token"):  # (chosen by the body; outside the catalogue)
+        assert value(samples, "gateway_budget_limit_per_second", tenant="globex", api=api) == 200
     assert value(samples, "gateway_budget_refusals_total", tenant="acme", api="update_room_info") == 1
 
 

@@ -197,6 +197,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/tenants/{tenant}/rooms/{room_id}/gifts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A member's gift totals in the room (get_gift_count) */
+        get: operations["getGiftCount"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/tenants/{tenant}/rooms/{room_id}/members": {
         parameters: {
             query?: never;
@@ -469,6 +486,17 @@ export interface components {
         /** Created */
         Created: {
             room_id: string;
+        };
+        /** GiftCount */
+        GiftCount: {
+            /** @default 0 */
+            gift_sender_count: number;
+            /** @default 0 */
+            sequence: number;
+            /** @default 0 */
+            total_coins: number;
+            /** @default 0 */
+            total_count: number;
         };
         /** Health */
         Health: {
@@ -2175,6 +2203,133 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Invalid request (invalid_request) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or unknown bearer token (unauthenticated) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Caller may not use this tenant or scope (forbidden) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unknown tenant, room or metadata keys */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A room with this id exists (room_exists), or this Idempotency-Key's first request is still running (idempotency_key_in_use) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body over 64 KiB (payload_too_large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Room metadata limit exceeded (metadata_limit_exceeded), a room's 5 admins (admin_limit_exceeded), or an Idempotency-Key sent with another request (idempotency_key_reused) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Budget exhausted within the wait cap, or Tencent rate-limited (rate_limited) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tencent unavailable or rejected the call (upstream_unavailable, upstream_rejected) */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Tencent did not answer within the deadline (upstream_timeout) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getGiftCount: {
+        parameters: {
+            query?: {
+                /** @description the member (Tencent's From_Account) */
+                account?: string;
+            };
+            header?: never;
+            path: {
+                /** @description A configured tenant's name */
+                tenant: string;
+                /** @description 1-48 UTF-8 bytes without control characters; an id with '/' or '\' cannot be addressed (its encoded %2F or %5C is refused with 400) */
+                room_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A member's gift totals in the room (get_gift_count) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GiftCount"];
+                };
             };
             /** @description Invalid request (invalid_request) */
             400: {

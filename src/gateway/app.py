@@ -24,7 +24,7 @@ from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dis
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.callbacks import Receiver, Seen
-from gateway.catalogue.operations import CATALOGUE
+from gateway.catalogue.operations import DOCUMENTED
 from gateway.errors import ConfigError
 from gateway.events import EventLog, Hub
 from gateway.health import Breaker
@@ -65,8 +65,6 @@ from gateway.transport import PooledTransport, Sender, tls_context
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.app")
-# Every API the gateway calls with its documented limit per second: the budget gauge's rows.
-DOCUMENTED = sorted({op.api: op.qps for op in CATALOGUE}.items())
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -302,7 +300,7 @@ def create_app(
     def apply(new: Directory) -> None:
         gateway.directory = new
         metrics.set_limits(
-            (t.name, api, t.limit(api, documented)) for t in new.tenants.values() for api, documented in DOCUMENTED
+            (t.name, api, t.limit(api, qps)) for t in new.tenants.values() for api, qps in DOCUMENTED.items()
         )
 
     tasks: list[asyncio.Task[None]] = []

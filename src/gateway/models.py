@@ -15,43 +15,6 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 TakeSeatMode = Literal["FreeToTake", "ApplyToTake"]
 
-# Tencent's documented per-SDKAppID limits (reference §1.7): 200/s unless listed here. The
-# catalogue declares each operation's; this is what a tenant's ``api_qps`` may name.
-TENCENT_APIS = frozenset(
-    {
-        "get_room_info",
-        "update_room_info",
-        "get_room_metadata",
-        "set_room_metadata",
-        "del_room_metadata",
-        "create_room",
-        "destroy_room",
-        "get_room_list",
-        "get_room_stats",
-        "get_member_list",
-        "get_admin_list",
-        "modify_admin",
-        "ban_member",
-        "unban_member",
-        "get_banned_member_list",
-        "mute_member",
-        "get_muted_member_list",
-        "send_text_msg",
-        "send_custom_msg",
-        "get_seat_list",
-        "lock_seat",
-        "pick_user_on_seat",
-        "kick_user_off_seat",
-        "move_user_to_seat",
-        "get_robot",
-        "add_robot",
-        "del_robot",
-        "set_callback",
-        "update_callback",
-        "get_callback",
-        "set_callback_token",
-    }
-)
 Scope = Literal["read", "write", "events"]
 
 
@@ -210,13 +173,8 @@ class MetadataReply(Envelope, kw_only=True):
     Response: MetadataBody | None = None
 
 
-class RoomIdRequest(Struct, kw_only=True):
-    RoomId: str
-
-
-class KeysRequest(Struct, kw_only=True):
-    RoomId: str
-    Keys: list[str]
+class RoomIdRequest(Struct, kw_only=True, rename={"room_id": "RoomId"}):
+    room_id: str
 
 
 class SetMetadataRequest(Struct, kw_only=True):

@@ -17,7 +17,7 @@ import msgspec
 from gateway import errors
 from gateway.budget import Budget, Paused, Share, Slot
 from gateway.cache import Filled, RoomCache, room_key
-from gateway.catalogue import Args, Operation
+from gateway.catalogue import Args, Operation, Split, our_reply, tencent_request
 from gateway.idempotency import Answer, Keyed, Keys
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -140,8 +140,8 @@ class RoomService:
     async def _apply(
         self, op: Operation, tenant: Tenant, args: Args, share: Share
     ) -> tuple[msgspec.Struct | None, str | None]:
-        api = op.api_for(args) if op.api_for is not None else op.api
-        requests = op.request(args)
+        api, request = tencent_request(op, args)
+        requests = _split(request, op.split)
         replies: list[Envelope] = []
 
         async def applied(exc: errors.GatewayError) -> bool:
@@ -169,7 +169,9 @@ class RoomService:
                 if n:  # some batches were applied: say which, so the caller can retry the rest
                     exc.detail = f"the first {n} of {len(requests)} Tencent calls were applied, then: {exc.detail}"
                 raise
-        return op.respond(args, replies), (replies[-1].RequestId or None) if replies else None
+        if not replies:
+            return None, None
+        return our_reply(op, args, replies[-1]), replies[-1].RequestId or None
 
     async def _ours(self, tenant: Tenant, args: Args, share: Share) -> bool:
         """Whether the room a retried create found taken is the one it made: owned by the owner
@@ -177,7 +179,7 @@ class RoomService:
         owner = getattr(args.body, "owner_account", msgspec.UNSET)
         wanted = tenant.identifier if owner is msgspec.UNSET else owner
         try:
-            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(RoomId=args.room_id), RoomInfoReply)
+            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(room_id=args.room_id), RoomInfoReply)
         except errors.GatewayError:
             return False
         return reply.Response is not None and str(reply.Response.RoomInfo.owner_account) == wanted
@@ -390,6 +392,15 @@ class RoomService:
             await self._budget.pause(str(tenant.sdkappid), seconds, code, reason)
         if exc is not None:
             exc.retry_after = seconds
+
+
+def _split(request: msgspec.Struct, split: Split | None) -> list[msgspec.Struct]:
+    """Tencent's request as the calls it takes: at most ``split.most`` accounts in each."""
+    if split is None:
+        return [request]
+    items = getattr(request, split.field)
+    parts = [items[i : i + split.most] for i in range(0, len(items), split.most)]
+    return [msgspec.structs.replace(request, **{split.field: part}) for part in parts]
 
 
 def _override(exc: errors.GatewayError, overrides: Mapping[int, type[errors.GatewayError]] | None) -> Exception:

@@ -25,7 +25,7 @@ from gateway.models import Envelope
 from gateway.tenants import Tenant
 from gateway.transport import OnTime, Proxy, ProxyRefused, Reply, Sender, TooLate, proxy_from_url
 
-Api = str  # a Tencent command (models.TENCENT_APIS), e.g. "get_room_info"
+Api = str  # a Tencent command (catalogue.operations.DOCUMENTED), e.g. "get_room_info"
 R = TypeVar("R", bound=Envelope)
 Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
 

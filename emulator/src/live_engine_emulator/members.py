@@ -1,5 +1,5 @@
 """The emulator's room surface beyond rooms and metadata: members, admins, bans, mutes, messages,
-stats, seats and robots, as strict as Tencent's documented limits (reference §3.7, §3.8, §9).
+stats, gifts, seats and robots, as strict as Tencent's documented limits (reference §3.7, §3.8, §9).
 
 State lives beside each room in ``App.people``; accounts are not checked against an IM account
 list (Tencent wants imported accounts for owners, senders and robots; the emulator takes any).
@@ -154,6 +154,15 @@ def get_room_stats(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None
     }
 
 
+def get_gift_count(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
+    people = _people(app, body)
+    account = body.get("From_Account")
+    if not isinstance(account, str) or not 1 <= len(account.encode()) <= 32:
+        raise ApiError(100002, "From_Account must be an account")
+    totals = {"Sequence": 0, "TotalCount": 0, "TotalCoins": 0, "GiftSenderCount": 0}
+    return {**totals, **people.gift_counts.get(account, {})}
+
+
 def get_seat_list(emu: Clocked, app: App, body: dict[str, Any]) -> Reply | None:
     return {"SeatList": [dict(seat) for seat in _people(app, body).seats]}
 
@@ -257,6 +266,7 @@ HANDLERS: dict[str, Callable[[Clocked, App, dict[str, Any]], Reply | None]] = {
         send_text_msg,
         send_custom_msg,
         get_room_stats,
+        get_gift_count,
         get_seat_list,
         lock_seat,
         pick_user_on_seat,

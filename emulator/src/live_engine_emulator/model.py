@@ -43,6 +43,7 @@ class People:
         default_factory=lambda: [{"Index": i, "IsTakenDisabled": False} for i in range(SEATS)]
     )
     messages: list[dict[str, Any]] = field(default_factory=list)
+    gift_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # From_Account -> get_gift_count's totals
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The catalogue's entries (SPEC §8), each with its Structs: ours in snake_case, Tencent's in its
-own names (``reference/tencent-live-engine.md`` §3 and §9 give the fields and limits).
+"""The catalogue's entries (SPEC §8), each with its Structs: ours in snake_case, Tencent's with
+the same field names, renamed to Tencent's by msgspec (``reference/tencent-live-engine.md`` §3
+and §9 give the fields and limits).
 
 Limits the reference does not give are marked "assumed" in the entry: the gateway then keeps
 Tencent's nearest documented limit (20 accounts per call, as ban_member takes).
@@ -7,21 +8,21 @@ Tencent's nearest documented limit (20 accounts per call, as ban_member takes).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec.structs import asdict
 
 from gateway import errors, validation
-from gateway.catalogue import Args, Operation, Query, chunks
+from gateway.catalogue import Args, Operation, Query, Split, Variant, tencent, tencent_reply
 from gateway.models import (
     Envelope,
-    KeysRequest,
     Metadata,
     MetadataItem,
     MetadataPatch,
     MetadataReply,
     Room,
-    RoomIdRequest,
     RoomInfoReply,
     RoomPatch,
     SetMetadataRequest,
@@ -36,6 +37,11 @@ ADMINS_MAX = 5
 ROBOTS_MAX = 3
 _Seconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86400)]
 
+
+def _texts(accounts: list[str | int]) -> list[str]:
+    return [str(a) for a in accounts]  # (Tencent sends some accounts as JSON numbers)
+
+
 # ---------------------------------------------------------------------- shared shapes
 
 
@@ -49,13 +55,22 @@ def _room(args: Args) -> None:
     validation.room_id(args.room_id)
 
 
-def _query_accounts(args: Args) -> list[str]:
-    return validation.accounts(args.query.get("account", []), field="account")
+def _query_accounts(most: int = 1000) -> Callable[[Args], None]:
+    """Check the room and the ``account`` parameters (kept distinct, in request order)."""
+
+    def validate(args: Args) -> None:
+        _room(args)
+        args.query["account"] = validation.accounts(args.query.get("account", []), field="account", most=most)
+
+    return validate
 
 
-def _validate_query_accounts(args: Args) -> None:
-    _room(args)
-    _query_accounts(args)
+def _body_accounts(most: int) -> Callable[[Args], None]:
+    def validate(args: Args) -> None:
+        _room(args)
+        validation.accounts(args.body.accounts, field="accounts", most=most)
+
+    return validate
 
 
 def _validate_members(args: Args) -> None:
@@ -63,19 +78,10 @@ def _validate_members(args: Args) -> None:
     validation.bounded("cursor", args.one("cursor"), 256)
 
 
-def _done(args: Args, replies: list[Any]) -> None:
-    return None
-
-
-def _bare(args: Args) -> list[Struct]:
-    return [RoomIdRequest(RoomId=args.room_id)]
-
-
 # ---------------------------------------------------------------------- the room and its metadata
 
 
-def _room_reply(args: Args, replies: list[Any]) -> Struct:
-    reply: RoomInfoReply = replies[0]
+def _room_reply(args: Args, reply: RoomInfoReply) -> Struct:
     if reply.Response is None:
         raise errors.UpstreamUnavailable("Tencent get_room_info: reply without RoomInfo")
     return room_from_wire(reply.Response.RoomInfo)
@@ -86,18 +92,19 @@ def _validate_patch(args: Args) -> None:
     validation.room_patch(args.body)
 
 
-def _keys(args: Args, *, required: bool) -> list[str]:
-    return validation.metadata_keys(args.query.get("key", []), required=required)
+def _keys(*, required: bool) -> Callable[[Args], None]:
+    """Check the room and the ``key`` parameters (kept distinct, in request order)."""
+
+    def validate(args: Args) -> None:
+        _room(args)
+        args.query["key"] = validation.metadata_keys(args.query.get("key", []), required=required)
+
+    return validate
 
 
-def _validate_keys(args: Args) -> None:
-    _room(args)
-    _keys(args, required=False)
-
-
-def _validate_deleted_keys(args: Args) -> None:
-    _room(args)
-    _keys(args, required=True)
+class _KeysRequest(Struct, kw_only=True, rename=tencent(key="Keys")):
+    room_id: str
+    key: list[str]
 
 
 def _validate_metadata(args: Args) -> None:
@@ -105,15 +112,14 @@ def _validate_metadata(args: Args) -> None:
     validation.metadata_patch(args.body)
 
 
-def _metadata(args: Args, replies: list[Any]) -> Struct:
-    reply: MetadataReply = replies[0]
+def _metadata(args: Args, reply: MetadataReply) -> Struct:
     items = reply.Response.Metadata if reply.Response is not None else []
     return Metadata(metadata={item.Key: item.Value for item in items})
 
 
-def _set_metadata(args: Args) -> list[Struct]:
+def _set_metadata(args: Args) -> Struct:
     items = [MetadataItem(Key=k, Value=v) for k, v in args.body.metadata.items()]
-    return [SetMetadataRequest(RoomId=args.room_id, Metadata=items)]
+    return SetMetadataRequest(RoomId=args.room_id, Metadata=items)
 
 
 # ---------------------------------------------------------------------- create, destroy, list, stats
@@ -142,22 +148,22 @@ class Created(Struct, kw_only=True):
     room_id: str
 
 
-class _WireRoomInfo(Struct, kw_only=True, omit_defaults=True):
-    RoomId: str
-    RoomType: str  # always "Live"
-    RoomName: str | UnsetType = UNSET
-    Owner_Account: str | UnsetType = UNSET
-    CoverURL: str | UnsetType = UNSET
-    Category: list[int] | UnsetType = UNSET
-    IsMessageDisabled: bool | UnsetType = UNSET
-    IsPublicVisible: bool | UnsetType = UNSET
-    IsSeatEnabled: bool | UnsetType = UNSET
-    TakeSeatMode: str | UnsetType = UNSET
-    MaxSeatCount: int | UnsetType = UNSET
-    MaxMemberCount: int | UnsetType = UNSET
-    ActivityStatus: int | UnsetType = UNSET
-    SeatTemplate: str | UnsetType = UNSET
-    KeepOwnerOnSeat: bool | UnsetType = UNSET
+class _WireRoomInfo(Struct, kw_only=True, omit_defaults=True, rename=tencent(cover_url="CoverURL")):
+    room_id: str
+    room_type: Literal["Live"]
+    room_name: str | UnsetType = UNSET
+    owner_account: str | UnsetType = UNSET
+    cover_url: str | UnsetType = UNSET
+    category: list[int] | UnsetType = UNSET
+    is_message_disabled: bool | UnsetType = UNSET
+    is_public_visible: bool | UnsetType = UNSET
+    is_seat_enabled: bool | UnsetType = UNSET
+    take_seat_mode: str | UnsetType = UNSET
+    max_seat_count: int | UnsetType = UNSET
+    max_member_count: int | UnsetType = UNSET
+    activity_status: int | UnsetType = UNSET
+    seat_template: str | UnsetType = UNSET
+    keep_owner_on_seat: bool | UnsetType = UNSET
 
 
 class _CreateRequest(Struct, kw_only=True):
@@ -172,28 +178,6 @@ def _validate_create(args: Args) -> None:
         validation.account(body.owner_account, field="owner_account")
     if body.seat_template is not UNSET:
         validation.bounded("seat_template", body.seat_template, 64, minimum=1)
-
-
-def _create(args: Args) -> list[Struct]:
-    b: CreateRoom = args.body
-    info = _WireRoomInfo(
-        RoomId=b.room_id,
-        RoomType="Live",
-        RoomName=b.room_name,
-        Owner_Account=b.owner_account,
-        CoverURL=b.cover_url,
-        Category=b.category,
-        IsMessageDisabled=b.is_message_disabled,
-        IsPublicVisible=b.is_public_visible,
-        IsSeatEnabled=b.is_seat_enabled,
-        TakeSeatMode=b.take_seat_mode,
-        MaxSeatCount=b.max_seat_count,
-        MaxMemberCount=b.max_member_count,
-        ActivityStatus=b.activity_status,
-        SeatTemplate=b.seat_template,
-        KeepOwnerOnSeat=b.keep_owner_on_seat,
-    )
-    return [_CreateRequest(RoomInfo=info)]
 
 
 class RoomSummary(Struct, kw_only=True, omit_defaults=True):
@@ -214,29 +198,29 @@ class RoomList(Struct, kw_only=True):
     next_cursor: str | None
 
 
-class _WireSummary(Struct, kw_only=True):
-    RoomId: str | int
-    RoomName: str | UnsetType = UNSET
-    Owner_Account: str | int | UnsetType = UNSET
-    CoverURL: str | UnsetType = UNSET
-    Category: list[int] | UnsetType = UNSET
-    CreateTime: int | UnsetType = UNSET
-    ActivityStatus: int | UnsetType = UNSET
-    ViewCount: int | UnsetType = UNSET
+class _WireSummary(Struct, kw_only=True, rename=tencent(cover_url="CoverURL")):
+    room_id: str | int
+    room_name: str | UnsetType = UNSET
+    owner_account: str | int | UnsetType = UNSET
+    cover_url: str | UnsetType = UNSET
+    category: list[int] | UnsetType = UNSET
+    create_time: int | UnsetType = UNSET
+    activity_status: int | UnsetType = UNSET
+    view_count: int | UnsetType = UNSET
 
 
-class _RoomListBody(Struct, kw_only=True):
-    Next: str = ""
-    RoomList: list[_WireSummary] = []
+class _RoomListBody(Struct, kw_only=True, rename=tencent(rooms="RoomList")):
+    next: str = ""
+    rooms: list[_WireSummary] = []
 
 
 class _RoomListReply(Envelope, kw_only=True):
     Response: _RoomListBody | None = None
 
 
-class _RoomListRequest(Struct, kw_only=True):
-    Next: str
-    Count: int
+class _RoomListRequest(Struct, kw_only=True, rename=tencent(cursor="Next", limit="Count")):
+    cursor: str
+    limit: int
 
 
 def _validate_list(args: Args) -> None:
@@ -244,26 +228,13 @@ def _validate_list(args: Args) -> None:
     validation.bounded("cursor", args.one("cursor"), 256)
 
 
-def _list(args: Args) -> list[Struct]:
-    return [_RoomListRequest(Next=args.one("cursor"), Count=int(args.one("limit", "20")))]
-
-
-def _room_list(args: Args, replies: list[Any]) -> Struct:
-    body = replies[0].Response or _RoomListBody()
+def _room_list(args: Args, reply: _RoomListReply) -> Struct:
+    body = reply.Response or _RoomListBody()
     rooms = [
-        RoomSummary(
-            room_id=str(r.RoomId),
-            room_name=r.RoomName,
-            owner_account=account_text(r.Owner_Account),
-            cover_url=r.CoverURL,
-            category=r.Category,
-            create_time=r.CreateTime,
-            activity_status=r.ActivityStatus,
-            view_count=r.ViewCount,
-        )
-        for r in body.RoomList
+        RoomSummary(**{**asdict(r), "room_id": str(r.room_id), "owner_account": account_text(r.owner_account)})
+        for r in body.rooms
     ]
-    return RoomList(rooms=rooms, next_cursor=body.Next or None)
+    return RoomList(rooms=rooms, next_cursor=body.next or None)
 
 
 class RoomStats(Struct, kw_only=True):
@@ -275,29 +246,23 @@ class RoomStats(Struct, kw_only=True):
     total_msg_count: int = 0
 
 
-class _StatsBody(Struct, kw_only=True):
-    TotalViewers: int = 0
-    TotalGiftsSent: int = 0
-    TotalGiftCoins: int = 0
-    TotalUniqueGiftSenders: int = 0
-    TotalLikesReceived: int = 0
-    TotalMsgCount: int = 0
+class GiftCount(Struct, kw_only=True):
+    """A member's gift totals in a room, as get_gift_count gives them."""
+
+    sequence: int = 0
+    total_count: int = 0
+    total_coins: int = 0
+    gift_sender_count: int = 0
 
 
-class _StatsReply(Envelope, kw_only=True):
-    Response: _StatsBody | None = None
+class _GiftCountRequest(Struct, kw_only=True, rename=tencent(account="From_Account")):
+    room_id: str
+    account: str
 
 
-def _stats(args: Args, replies: list[Any]) -> Struct:
-    s = replies[0].Response or _StatsBody()
-    return RoomStats(
-        total_viewers=s.TotalViewers,
-        total_gifts_sent=s.TotalGiftsSent,
-        total_gift_coins=s.TotalGiftCoins,
-        total_unique_gift_senders=s.TotalUniqueGiftSenders,
-        total_likes_received=s.TotalLikesReceived,
-        total_msg_count=s.TotalMsgCount,
-    )
+def _validate_gift_count(args: Args) -> None:
+    _room(args)
+    validation.account(args.one("account"), field="account")
 
 
 # ---------------------------------------------------------------------- members and admins
@@ -309,57 +274,47 @@ class Members(Struct, kw_only=True):
     next_cursor: str | None
 
 
-class _Member(Struct):
-    Member_Account: str | int = ""
+class _Member(Struct, rename=tencent()):
+    member_account: str | int = ""
 
 
-class _MembersBody(Struct, kw_only=True):
-    Next: str = ""
-    MemberCount: int = 0
-    MemberList: list[_Member] = []
+class _MembersBody(Struct, kw_only=True, rename=tencent(members="MemberList")):
+    next: str = ""
+    member_count: int = 0
+    members: list[_Member] = []
 
 
 class _MembersReply(Envelope, kw_only=True):
     Response: _MembersBody | None = None
 
 
-class _MembersRequest(Struct, kw_only=True):
-    RoomId: str
-    Next: str
+class _MembersRequest(Struct, kw_only=True, rename=tencent(cursor="Next")):
+    room_id: str
+    cursor: str
 
 
-def _members(args: Args, replies: list[Any]) -> Struct:
-    b = replies[0].Response or _MembersBody()
-    names = [str(m.Member_Account) for m in b.MemberList]
-    return Members(members=names, member_count=b.MemberCount, next_cursor=b.Next or None)
+def _members(args: Args, reply: _MembersReply) -> Struct:
+    b = reply.Response or _MembersBody()
+    names = [str(m.member_account) for m in b.members]
+    return Members(members=names, member_count=b.member_count, next_cursor=b.next or None)
 
 
 class Admins(Struct, kw_only=True):
     admins: list[str]
 
 
-class _AdminsBody(Struct, kw_only=True):
-    Admin_Account: list[str | int] = []
+class _AdminsBody(Struct, kw_only=True, rename=tencent(admins="Admin_Account")):
+    admins: list[str | int] = []
 
 
 class _AdminsReply(Envelope, kw_only=True):
     Response: _AdminsBody | None = None
 
 
-class _ModifyAdmin(Struct, kw_only=True):
-    RoomId: str
-    Admin_Account: list[str]
-    OpType: str
-
-
-def _validate_add_admins(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.body.accounts, field="accounts", most=ADMINS_MAX)
-
-
-def _validate_remove_admins(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.query.get("account", []), field="account", most=ADMINS_MAX)
+class _ModifyAdmin(Struct, kw_only=True, rename=tencent(accounts="Admin_Account")):
+    room_id: str
+    accounts: list[str]
+    op_type: Literal["add", "delete"]
 
 
 # ---------------------------------------------------------------------- bans and mutes
@@ -383,36 +338,36 @@ class Bans(Struct, kw_only=True):
     next_offset: int | None
 
 
-class _Banned(Struct, kw_only=True):
-    Member_Account: str | int = ""
-    BannedUntil: int = 0
+class _Banned(Struct, kw_only=True, rename=tencent(account="Member_Account")):
+    account: str | int = ""
+    banned_until: int = 0
 
 
-class _BansBody(Struct, kw_only=True):
-    BannedAccountList: list[_Banned] = []
-    NextOffset: int = 0
+class _BansBody(Struct, kw_only=True, rename=tencent(bans="BannedAccountList")):
+    bans: list[_Banned] = []
+    next_offset: int = 0
 
 
 class _BansReply(Envelope, kw_only=True):
     Response: _BansBody | None = None
 
 
-class _BansRequest(Struct, kw_only=True):
-    RoomId: str
-    Offset: int
-    Limit: int
+class _BansRequest(Struct, kw_only=True, rename=tencent()):
+    room_id: str
+    offset: int
+    limit: int
 
 
-class _BanRequest(Struct, kw_only=True, omit_defaults=True):
-    RoomId: str
-    MemberList_Account: list[str]
-    Duration: int
-    Reason: str | UnsetType = UNSET
+class _BanRequest(Struct, kw_only=True, omit_defaults=True, rename=tencent(accounts="MemberList_Account")):
+    room_id: str
+    accounts: list[str]
+    duration: int
+    reason: str | UnsetType = UNSET
 
 
-class _UnbanRequest(Struct, kw_only=True):
-    RoomId: str
-    MemberList_Account: list[str]
+class _UnbanRequest(Struct, kw_only=True, rename=tencent(accounts="MemberList_Account")):
+    room_id: str
+    accounts: list[str]
 
 
 def _validate_bans(args: Args) -> None:
@@ -422,17 +377,15 @@ def _validate_bans(args: Args) -> None:
 
 
 def _validate_ban(args: Args) -> None:
-    _room(args)
-    body: Ban = args.body
-    validation.accounts(body.accounts, field="accounts", most=1000)
-    if body.reason is not UNSET:
-        validation.bounded("reason", body.reason, 256)
+    _body_accounts(1000)(args)
+    if args.body.reason is not UNSET:
+        validation.bounded("reason", args.body.reason, 256)
 
 
-def _bans(args: Args, replies: list[Any]) -> Struct:
-    b = replies[0].Response or _BansBody()
-    found = [BannedMember(account=str(x.Member_Account), banned_until=x.BannedUntil) for x in b.BannedAccountList]
-    return Bans(bans=found, next_offset=b.NextOffset or None)
+def _bans(args: Args, reply: _BansReply) -> Struct:
+    b = reply.Response or _BansBody()
+    found = [BannedMember(account=str(x.account), banned_until=x.banned_until) for x in b.bans]
+    return Bans(bans=found, next_offset=b.next_offset or None)
 
 
 class Mute(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -451,34 +404,28 @@ class Mutes(Struct, kw_only=True):
     mutes: list[MutedMember]
 
 
-class _Muted(Struct, kw_only=True):
-    Member_Account: str | int = ""
-    MutedUntil: int = 0
+class _Muted(Struct, kw_only=True, rename=tencent(account="Member_Account")):
+    account: str | int = ""
+    muted_until: int = 0
 
 
-class _MutesBody(Struct, kw_only=True):
-    MutedAccountList: list[_Muted] = []
+class _MutesBody(Struct, kw_only=True, rename=tencent(mutes="MutedAccountList")):
+    mutes: list[_Muted] = []
 
 
 class _MutesReply(Envelope, kw_only=True):
     Response: _MutesBody | None = None
 
 
-class _MuteRequest(Struct, kw_only=True):
-    RoomId: str
-    MemberList_Account: list[str]
-    MuteTime: int
+class _MuteRequest(Struct, kw_only=True, rename=tencent(accounts="MemberList_Account", duration="MuteTime")):
+    room_id: str
+    accounts: list[str]
+    duration: int  # seconds; 0 unmutes
 
 
-def _validate_mute(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.body.accounts, field="accounts", most=1000)
-
-
-def _mutes(args: Args, replies: list[Any]) -> Struct:
-    b = replies[0].Response or _MutesBody()
-    found = [MutedMember(account=str(x.Member_Account), muted_until=x.MutedUntil) for x in b.MutedAccountList]
-    return Mutes(mutes=found)
+def _mutes(args: Args, reply: _MutesReply) -> Struct:
+    b = reply.Response or _MutesBody()
+    return Mutes(mutes=[MutedMember(account=str(x.account), muted_until=x.muted_until) for x in b.mutes])
 
 
 # ---------------------------------------------------------------------- messages
@@ -494,17 +441,17 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     data: str | UnsetType = UNSET
 
 
-class _TextRequest(Struct, kw_only=True):
-    RoomId: str
-    Sender_Account: str
-    TextContent: str
+class _TextRequest(Struct, kw_only=True, rename=tencent(sender="Sender_Account", text="TextContent")):
+    room_id: str
+    sender: str
+    text: str
 
 
-class _CustomRequest(Struct, kw_only=True):
-    RoomId: str
-    Sender_Account: str
-    BusinessId: str
-    Data: str
+class _CustomRequest(Struct, kw_only=True, rename=tencent(sender="Sender_Account")):
+    room_id: str
+    sender: str
+    business_id: str
+    data: str
 
 
 MESSAGE_MAX = 12 * 1024  # IM's limit for one message body, bytes (assumed: the Live pages give none)
@@ -525,18 +472,6 @@ def _validate_message(args: Args) -> None:
         validation.bounded("data", m.data, MESSAGE_MAX)
 
 
-def _message(args: Args) -> list[Struct]:
-    m: Message = args.body
-    if m.text is not UNSET:
-        return [_TextRequest(RoomId=args.room_id, Sender_Account=m.sender, TextContent=m.text)]
-    assert m.business_id is not UNSET and m.data is not UNSET  # noqa: PT018
-    return [_CustomRequest(RoomId=args.room_id, Sender_Account=m.sender, BusinessId=m.business_id, Data=m.data)]
-
-
-def _message_api(args: Args) -> str:
-    return "send_text_msg" if args.body.text is not UNSET else "send_custom_msg"
-
-
 # ---------------------------------------------------------------------- seats and robots
 
 
@@ -552,36 +487,25 @@ class Seats(Struct, kw_only=True):
     seats: list[Seat]
 
 
-class _WireSeat(Struct, kw_only=True):
-    Index: int
-    Member_Account: str | int | UnsetType = UNSET
-    IsTakenDisabled: bool = False
-    IsVideoDisabled: bool = False
-    IsAudioDisabled: bool = False
+class _WireSeat(Struct, kw_only=True, rename=tencent(account="Member_Account")):
+    index: int
+    account: str | int | UnsetType = UNSET
+    is_taken_disabled: bool = False
+    is_video_disabled: bool = False
+    is_audio_disabled: bool = False
 
 
-class _SeatsBody(Struct, kw_only=True):
-    SeatList: list[_WireSeat] = []
+class _SeatsBody(Struct, kw_only=True, rename=tencent(seats="SeatList")):
+    seats: list[_WireSeat] = []
 
 
 class _SeatsReply(Envelope, kw_only=True):
     Response: _SeatsBody | None = None
 
 
-def _seats(args: Args, replies: list[Any]) -> Struct:
-    b = replies[0].Response or _SeatsBody()
-    return Seats(
-        seats=[
-            Seat(
-                index=s.Index,
-                account=account_text(s.Member_Account),
-                is_taken_disabled=s.IsTakenDisabled,
-                is_video_disabled=s.IsVideoDisabled,
-                is_audio_disabled=s.IsAudioDisabled,
-            )
-            for s in b.SeatList
-        ]
-    )
+def _seats(args: Args, reply: _SeatsReply) -> Struct:
+    b = reply.Response or _SeatsBody()
+    return Seats(seats=[Seat(**{**asdict(s), "account": account_text(s.account)}) for s in b.seats])
 
 
 class SeatLock(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -593,12 +517,12 @@ class SeatLock(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     forbid_audio: bool | UnsetType = UNSET
 
 
-class _LockRequest(Struct, kw_only=True, omit_defaults=True):
-    RoomId: str
-    Index: int
-    ForbidTaken: bool | UnsetType = UNSET
-    ForbidVideo: bool | UnsetType = UNSET
-    ForbidAudio: bool | UnsetType = UNSET
+class _LockRequest(Struct, kw_only=True, omit_defaults=True, rename=tencent()):
+    room_id: str
+    index: int
+    forbid_taken: bool | UnsetType = UNSET
+    forbid_video: bool | UnsetType = UNSET
+    forbid_audio: bool | UnsetType = UNSET
 
 
 class SeatTake(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -617,26 +541,31 @@ class SeatMove(Struct, kw_only=True, forbid_unknown_fields=True):
     if_taken: Literal["cancel", "force", "swap"] = "cancel"
 
 
-class _MoveRequest(Struct, kw_only=True):
-    RoomId: str
-    SeatIndex: int
-    Member_Account: str
-    Policy: int  # 0 cancel, 1 force, 2 swap
+class _MoveRequest(Struct, kw_only=True, rename=tencent(index="SeatIndex", account="Member_Account")):
+    room_id: str
+    index: int
+    account: str
+    policy: int  # 0 cancel, 1 force, 2 swap
 
 
 _POLICIES = {"cancel": 0, "force": 1, "swap": 2}
 
 
-class _PickRequest(Struct, kw_only=True):
-    RoomId: str
-    Member_Account: str
-    Index: int
+def _move(args: Args) -> Struct:
+    move: SeatMove = args.body
+    return _MoveRequest(room_id=args.room_id, index=move.index, account=move.account, policy=_POLICIES[move.if_taken])
 
 
-class _KickRequest(Struct, kw_only=True):
-    RoomId: str
-    Member_Account: str
-    Data: str
+class _MemberOnSeat(Struct, kw_only=True, rename=tencent(account="Member_Account")):
+    room_id: str
+    account: str
+    index: int
+
+
+class _KickRequest(Struct, kw_only=True, rename=tencent(account="Member_Account")):
+    room_id: str
+    account: str
+    data: str
 
 
 def _validate_take(args: Args) -> None:
@@ -645,45 +574,34 @@ def _validate_take(args: Args) -> None:
 
 
 def _validate_kick(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.query.get("account", []), field="account", most=1)
+    _query_accounts(most=1)(args)
     validation.bounded("data", args.one("data"), 1024)
-
-
-def _validate_add_robots(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.body.accounts, field="accounts", most=ROBOTS_MAX)
-
-
-def _validate_remove_robots(args: Args) -> None:
-    _room(args)
-    validation.accounts(args.query.get("account", []), field="account", most=ROBOTS_MAX)
 
 
 class Robots(Struct, kw_only=True):
     robots: list[str]
 
 
-class _RobotsBody(Struct, kw_only=True):
-    RobotList_Account: list[str | int] = []
+class _RobotsBody(Struct, kw_only=True, rename=tencent(robots="RobotList_Account")):
+    robots: list[str | int] = []
 
 
 class _RobotsReply(Envelope, kw_only=True):
     Response: _RobotsBody | None = None
 
 
-class _RobotsRequest(Struct, kw_only=True):
-    RoomId: str
-    RobotList_Account: list[str]
+class _RobotsRequest(Struct, kw_only=True, rename=tencent(accounts="RobotList_Account")):
+    room_id: str
+    accounts: list[str]
 
 
 # ---------------------------------------------------------------------- the catalogue
 
 _ROOM = "/rooms/{room_id}"
-_ACCOUNT = Query("account", "an account (UserID); repeat it for several", repeated=True)
+_ACCOUNT = Query("account", "an account (UserID); repeat it for several", repeated=True, fills="accounts")
 _EXISTS = dict.fromkeys((100003, 100010, 100011), errors.RoomExists)
-
 _KEY = Query("key", "a metadata key; repeat it for several", repeated=True)
+_BATCH = Split("accounts", ACCOUNTS_PER_CALL)
 
 CATALOGUE: tuple[Operation, ...] = (
     Operation(
@@ -696,10 +614,8 @@ CATALOGUE: tuple[Operation, ...] = (
         query=(Query("cache-control", "'no-cache' reads through to Tencent and refreshes the cache", header=True),),
         reply=Room,
         wire=RoomInfoReply,
-        cache="room",
-        validate=_room,
-        request=_bare,
         respond=_room_reply,
+        cache="room",
     ),
     Operation(
         id="updateRoom",
@@ -709,11 +625,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Update a room (update_room_info); the cached copy is invalidated before the 204",
         api="update_room_info",
         body=RoomPatch,
-        status=204,
+        build=lambda args: update_to_wire(args.room_id, args.body),  # (RoomInfo nested)
         cache="invalidate",
         validate=_validate_patch,
-        request=lambda args: [update_to_wire(args.room_id, args.body)],
-        respond=_done,
     ),
     Operation(
         id="getRoomMetadata",
@@ -723,11 +637,11 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Get room metadata (get_room_metadata): the given keys, or all without 'key'",
         api="get_room_metadata",
         query=(_KEY,),
+        send=_KeysRequest,
         reply=Metadata,
         wire=MetadataReply,
-        validate=_validate_keys,
-        request=lambda args: [KeysRequest(RoomId=args.room_id, Keys=_keys(args, required=False))],
-        respond=_metadata,
+        respond=_metadata,  # (Tencent's list of pairs, our object)
+        validate=_keys(required=False),
     ),
     Operation(
         id="setRoomMetadata",
@@ -737,10 +651,8 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Upsert room metadata keys (set_room_metadata)",
         api="set_room_metadata",
         body=MetadataPatch,
-        status=204,
+        build=_set_metadata,  # (our object, Tencent's list of pairs)
         validate=_validate_metadata,
-        request=_set_metadata,
-        respond=_done,
     ),
     Operation(
         id="deleteRoomMetadata",
@@ -750,11 +662,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Delete room metadata keys (del_room_metadata); at least one 'key'",
         api="del_room_metadata",
         query=(_KEY,),
-        status=204,
+        send=_KeysRequest,
         applied_if_retried=frozenset({100503}),
-        validate=_validate_deleted_keys,
-        request=lambda args: [KeysRequest(RoomId=args.room_id, Keys=_keys(args, required=True))],
-        respond=_done,
+        validate=_keys(required=True),
     ),
     Operation(
         id="createRoom",
@@ -764,15 +674,15 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Create a room (create_room); a retry that finds its own room answers 201",
         api="create_room",
         body=CreateRoom,
+        build=lambda args: _CreateRequest(RoomInfo=_WireRoomInfo(room_type="Live", **asdict(args.body))),  # (nested)
         reply=Created,
+        respond=lambda args, _: Created(room_id=args.room_id),
         status=201,
         cache="invalidate",
         applied_if_retried=frozenset({100010}),
         owned_if_exists=True,
         errors=_EXISTS,
         validate=_validate_create,
-        request=_create,
-        respond=lambda args, _: Created(room_id=args.room_id),
     ),
     Operation(
         id="destroyRoom",
@@ -781,12 +691,8 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Destroy a room (destroy_room); the cached room is invalidated first on every replica",
         api="destroy_room",
-        status=204,
         cache="invalidate",
         applied_if_retried=frozenset({100004}),
-        validate=_room,
-        request=_bare,
-        respond=_done,
     ),
     Operation(
         id="listRooms",
@@ -796,16 +702,16 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="List public rooms by view count (get_room_list, 10/s), through a short shared cache",
         api="get_room_list",
         query=(
-            Query("limit", "rooms per page, 1-20 (default 20)", kind="integer"),
+            Query("limit", "rooms per page, 1-20 (default 20)", kind="integer", default="20"),
             Query("cursor", "the previous page's next_cursor (absent: the first page)"),
         ),
+        send=_RoomListRequest,
         reply=RoomList,
         wire=_RoomListReply,
+        respond=_room_list,  # (numeric ids and owners as strings, the last page's "" as null)
         qps=10,
         cache="read",
         validate=_validate_list,
-        request=_list,
-        respond=_room_list,
     ),
     Operation(
         id="getRoomStats",
@@ -815,11 +721,21 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Room totals (get_room_stats, 100/s)",
         api="get_room_stats",
         reply=RoomStats,
-        wire=_StatsReply,
+        wire=tencent_reply(RoomStats),
         qps=100,
-        validate=_room,
-        request=_bare,
-        respond=_stats,
+    ),
+    Operation(
+        id="getGiftCount",
+        method="GET",
+        path=_ROOM + "/gifts",
+        scope="read",
+        summary="A member's gift totals in the room (get_gift_count)",
+        api="get_gift_count",
+        query=(Query("account", "the member (Tencent's From_Account)"),),
+        send=_GiftCountRequest,
+        reply=GiftCount,
+        wire=tencent_reply(GiftCount),
+        validate=_validate_gift_count,
     ),
     Operation(
         id="listMembers",
@@ -829,11 +745,11 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Online members (get_member_list; Tencent refreshes it about every 40 s, at most 1000)",
         api="get_member_list",
         query=(Query("cursor", "the previous page's next_cursor"),),
+        send=_MembersRequest,
         reply=Members,
         wire=_MembersReply,
+        respond=_members,  # (member objects as account strings, the last page's "" as null)
         validate=_validate_members,
-        request=lambda args: [_MembersRequest(RoomId=args.room_id, Next=args.one("cursor"))],
-        respond=_members,
     ),
     Operation(
         id="listAdmins",
@@ -844,9 +760,7 @@ CATALOGUE: tuple[Operation, ...] = (
         api="get_admin_list",
         reply=Admins,
         wire=_AdminsReply,
-        validate=_room,
-        request=_bare,
-        respond=lambda args, r: Admins(admins=[str(a) for a in (r[0].Response or _AdminsBody()).Admin_Account]),
+        respond=lambda args, r: Admins(admins=_texts((r.Response or _AdminsBody()).admins)),
     ),
     Operation(
         id="addAdmins",
@@ -856,11 +770,10 @@ CATALOGUE: tuple[Operation, ...] = (
         summary=f"Make members admins (modify_admin add); a room has at most {ADMINS_MAX}",
         api="modify_admin",
         body=Accounts,
-        status=204,
+        send=_ModifyAdmin,
+        fixed={"op_type": "add"},
         errors={100020: errors.AdminLimitExceeded},
-        validate=_validate_add_admins,
-        request=lambda args: [_ModifyAdmin(RoomId=args.room_id, Admin_Account=args.body.accounts, OpType="add")],
-        respond=_done,
+        validate=_body_accounts(ADMINS_MAX),
     ),
     Operation(
         id="removeAdmins",
@@ -870,10 +783,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Remove admins (modify_admin delete)",
         api="modify_admin",
         query=(_ACCOUNT,),
-        status=204,
-        validate=_validate_remove_admins,
-        request=lambda args: [_ModifyAdmin(RoomId=args.room_id, Admin_Account=_query_accounts(args), OpType="delete")],
-        respond=_done,
+        send=_ModifyAdmin,
+        fixed={"op_type": "delete"},
+        validate=_query_accounts(ADMINS_MAX),
     ),
     Operation(
         id="listBans",
@@ -883,16 +795,14 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Banned members (get_banned_member_list), a page at a time",
         api="get_banned_member_list",
         query=(
-            Query("offset", "0 first, then the previous page's next_offset", kind="integer"),
-            Query("limit", "1-100 (default 100)", kind="integer"),
+            Query("offset", "0 first, then the previous page's next_offset", kind="integer", default="0"),
+            Query("limit", "1-100 (default 100)", kind="integer", default="100"),
         ),
+        send=_BansRequest,
         reply=Bans,
         wire=_BansReply,
+        respond=_bans,  # (numeric accounts as strings, the last page's 0 as null)
         validate=_validate_bans,
-        request=lambda args: [
-            _BansRequest(RoomId=args.room_id, Offset=int(args.one("offset", "0")), Limit=int(args.one("limit", "100")))
-        ],
-        respond=_bans,
     ),
     Operation(
         id="banMembers",
@@ -902,16 +812,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary=f"Ban members (ban_member): removed and kept out; {ACCOUNTS_PER_CALL} accounts per Tencent call",
         api="ban_member",
         body=Ban,
-        status=204,
-        split=ACCOUNTS_PER_CALL,
+        send=_BanRequest,
+        split=_BATCH,
         validate=_validate_ban,
-        request=lambda args: [
-            _BanRequest(
-                RoomId=args.room_id, MemberList_Account=part, Duration=args.body.duration, Reason=args.body.reason
-            )
-            for part in chunks(args.body.accounts, ACCOUNTS_PER_CALL)
-        ],
-        respond=_done,
     ),
     Operation(
         id="unbanMembers",
@@ -921,14 +824,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Lift bans (unban_member)",
         api="unban_member",
         query=(_ACCOUNT,),
-        status=204,
-        split=ACCOUNTS_PER_CALL,
-        validate=_validate_query_accounts,
-        request=lambda args: [
-            _UnbanRequest(RoomId=args.room_id, MemberList_Account=part)
-            for part in chunks(_query_accounts(args), ACCOUNTS_PER_CALL)
-        ],
-        respond=_done,
+        send=_UnbanRequest,
+        split=_BATCH,
+        validate=_query_accounts(),
     ),
     Operation(
         id="listMutes",
@@ -939,9 +837,7 @@ CATALOGUE: tuple[Operation, ...] = (
         api="get_muted_member_list",
         reply=Mutes,
         wire=_MutesReply,
-        validate=_room,
-        request=_bare,
-        respond=_mutes,
+        respond=_mutes,  # (numeric accounts as strings)
     ),
     Operation(
         id="muteMembers",
@@ -951,14 +847,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Mute members for a while (mute_member)",
         api="mute_member",
         body=Mute,
-        status=204,
-        split=ACCOUNTS_PER_CALL,
-        validate=_validate_mute,
-        request=lambda args: [
-            _MuteRequest(RoomId=args.room_id, MemberList_Account=part, MuteTime=args.body.duration)
-            for part in chunks(args.body.accounts, ACCOUNTS_PER_CALL)
-        ],
-        respond=_done,
+        send=_MuteRequest,
+        split=_BATCH,
+        validate=_body_accounts(1000),
     ),
     Operation(
         id="unmuteMembers",
@@ -968,14 +859,10 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Unmute members (mute_member with MuteTime 0)",
         api="mute_member",
         query=(_ACCOUNT,),
-        status=204,
-        split=ACCOUNTS_PER_CALL,
-        validate=_validate_query_accounts,
-        request=lambda args: [
-            _MuteRequest(RoomId=args.room_id, MemberList_Account=part, MuteTime=0)
-            for part in chunks(_query_accounts(args), ACCOUNTS_PER_CALL)
-        ],
-        respond=_done,
+        send=_MuteRequest,
+        fixed={"duration": 0},
+        split=_BATCH,
+        validate=_query_accounts(),
     ),
     Operation(
         id="sendMessage",
@@ -984,13 +871,11 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Send a text (send_text_msg) or custom (send_custom_msg) message as a member",
         api="send_text_msg",
-        api_for=_message_api,
         body=Message,
-        status=204,
+        send=_TextRequest,
+        variant=Variant("business_id", "send_custom_msg", _CustomRequest),
         repeatable=False,  # every viewer sees a message sent twice
         validate=_validate_message,
-        request=_message,
-        respond=_done,
     ),
     Operation(
         id="listSeats",
@@ -1002,9 +887,7 @@ CATALOGUE: tuple[Operation, ...] = (
         service="room_engine_http_mic",
         reply=Seats,
         wire=_SeatsReply,
-        validate=_room,
-        request=_bare,
-        respond=_seats,
+        respond=_seats,  # (numeric accounts as strings)
     ),
     Operation(
         id="lockSeat",
@@ -1015,18 +898,7 @@ CATALOGUE: tuple[Operation, ...] = (
         api="lock_seat",
         service="room_engine_http_mic",
         body=SeatLock,
-        status=204,
-        validate=_room,
-        request=lambda args: [
-            _LockRequest(
-                RoomId=args.room_id,
-                Index=args.body.index,
-                ForbidTaken=args.body.forbid_taken,
-                ForbidVideo=args.body.forbid_video,
-                ForbidAudio=args.body.forbid_audio,
-            )
-        ],
-        respond=_done,
+        send=_LockRequest,
     ),
     Operation(
         id="takeSeat",
@@ -1037,12 +909,8 @@ CATALOGUE: tuple[Operation, ...] = (
         api="pick_user_on_seat",
         service="room_engine_http_mic",
         body=SeatTake,
-        status=204,
+        send=_MemberOnSeat,
         validate=_validate_take,
-        request=lambda args: [
-            _PickRequest(RoomId=args.room_id, Member_Account=args.body.account, Index=args.body.index)
-        ],
-        respond=_done,
     ),
     Operation(
         id="leaveSeat",
@@ -1056,12 +924,8 @@ CATALOGUE: tuple[Operation, ...] = (
             Query("account", "the member to take off their seat"),
             Query("data", "sent to the room in the notification (optional)"),
         ),
-        status=204,
+        send=_KickRequest,
         validate=_validate_kick,
-        request=lambda args: [
-            _KickRequest(RoomId=args.room_id, Member_Account=_query_accounts(args)[0], Data=args.one("data"))
-        ],
-        respond=_done,
     ),
     Operation(
         id="moveSeat",
@@ -1072,18 +936,9 @@ CATALOGUE: tuple[Operation, ...] = (
         api="move_user_to_seat",
         service="room_engine_http_mic",
         body=SeatMove,
-        status=204,
+        build=_move,  # (if_taken's names, Tencent's Policy numbers)
         repeatable=False,  # a second swap moves the two members back (one rule for every if_taken)
         validate=_validate_take,
-        request=lambda args: [
-            _MoveRequest(
-                RoomId=args.room_id,
-                SeatIndex=args.body.index,
-                Member_Account=args.body.account,
-                Policy=_POLICIES[args.body.if_taken],
-            )
-        ],
-        respond=_done,
     ),
     Operation(
         id="listRobots",
@@ -1094,10 +949,8 @@ CATALOGUE: tuple[Operation, ...] = (
         api="get_robot",
         reply=Robots,
         wire=_RobotsReply,
+        respond=lambda args, r: Robots(robots=_texts((r.Response or _RobotsBody()).robots)),
         qps=100,
-        validate=_room,
-        request=_bare,
-        respond=lambda args, r: Robots(robots=[str(a) for a in (r[0].Response or _RobotsBody()).RobotList_Account]),
     ),
     Operation(
         id="addRobots",
@@ -1107,11 +960,9 @@ CATALOGUE: tuple[Operation, ...] = (
         summary=f"Add robots (add_robot, 100/s; at most {ROBOTS_MAX} a room, imported accounts)",
         api="add_robot",
         body=Accounts,
-        status=204,
+        send=_RobotsRequest,
         qps=100,
-        validate=_validate_add_robots,
-        request=lambda args: [_RobotsRequest(RoomId=args.room_id, RobotList_Account=args.body.accounts)],
-        respond=_done,
+        validate=_body_accounts(ROBOTS_MAX),
     ),
     Operation(
         id="removeRobots",
@@ -1121,12 +972,20 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Remove robots (del_robot, 100/s)",
         api="del_robot",
         query=(_ACCOUNT,),
-        status=204,
+        send=_RobotsRequest,
         qps=100,
-        validate=_validate_remove_robots,
-        request=lambda args: [_RobotsRequest(RoomId=args.room_id, RobotList_Account=_query_accounts(args))],
-        respond=_done,
+        validate=_query_accounts(ROBOTS_MAX),
     ),
 )
 
 BY_ID = {op.id: op for op in CATALOGUE}
+
+# The commands the gateway calls outside the catalogue: the tenant's callback settings
+# (RoomService.get_callback and register_callback, live_config, 200/s each; reference §8.2).
+CALLBACK_COMMANDS = ("get_callback", "set_callback", "update_callback", "set_callback_token")
+
+# Every command the gateway calls, with Tencent's documented limit per second: the budget gauge's
+# rows, and the names a tenant's ``api_qps`` may use.
+DOCUMENTED: dict[str, int] = dict(
+    sorted({**{api: op.qps for op in CATALOGUE for api in op.apis}, **dict.fromkeys(CALLBACK_COMMANDS, 200)}.items())
+)
