@@ -36,8 +36,16 @@ TOKENS = {
 }
 ROOMS = ("room-1", "room-2", "room-3")
 
-# Settings that keep tests quick: tiny backoffs and pauses; everything else is the default.
-FAST = {"retry_backoff": 0.01, "retry_backoff_max": 0.05, "rate_limit_pause": 0.05, "misconfig_cooldown": 0.0}
+# Settings that keep tests quick: tiny backoffs and pauses; everything else is the default. No
+# shedding: an in-process gateway shares its event loop with the test's clients, whose bursts
+# are that loop's lag (test_overload.py turns it on; processes from `gateway serve` keep it).
+FAST = {
+    "retry_backoff": 0.01,
+    "retry_backoff_max": 0.05,
+    "rate_limit_pause": 0.05,
+    "misconfig_cooldown": 0.0,
+    "overload_lag": 0.0,
+}
 
 
 def config_yaml(base_url: str, qps: int = 200, weights: dict[str, int] | None = None) -> str:

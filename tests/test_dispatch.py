@@ -184,3 +184,27 @@ async def test_the_spacing_follows_the_mode_now_though_the_queue_never_empties()
     assert len(slots) == 60
     gaps = [b - a for a, b in zip(slots[-20:], slots[-19:], strict=False)]
     assert max(gaps) < 2 * narrow, gaps
+
+
+@pytest.mark.parametrize("rtt", [0.0, 0.002])
+async def test_weights_share_a_contended_budget_through_the_dispatcher(rtt: float) -> None:
+    """Embedded mode's whole path (the dispatcher in front of the in-process schedule; ``rtt`` 0)
+    and a store a round trip away: two callers weighted 3:1, each always waiting for a slot at a
+    100/s budget, are granted about 3:1 (the Lua path has its fleet test; this one covers the rest)."""
+    store = Remote(rtt=rtt)
+    paced = dispatcher(store)
+    interval = interval_for(100, 0.017)
+    heavy, light = Share("heavy", 3), Share("light", 1)
+    granted = {"heavy": 0, "light": 0}
+    end = time.monotonic() + 1.0
+
+    async def caller(share: Share) -> None:
+        while time.monotonic() < end:
+            got = await paced.acquire("1400", "api", share, interval=interval, max_wait=1.0)
+            if isinstance(got, Granted):
+                granted[share.name] += 1
+                await asyncio.sleep(max(0.0, got.slot - time.monotonic()))
+
+    await asyncio.gather(*(caller(s) for s in (heavy, light) for _ in range(8)))
+    ratio = granted["heavy"] / max(1, granted["light"])
+    assert 2.2 <= ratio <= 4.0, granted

@@ -16,11 +16,16 @@ ROOM = "/v1/tenants/acme/rooms/room-1"
 
 
 def test_shedding_starts_past_the_bound_and_stops_under_half_of_it() -> None:
-    """Hysteresis: past ``shed_at`` it sheds; it goes on until the lag is under half of it."""
+    """Two samples in a row past ``shed_at`` start shedding (one is a stall that has passed);
+    it goes on until a sample is under half of the bound."""
     overload = Overload(shed_at=0.2, unready_after=1.0)
     overload.sample(0.15, now=0.0)
+    overload.sample(0.9, now=0.9)
+    overload.sample(0.0, now=0.95)
     assert not overload.shedding
     overload.sample(0.25, now=1.0)
+    assert not overload.shedding
+    overload.sample(0.25, now=1.3)
     assert overload.shedding
     overload.sample(0.15, now=1.1)
     assert overload.shedding
@@ -30,7 +35,7 @@ def test_shedding_starts_past_the_bound_and_stops_under_half_of_it() -> None:
 
 def test_readiness_turns_false_only_when_shedding_lasts() -> None:
     """Shedding for ``unready_after`` seconds in a row makes the replica unready; recovery undoes it."""
-    overload = Overload(shed_at=0.2, unready_after=1.0)
+    overload = Overload(shed_at=0.2, unready_after=1.0, over=1)
     overload.sample(0.5, now=10.0)
     assert overload.ready(10.5)
     assert not overload.ready(11.0)
@@ -48,7 +53,7 @@ def test_a_zero_bound_never_sheds() -> None:
 
 async def test_the_monitor_sees_a_blocked_loop() -> None:
     """A loop kept busy for 200 ms shows as lag of about that much."""
-    overload = Overload(shed_at=0.1, unready_after=1.0, every=0.01)
+    overload = Overload(shed_at=0.1, unready_after=1.0, every=0.01, over=1)
     task = asyncio.create_task(overload.run())
     await asyncio.sleep(0.03)
     time.sleep(0.2)  # noqa: ASYNC251 - the loop busy with work: nothing else runs meanwhile
@@ -75,9 +80,10 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         await asyncio.Event().wait()
 
     monkeypatch.setattr(Overload, "run", by_hand)
-    async with start_gateway(upstream_url, overload_unready_after=0.2) as gw:
+    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
         overload: Overload = gw.app.state.gateway.overload
         loop = asyncio.get_running_loop()
+        overload.sample(1.0, loop.time())
         overload.sample(1.0, loop.time())
         shed = await gw.client.get(ROOM, headers={"cache-control": "no-cache"})
         assert shed.status_code == 503

@@ -6,10 +6,12 @@ queue all of them stand in. ``Overload.run`` samples it every ``every`` seconds.
 
 The actions:
 
-- **shed**: past ``shed_at`` seconds of lag, the replica answers new API work 503 ``overloaded``
-  with ``Retry-After`` at its edge, before the work queues behind the backlog, so the requests it
-  accepts keep a bounded latency. It serves again once the lag is under half of ``shed_at`` (the
-  hysteresis keeps it from flapping at the bound).
+- **shed**: when ``over`` samples in a row (100 ms and more) lag past ``shed_at`` seconds, the
+  replica answers new API work 503 ``overloaded`` with ``Retry-After`` at its edge, before the work
+  queues behind the backlog, so the requests it accepts keep a bounded latency. One late sample
+  is a stall that has passed (a pause of the machine, a long collection), not a queue: it sheds
+  nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
+  from flapping at the bound).
 - **unready**: shedding for ``unready_after`` seconds in a row turns readiness false, so that
   Kubernetes routes around a replica that cannot keep up; it turns true when shedding stops.
 
@@ -27,10 +29,12 @@ log = logging.getLogger("gateway.overload")
 class Overload:
     """The event loop's lag and what the replica does about it (``shed_at`` 0: never sheds)."""
 
-    def __init__(self, *, shed_at: float, unready_after: float, every: float = 0.05) -> None:
+    def __init__(self, *, shed_at: float, unready_after: float, every: float = 0.05, over: int = 2) -> None:
         self._shed_at = shed_at
         self._unready_after = unready_after
         self._every = every
+        self._over = over
+        self._late = 0  # samples in a row past shed_at
         self.lag = 0.0  # the latest sample, in seconds
         self.shedding = False
         self.shed = 0  # requests answered 503 overloaded
@@ -41,7 +45,8 @@ class Overload:
         self.lag = lag
         if self._shed_at <= 0:
             return
-        if not self.shedding and lag > self._shed_at:
+        self._late = self._late + 1 if lag > self._shed_at else 0
+        if not self.shedding and self._late >= self._over:
             self.shedding, self._since = True, now
             log.warning("overloaded: shedding new requests", extra={"fields": {"lag_seconds": round(lag, 3)}})
         elif self.shedding and lag < self._shed_at / 2:
