@@ -18,6 +18,7 @@ BENCHES = {
     "proxy": "bench.proxy",
     "callbacks": "bench.callbacks",
     "idempotency": "bench.idempotency",
+    "overload": "bench.overload",
 }
 
 

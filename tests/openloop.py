@@ -91,9 +91,17 @@ class _Conn(asyncio.Protocol):
             self._transport.close()
 
 
-async def offer(targets: list[Target], *, rate: float, seconds: float, drain: float = 30.0) -> list[tuple[int, float]]:
+async def offer(
+    targets: list[Target],
+    *,
+    rate: float,
+    seconds: float,
+    drain: float = 30.0,
+    arrivals: list[float] | None = None,
+) -> list[tuple[int, float]]:
     """Offer ``rate`` requests a second for ``seconds``, then wait up to ``drain`` seconds for
-    the replies still out. Returns (status, seconds taken) per request, in reply order."""
+    the replies still out. Returns (status, seconds taken) per request, in reply order;
+    ``arrivals`` gets each reply's moment, in seconds from the first offer, in the same order."""
     loop = asyncio.get_running_loop()
     results: list[tuple[int, float]] = []
     total = int(rate * seconds)
@@ -105,6 +113,8 @@ async def offer(targets: list[Target], *, rate: float, seconds: float, drain: fl
         if finished.done():  # (a reply after the drain: already counted as none)
             return
         results.append((status, took))
+        if arrivals is not None:
+            arrivals.append(loop.time() - start)
         if len(results) == total:
             finished.set_result(None)
 

@@ -208,3 +208,21 @@ async def test_weights_share_a_contended_budget_through_the_dispatcher(rtt: floa
     await asyncio.gather(*(caller(s) for s in (heavy, light) for _ in range(8)))
     ratio = granted["heavy"] / max(1, granted["light"])
     assert 2.2 <= ratio <= 4.0, granted
+
+
+async def test_bookings_lead_by_how_late_their_answers_come() -> None:
+    """A store whose answers come 10 ms after its now (a busy replica's loop, a slow round trip):
+    once the dispatcher has seen that, it books slots that far ahead, less half the send window,
+    so waiters get slots that have just begun, not ones their send window has already passed."""
+    store = Remote(rtt=0.02)
+    window = 0.006
+    paced = Dispatcher(store=store, horizon=0.06, borrow=0.02, clock=time.monotonic, window=window)
+    interval = interval_for(100_000, 0.017)
+    late: list[float] = []
+    for _ in range(30):
+        got = await paced.acquire("1400", "api", A, interval=interval, max_wait=1.0)
+        assert isinstance(got, Granted)
+        late.append(time.monotonic() - got.slot)
+    assert late[0] > window  # the first answer: booked for the store's now, 10 ms before it came
+    assert sum(1 for x in late[5:] if x > window) <= 2, late
+    assert max(late[5:]) > -0.005, late  # and not booked needlessly far ahead either

@@ -434,3 +434,12 @@ async def test_keys_expire_after_their_ttl(stores: Stores) -> None:
     await keys.keep("k3", "a", b"answer", 0.1)
     await asyncio.sleep(0.2)
     assert (await keys.claim("k3", "other", "b", lease=10, ttl=60, repeatable=True)).state == "claimed"
+
+
+async def test_a_lead_puts_every_slot_at_least_that_far_ahead(stores: Stores) -> None:
+    """With ``lead``, the first slot of an idle schedule starts ``lead`` after the store's now
+    (and the next ones at the spacing after it): an answer that reaches its waiters that late
+    still finds its slots ahead."""
+    got = await waits(stores.budget, ("a", 1, 3), terms=TERMS._replace(lead=0.25))
+    assert got["a"] == [0.25, 0.35, 0.45]
+    assert (await waits(stores.budget, ("b", 1, 1), scope="other"))["b"] == [0.0]  # (no lead: from now)

@@ -20,7 +20,18 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import MAX_BODY, ROUTES, EdgeMiddleware, Gateway, handle_error, openapi_router
-from gateway.budget import BEAT_EVERY, BORROW, HORIZON, Budget, BudgetStore, Dispatcher, EmbeddedBudget, Fleet, Members
+from gateway.budget import (
+    BEAT_EVERY,
+    BORROW,
+    HORIZON,
+    SEND_SHARE,
+    Budget,
+    BudgetStore,
+    Dispatcher,
+    EmbeddedBudget,
+    Fleet,
+    Members,
+)
 from gateway.budget.modes import FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.callbacks import Receiver, Seen
@@ -138,7 +149,10 @@ def build_budget(
     if stores.budget is None:
         embedded = EmbeddedBudget(store=local_store, jitter=settings.budget_jitter, clock=clock, sleep=asyncio.sleep)
         return embedded, None, [embedded.dispatcher]
-    shared = Dispatcher(store=stores.budget, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep)
+    window = settings.budget_jitter * SEND_SHARE  # a slot's send window: the shared bookings' lead keeps within it
+    shared = Dispatcher(
+        store=stores.budget, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, window=window
+    )
     local = Dispatcher(
         store=local_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, own_clock=True
     )

@@ -33,6 +33,7 @@ from gateway.health import StoreUnavailable
 DEPTH = 8  # bookings of one (scope, API) in flight at once from one replica (BENCHMARKS.md: 2 to 16 tried)
 SLACK = 0.002  # a waiter's cap is kept to this closely: the store's clock is ours within half a round trip
 IDLE_GAP = 0.001  # after a booking that granted nothing, the next waits at least this long
+LATE_DECAY = 0.95  # per booking: how fast the lead forgets a late answer (Dispatcher's docstring)
 
 
 class BudgetStore(Protocol):
@@ -197,12 +198,23 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         active: float = 1.0,
         own_clock: bool = False,
+        window: float = 0.0,
     ) -> None:
         """``horizon``: how far ahead a caller within its share books; ``borrow``: how far ahead
         a free slot may be taken by a caller over its share; ``active``: how long after its last
         demand a caller still counts as competing (at least three slot intervals); ``own_clock``:
-        the store runs on ``clock`` (in process), so its times need no mapping."""
+        the store runs on ``clock`` (in process), so its times need no mapping; ``window``: a
+        slot's send window (``slots.SEND_SHARE`` of the jitter), which sets the bookings' lead.
+
+        The *lead*: a booking's answer reaches its waiters some time after the store's now (the
+        round trip, and this replica's event loop getting to the reply: milliseconds when it is
+        busy), and a slot booked for "now" has passed by then; past its send window, its call
+        could not leave (a missed slot, a booking more). Bookings therefore ask for no slot
+        before the store's now plus how late answers have come lately, less half the window: a
+        waiter gets its slot when it has just begun."""
         self._store = store
+        self._window = window
+        self._late = 0.0  # how late bookings' answers came lately (a decaying maximum)
         self._horizon = horizon
         self._borrow = borrow
         self._active = active
@@ -265,7 +277,8 @@ class Dispatcher:
         if not wants:
             return
         active = max(self._active, 3 * queue.interval)
-        terms = Terms(queue.interval, self._horizon, self._borrow, active, min(queue.unit, queue.interval))
+        lead = min(max(0.0, self._late - self._window / 2), self._horizon / 2)
+        terms = Terms(queue.interval, self._horizon, self._borrow, active, min(queue.unit, queue.interval), lead)
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
         queue.in_flight += 1
@@ -284,6 +297,7 @@ class Dispatcher:
             queue.answer_all(booked)
             return
         self.sync.sample(now, self._clock(), booked.at)
+        self._late = max(self._clock() - self.sync.local(booked.at), self._late * LATE_DECAY)
         self._hand_out(queue, booked, asked)
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()

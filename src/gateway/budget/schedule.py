@@ -88,13 +88,16 @@ class Terms(NamedTuple):
     right, how far ahead anyone may borrow a free slot, how long after its last demand a caller
     still counts as competing, and the spacing at the full limit that a slot costs its caller's
     fair TAT (0: the interval). A replica back from an outage books wider slots for a while (the
-    grace); its callers are not charged for that on every replica."""
+    grace); its callers are not charged for that on every replica. ``lead``: no slot starts
+    before ``now + lead`` (the booking's answer reaches its waiters that much later: a slot
+    booked for "now" would have passed; ``dispatch``)."""
 
     interval: float
     horizon: float
     borrow: float
     active: float
     unit: float = 0.0
+    lead: float = 0.0
 
 
 class Booked(msgspec.Struct, frozen=True):
@@ -169,8 +172,8 @@ def book(state: FairState, now: float, wants: Sequence[Want], terms: Terms, unbo
     total = sum(weight for weight, _ in state.seen.values())
     left = {want.caller: want.wanted for want in wants}
     slots: dict[str, list[float]] = {want.caller: [] for want in wants}
-    while True:
-        tat, slot = reserve(state.tat, now, terms.interval, terms.horizon)  # the next slot, within the horizon
+    while True:  # the next slot, from now + lead, within the horizon
+        tat, slot = reserve(state.tat, now + terms.lead, terms.interval, terms.horizon - terms.lead)
         if not isinstance(slot, Grant) or slot.booking is None:
             break
         start = slot.booking.start
@@ -199,7 +202,7 @@ def _choose(
             continue
         fair = state.fair.get(want.caller, -math.inf)
         borrowing = fair >= start + terms.interval
-        if borrowing and start > now + terms.borrow:
+        if borrowing and start > now + terms.lead + terms.borrow:
             continue
         if best is None or (borrowing, fair) < best[:2]:
             best = (borrowing, fair, want)

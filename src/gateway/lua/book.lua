@@ -5,8 +5,8 @@
 --   KEYS[2]  the tenant's pause marker ("<ErrorCode> <reason>", expiring with the pause)
 --   KEYS[3]  the callers competing for it (hash): f:<caller> its fair TAT (us),
 --            s:<caller> "<weight> <last demand, us>"
---   ARGV[1..5]  interval, horizon, borrow, active, unit (microseconds; see schedule.Terms)
---   ARGV[6]  h, the number of slots handed back unused, then h pairs: start, end (us)
+--   ARGV[1..6]  interval, horizon, borrow, active, unit, lead (microseconds; see schedule.Terms)
+--   ARGV[7]  h, the number of slots handed back unused, then h pairs: start, end (us)
 --   then one quadruple per caller asking: name, weight, count, within (us)
 -- Returns  {1, now_us, next_at_us or -1, k1, start..., k2, start..., ...}  the slots per caller,
 --          in the order asked (each `interval` long)
@@ -21,12 +21,13 @@ local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local borrow, active = tonumber(ARGV[3]), tonumber(ARGV[4])
 local unit = tonumber(ARGV[5])
 if unit == 0 then unit = interval end
+local soon = now + tonumber(ARGV[6])  -- no slot before it: its answer reaches the waiters this late
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 
-local handed = tonumber(ARGV[6])
+local handed = tonumber(ARGV[7])
 local backs = {}
 for i = 1, handed do
-  backs[i] = {tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])}
+  backs[i] = {tonumber(ARGV[6 + 2 * i]), tonumber(ARGV[7 + 2 * i])}
 end
 table.sort(backs, function(a, b) return a[2] > b[2] end)
 for _, back in ipairs(backs) do
@@ -34,7 +35,7 @@ for _, back in ipairs(backs) do
 end
 
 local wants = {}
-for i = 7 + 2 * handed, #ARGV, 4 do
+for i = 8 + 2 * handed, #ARGV, 4 do
   wants[#wants + 1] = {name = ARGV[i], weight = tonumber(ARGV[i + 1]), left = tonumber(ARGV[i + 2]),
                        within = tonumber(ARGV[i + 3]), slots = {}}
   redis.call('HSET', KEYS[3], 's:' .. ARGV[i], ARGV[i + 1] .. ' ' .. string.format('%.0f', now))
@@ -58,14 +59,14 @@ for _, want in ipairs(wants) do
   fair[want.name] = stored and tonumber(stored) or -math.huge
 end
 
-local start = math.max(tat, now)
+local start = math.max(tat, soon)
 while start <= now + horizon do
   local best, best_borrowing = nil, nil
   for _, want in ipairs(wants) do
     if want.left > 0 and start <= now + want.within then
       local f = fair[want.name]
       local borrowing = f >= start + interval
-      if not (borrowing and start > now + borrow) then
+      if not (borrowing and start > soon + borrow) then
         if best == nil or (best_borrowing and not borrowing)
             or (best_borrowing == borrowing and f < fair[best.name]) then
           best, best_borrowing = want, borrowing
@@ -80,7 +81,7 @@ while start <= now + horizon do
   if not best_borrowing then
     fair[best.name] = math.max(fair[best.name], start) + unit * total / best.weight
   end
-  start = math.max(tat, now)
+  start = math.max(tat, soon)
 end
 
 local keep = math.ceil((math.max(tat, now) - now + active) / 1000) + 1000
