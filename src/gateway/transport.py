@@ -488,11 +488,12 @@ class PooledTransport:
         reuse = False
         try:
             reply = await conn.exchange(request)
-            reuse = conn.keep_alive
+            refused = pool.absolute and reply.status in _REFUSALS  # (Tencent answers its errors with HTTP 200)
+            reuse = conn.keep_alive and not refused  # (squid keeps a socket it refused us on: we do not)
         finally:
             pool.release(conn, reuse=reuse)
-        if pool.absolute and proxy is not None and reply.status in _REFUSALS:
-            raise ProxyRefused(proxy, reply.status)  # (Tencent answers its errors with HTTP 200)
+        if refused and proxy is not None:
+            raise ProxyRefused(proxy, reply.status)
         return _decoded(reply)
 
     async def aclose(self) -> None:
