@@ -171,6 +171,41 @@ def test_a_proxy_refusing_by_policy_is_refused_too(loop_kind: str, status: int) 
     run(loop_kind, main)
 
 
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "answered no HTTP"),
+        (b"HTTP/1.1 200 Connection established\r\nX-Pad: " + b"x" * 20000, "sent an endless head"),
+        (b"HTTP/1.1 200 Conn", "closed the tunnel"),
+        (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n", "could not open a tunnel"),
+    ],
+    ids=["not-http", "endless-head", "closed-mid-head", "bad-gateway"],
+)
+def test_a_tunnel_the_proxy_does_not_open_is_a_proxy_error(answer: bytes, error: str) -> None:
+    """A CONNECT answered with something that is not HTTP, a head that never ends, a close in the
+    middle of the head (sent in pieces) or a 502 is httpx.ProxyError, not a refusal, and leaves
+    no socket behind."""
+
+    async def main() -> None:
+        async def odd_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for start in range(0, len(answer), 4096):  # in pieces: the head is looked for as it grows
+                writer.write(answer[start : start + 4096])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+        async with listen(odd_proxy) as fake_proxy:
+            via = proxy_from_url(fake_proxy.replace("http://", "http://u:p@"))
+            transport = PooledTransport(connections=1)
+            with pytest.raises(httpx.ProxyError, match=error) as failed:
+                await transport.post("https://tencent.invalid", "/v4/x", b"{}", proxy=via)
+            assert not isinstance(failed.value, ProxyRefused)
+            assert transport.open_connections == 0
+            await transport.aclose()
+
+    asyncio.run(main())
+
+
 def test_a_proxy_shows_itself_without_its_credentials() -> None:
     """A Proxy's repr is its address alone; its URL's userinfo becomes Basic credentials."""
     via = proxy_from_url("http://us%40er:p%3Ass@egress.internal:3128")

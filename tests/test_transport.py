@@ -432,6 +432,59 @@ def test_a_request_lost_after_its_write_is_not_sent_again(loop_kind: str) -> Non
     run(loop_kind, main)
 
 
+def test_a_socket_that_died_idle_behind_others_is_swept(loop_kind: str) -> None:
+    """Of two idle sockets, the older one closed by the server is dropped when the newer one is
+    released (one sweep per release), so the pool does not count dead sockets as open."""
+
+    async def main() -> None:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def slow_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                await asyncio.sleep(0.01)
+                writer.write(OK)
+
+        async with listen(slow_ok) as origin:
+            transport = PooledTransport(connections=2)
+            await asyncio.gather(*(transport.post(origin, "/", b"{}") for _ in range(2)))
+            idle = transport._pool(origin)._idle
+            assert len(idle) == 2
+            assert idle[0].transport is not None
+            older = idle[0].transport.get_extra_info("sockname")
+            next(w for w in writers if w.get_extra_info("peername") == older).close()
+            await asyncio.sleep(0.05)
+            assert idle[0].closed
+            await transport.post(origin, "/", b"{}")
+            assert (len(idle), transport.open_connections) == (1, 1)
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_closed_connection_writes_nothing() -> None:
+    """An exchange on a connection already closed fails at once (a write there would wait for a
+    reply that cannot come), and a URL that is not http(s) is refused before any socket."""
+
+    async def main() -> None:
+        async with serving(lambda body: OK) as server:
+            transport = PooledTransport(connections=1)
+            pool = transport._pool(server.origin)
+            conn = await pool.acquire()
+            conn.close()
+            with pytest.raises(httpx.RemoteProtocolError, match="connection closed"):
+                await conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
+            pool.release(conn, reuse=False)
+            with pytest.raises(ValueError, match="not an http"):
+                await transport.post("ftp://127.0.0.1", "/", b"{}")
+            await transport.aclose()
+        assert server.requests == []
+
+    asyncio.run(main())
+
+
 def test_it_is_the_upstream_seam() -> None:
     """The production transport implements the ``Sender`` seam that ``Upstream`` calls (and the
     tests' scripted Tencent implements too): ``post`` and ``aclose``, nothing httpx-shaped."""

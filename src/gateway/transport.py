@@ -290,11 +290,8 @@ class _Connection(asyncio.Protocol):
         after it left. A readable idle socket is dead either way: its end, or bytes nobody asked for."""
         if self.closed or self.transport is None or self.transport.is_closing():
             return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None or sock.fileno() < 0:
-            return False
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
+        poller = select.poll()  # (every stream transport, TLS ones too, has its socket)
+        poller.register(self.transport.get_extra_info("socket").fileno(), select.POLLIN)
         return not poller.poll(0)
 
 
