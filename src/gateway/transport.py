@@ -487,7 +487,7 @@ class PooledTransport:
         if on_time is not None and not on_time():
             pool.release(conn, reuse=True)
             raise TooLate
-        reuse = False
+        reuse = refused = False
         try:
             reply = await conn.exchange(request)
             refused = pool.absolute and reply.status in _REFUSALS  # (Tencent answers its errors with HTTP 200)
