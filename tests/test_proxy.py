@@ -1,5 +1,6 @@
-"""Reaching Tencent through an egress proxy: a real proxy process (proxy.py) on loopback, the
-transport on both event loops, and the gateway in front of the emulator."""
+"""Reaching Tencent through an egress proxy: real proxy processes on loopback (proxy.py, and
+Debian's tinyproxy and squid), the transport on both event loops, and the gateway in front of
+the emulator."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from gateway.tenants import parse_config, resolve
 from gateway.transport import PooledTransport, ProxyRefused, TooLate, proxy_from_url
 from live_engine_emulator import Emulator, serve_emulator
 from tests.fleet import Fleet
-from tests.proxies import PASSWORD, EgressProxy, egress_proxy
+from tests.proxies import DEBIAN_PROXIES, PASSWORD, DebianProxy, EgressProxy, debian_proxy, egress_proxy
 from tests.redis_servers import free_port
 from tests.support import APP_ID, SECRETS, TOKENS, blast, config_yaml, drive, start_gateway
-from tests.test_transport import OK, Server, listen, run
+from tests.test_transport import FRAMINGS, OK, Framing, Server, listen, run
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 PROXY_JITTER = 0.05  # GATEWAY_BUDGET_JITTER for a path through proxy.py on this machine (see the budget tests)
@@ -32,6 +33,13 @@ PROXY_JITTER = 0.05  # GATEWAY_BUDGET_JITTER for a path through proxy.py on this
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressProxy]:
     """One proxy.py for the module, wanting Basic credentials."""
     with egress_proxy(tmp_path_factory.mktemp("proxy")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=DEBIAN_PROXIES)
+def debian(request: pytest.FixtureRequest) -> Iterator[DebianProxy]:
+    """One tinyproxy, then one squid, for the module (each wanting Basic credentials)."""
+    with debian_proxy(request.param) as running:
         yield running
 
 
@@ -161,6 +169,41 @@ def test_a_proxy_refusing_by_policy_is_refused_too(loop_kind: str, status: int) 
             await transport.aclose()
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "answered no HTTP"),
+        (b"HTTP/1.1 200 Connection established\r\nX-Pad: " + b"x" * 20000, "sent an endless head"),
+        (b"HTTP/1.1 200 Conn", "closed the tunnel"),
+        (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n", "could not open a tunnel"),
+    ],
+    ids=["not-http", "endless-head", "closed-mid-head", "bad-gateway"],
+)
+def test_a_tunnel_the_proxy_does_not_open_is_a_proxy_error(answer: bytes, error: str) -> None:
+    """A CONNECT answered with something that is not HTTP, a head that never ends, a close in the
+    middle of the head (sent in pieces) or a 502 is httpx.ProxyError, not a refusal, and leaves
+    no socket behind."""
+
+    async def main() -> None:
+        async def odd_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for start in range(0, len(answer), 4096):  # in pieces: the head is looked for as it grows
+                writer.write(answer[start : start + 4096])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+        async with listen(odd_proxy) as fake_proxy:
+            via = proxy_from_url(fake_proxy.replace("http://", "http://u:p@"))
+            transport = PooledTransport(connections=1)
+            with pytest.raises(httpx.ProxyError, match=error) as failed:
+                await transport.post("https://tencent.invalid", "/v4/x", b"{}", proxy=via)
+            assert not isinstance(failed.value, ProxyRefused)
+            assert transport.open_connections == 0
+            await transport.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_proxy_shows_itself_without_its_credentials() -> None:
@@ -405,3 +448,149 @@ async def test_the_fleet_budget_holds_with_the_proxy_in_the_path(
     assert stats["calls"]["update_room_info"] >= 400, "the calls did not get through"
     # proxy.py logs a kept-alive connection once, when it closes (the replicas have stopped now)
     assert len(proxy.wait_for("update_room_info", before + 1)) > before, "the writes did not cross the proxy"
+
+
+# ---------------------------------------------------------------------- tinyproxy and squid
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["absolute-form", "connect-tunnel"])
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+def test_every_framing_crosses_tinyproxy_and_squid(
+    debian: DebianProxy, framing: Framing, tunnel: bool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """Each reply framing the transport reads direct also arrives whole through the proxy, as an
+    absolute-form request (the proxy may re-frame it) and inside a CONNECT tunnel (it may not)."""
+    server_tls, client_tls = tls
+    via = proxy_from_url(debian.url())
+
+    async def main() -> None:
+        server = Server(lambda body: framing.raw, close_after=framing.closes)
+        async with listen(server.handle, server_tls if tunnel else None) as listening:
+            origin = "https://localhost:" + listening.rsplit(":", 1)[1] if tunnel else listening
+            transport = PooledTransport(connections=2, tls=client_tls)
+            for _ in range(2):
+                reply = await transport.post(origin, "/v4/framing", b"{}", proxy=via)
+                assert (reply.status, reply.content) == (200, framing.content)
+            assert len(server.requests) == 2
+            await transport.aclose()
+            if tunnel:  # a TLS close waits for the peer's: let it finish in this loop, not leak past it
+                await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+
+
+def test_tinyproxy_and_squid_refusals_are_told_apart(loop_kind: str, debian: DebianProxy) -> None:
+    """Wrong credentials are ProxyRefused (tinyproxy's close-delimited HTTP/1.0 401, squid's 407),
+    for an absolute-form request and a tunnel alike, without the password in the message; an
+    origin the proxy cannot reach is not a refusal."""
+    wrong = proxy_from_url(debian.url(password="wrong-password"))
+    refusal = 401 if debian.name == "tinyproxy" else 407
+
+    async def main() -> None:
+        transport = PooledTransport(connections=2)
+        async with listen(Server(lambda body: OK).handle) as origin:
+            for target in (origin, origin.replace("http://", "https://")):
+                with pytest.raises(ProxyRefused) as refused:
+                    await transport.post(target, "/v4/x", b'{"body": "unread"}', proxy=wrong)
+                assert refused.value.status == refusal
+                assert "wrong-password" not in str(refused.value)
+        with pytest.raises(httpx.ProxyError) as unreachable:
+            await transport.post(f"https://127.0.0.1:{free_port()}", "/v4/x", b"{}", proxy=proxy_from_url(debian.url()))
+        assert not isinstance(unreachable.value, ProxyRefused)
+        assert transport.open_connections == 0
+        await transport.aclose()
+
+    run(loop_kind, main)
+
+
+async def test_calls_to_tencent_cross_tinyproxy_and_squid(
+    upstream_url: str, emulator: Emulator, debian: DebianProxy
+) -> None:
+    """With the tenant's proxy_url naming tinyproxy or squid, the gateway's calls reach the
+    emulator through it."""
+    what = "/v4/live_engine_http_srv/get_room_info"
+    before = len(debian.requests(what))
+    async with start_gateway(upstream_url, proxy_url=debian.url()) as gateway:
+        responses = [await gateway.client.get(ROOM, headers={"cache-control": "no-cache"}) for _ in range(2)]
+    assert [r.status_code for r in responses] == [200, 200]
+    assert responses[0].json()["room_id"] == "room-1"
+    assert emulator.calls["get_room_info"] == 2
+    assert len(debian.wait_for(what, before + 2)) == before + 2
+
+
+async def test_no_proxy_bypasses_tinyproxy_and_squid(
+    upstream_url: str, emulator: Emulator, debian: DebianProxy
+) -> None:
+    """HTTP_PROXY names the proxy and NO_PROXY the emulator's host: the call goes direct."""
+    host = upstream_url.removeprefix("http://")
+    before = len(debian.requests(host))
+    env = {"HTTP_PROXY": debian.url(), "NO_PROXY": "localhost,127.0.0.1"}
+    async with start_gateway(upstream_url, env=env) as gateway:
+        assert (await gateway.client.get(ROOM)).status_code == 200
+    assert emulator.calls["get_room_info"] == 1
+    await asyncio.sleep(0.2)  # (the proxy writes its log behind)
+    assert len(debian.requests(host)) == before
+
+
+async def test_wrong_credentials_at_tinyproxy_and_squid_pause_the_tenant(
+    upstream_url: str, emulator: Emulator, debian: DebianProxy
+) -> None:
+    """Wrong credentials at tinyproxy (401, close-delimited) or squid (407): 503
+    upstream_misconfigured naming the proxy, one attempt only, and the tenant paused."""
+    what = "/v4/live_engine_http_srv/get_room_info"
+    before = len(debian.requests(what))
+    wrong = debian.url(password="not-the-password")
+    async with start_gateway(upstream_url, proxy_url=wrong, misconfig_cooldown=5.0) as gateway:
+        first = await gateway.client.get(ROOM)
+        second = await gateway.client.get("/v1/tenants/acme/rooms/room-2")
+        metrics = (await gateway.client.get("/metrics")).text
+    assert (first.status_code, first.json()["code"]) == (503, "upstream_misconfigured"), first.text
+    assert f"http://127.0.0.1:{debian.port}" in first.json()["detail"]
+    assert "not-the-password" not in first.text
+    assert (second.status_code, second.json()["code"]) == (503, "upstream_misconfigured")
+    assert "paused" in second.json()["detail"]
+    await asyncio.sleep(0.2)  # (the proxy writes its log behind)
+    assert len(debian.wait_for(what, before + 1)) == before + 1, "one attempt reached the proxy"
+    assert emulator.calls["get_room_info"] == 0
+    assert 'code="proxy_refused"' in metrics
+
+
+@pytest.mark.parametrize("name", DEBIAN_PROXIES)
+async def test_tinyproxy_or_squid_down_is_a_502_within_the_deadline(
+    upstream_url: str, emulator: Emulator, name: str
+) -> None:
+    """A tinyproxy or squid that was running and has stopped: retried as transient, then 502
+    upstream_unavailable well inside the deadline, counted as the proxy's failure."""
+    with debian_proxy(name) as stopped:
+        url = stopped.url()
+    started = time.monotonic()
+    async with start_gateway(upstream_url, proxy_url=url, deadline=5.0) as gateway:
+        response = await gateway.client.get(ROOM)
+        metrics = (await gateway.client.get("/metrics")).text
+    assert (response.status_code, response.json()["code"]) == (502, "upstream_unavailable")
+    assert "egress proxy" in response.json()["detail"]
+    assert time.monotonic() - started < 5.0
+    assert emulator.calls["get_room_info"] == 0
+    assert 'code="proxy"' in metrics
+
+
+@pytest.mark.slow
+async def test_the_budget_holds_through_tinyproxy_and_squid(
+    upstream_url: str, emulator: Emulator, debian: DebianProxy
+) -> None:
+    """3x a 50/s budget offered for 3 s through tinyproxy or squid: Tencent sees at most 50 calls
+    in any sliding second and no 60007 (J sized for the proxy hop, as for proxy.py above)."""
+    paths = [f"/v1/tenants/acme/rooms/room-{n % 3 + 1}" for n in range(450)]
+    async with start_gateway(
+        upstream_url, qps=50, proxy_url=debian.url(), budget_max_wait=0.5, budget_jitter=PROXY_JITTER
+    ) as gateway:
+        statuses = await blast(
+            gateway.url, paths, token=TOKENS["rw"], method="PATCH", json={"activity_status": 1}, spacing=1 / 150
+        )
+    key = f"{APP_ID}:update_room_info"
+    assert emulator.busiest_second(key) <= 50
+    assert emulator.busiest_second(key) >= 40
+    assert emulator.codes[60007] == 0
+    assert set(statuses) <= {204, 429}
+    assert statuses.count(204) == emulator.calls["update_room_info"]
+    assert len(debian.wait_for("update_room_info", 1)) >= 1

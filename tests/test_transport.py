@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -38,9 +42,10 @@ def run(kind: str, main: Callable[[], Awaitable[None]]) -> None:
 class Server:
     """Reads each request (head and Content-Length body) and answers with ``reply(body)``."""
 
-    def __init__(self, reply: Reply, *, close_after: bool = False) -> None:
+    def __init__(self, reply: Reply, *, close_after: bool = False, dribble: bool = False) -> None:
         self.reply = reply
         self.close_after = close_after
+        self.dribble = dribble  # write the reply a byte at a time, each in its own segment
         self.connections = 0
         self.requests: list[bytes] = []
         self.origin = ""
@@ -59,8 +64,11 @@ class Server:
             answer = self.reply(body)
             if answer is None:
                 return
-            writer.write(answer)
-            await writer.drain()
+            for piece in [answer[i : i + 1] for i in range(len(answer))] if self.dribble else [answer]:
+                writer.write(piece)
+                await writer.drain()
+                if self.dribble:
+                    await asyncio.sleep(0)
             if self.close_after:
                 return
 
@@ -101,8 +109,8 @@ async def listen(handle: Handler, tls: ssl.SSLContext | None = None) -> AsyncIte
 
 
 @asynccontextmanager
-async def serving(reply: Reply, *, close_after: bool = False) -> AsyncIterator[Server]:
-    server = Server(reply, close_after=close_after)
+async def serving(reply: Reply, *, close_after: bool = False, dribble: bool = False) -> AsyncIterator[Server]:
+    server = Server(reply, close_after=close_after, dribble=dribble)
     async with listen(server.handle) as origin:
         server.origin = origin
         yield server
@@ -157,30 +165,87 @@ def test_a_call_past_its_moment_writes_nothing(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
-@pytest.mark.parametrize(
-    ("raw", "content"),
-    [
-        (
-            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n',
-            b'{"a": 1}',
-        ),
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"{}"),
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(gzip.compress(b'{"z": 1}')), gzip.compress(b'{"z": 1}')),
-            b'{"z": 1}',
-        ),
-    ],
-    ids=["chunked", "interim-100", "gzip"],
-)
-def test_reply_framings(loop_kind: str, raw: bytes, content: bytes) -> None:
-    """Chunked bodies, an interim 100 before the reply, and gzip bodies all arrive whole."""
+class Framing(NamedTuple):
+    raw: bytes  # the reply on the wire
+    content: bytes  # its body as the caller gets it
+    closes: bool = False  # the server closes the connection after it (close-delimited bodies)
+
+
+_GZ, _ZL = gzip.compress(b'{"z": 1}'), zlib.compress(b'{"d": 1}')
+# Every way RFC 9112 lets a server frame a reply (§6), one per case; the proxy tests send them
+# through tinyproxy and squid too (FRAMINGS is imported there).
+FRAMINGS = {
+    "content-length": Framing(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}', b'{"a": 1}'),
+    "chunked": Framing(
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n',
+        b'{"a": 1}',
+    ),
+    "chunked-extensions-trailers": Framing(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Digest\r\n\r\n"
+        b'4;name=value\r\n{"a"\r\n4 ;q="x y"\r\n: 1}\r\n0;last\r\nX-Digest: abc\r\nX-More: 1\r\n\r\n',
+        b'{"a": 1}',
+    ),
+    "close-delimited-1.0": Framing(
+        b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"eof": 1}', b'{"eof": 1}', True
+    ),
+    "close-delimited-1.1": Framing(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"eof": 1}', b'{"eof": 1}', True),
+    "http-1.0-content-length": Framing(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"{}", True),
+    "interim-100": Framing(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"{}"),
+    "interim-102-103": Framing(
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        b"{}",
+    ),
+    "gzip": Framing(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(_GZ), _GZ), b'{"z": 1}'
+    ),
+    "deflate": Framing(
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: DEFLATE\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(_ZL), _ZL),
+        b'{"d": 1}',
+    ),
+    "odd-header-case-and-spacing": Framing(
+        b"HTTP/1.1 200 OK\r\ncontent-LENGTH:   2  \r\nX-Empty:\r\nSERVER:\tx\r\n\r\n{}", b"{}"
+    ),
+}
+
+
+@pytest.mark.parametrize("dribble", [False, True], ids=["whole", "dribbled"])
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+def test_reply_framings(loop_kind: str, framing: Framing, dribble: bool) -> None:
+    """Every framing RFC 9112 allows arrives whole, sent in one piece or a byte at a time, twice
+    in a row: a kept-alive socket is reused, a close-delimited one is not."""
 
     async def main() -> None:
-        async with serving(lambda body: raw) as server:
+        async with serving(lambda body: framing.raw, close_after=framing.closes, dribble=dribble) as server:
             transport = PooledTransport(connections=2)
-            reply = await transport.post(server.origin, "/", b"{}")
-            assert (reply.status, reply.content) == (200, content)
+            for _ in range(2):
+                reply = await transport.post(server.origin, "/", b"{}")
+                assert (reply.status, reply.content) == (200, framing.content)
+            assert server.connections == (2 if framing.closes else 1)
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_reply_sent_before_our_body_was_read_is_read(loop_kind: str) -> None:
+    """A server that answers from the request head, closes with our body unread (so the kernel
+    resets the connection) and frames its reply by that close, as tinyproxy does with wrong
+    credentials, is read like any close-delimited reply."""
+    raw = b"HTTP/1.0 401 Unauthorized\r\nConnection: close\r\n\r\n<html>no</html>\n"
+
+    async def main() -> None:
+        async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(raw)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # our body has arrived by now, unread: the close resets
+
+        async with listen(early) as origin:
+            transport = PooledTransport(connections=1)
+            reply = await transport.post(origin, "/", b'{"big": "' + b"x" * 4096 + b'"}')
+            assert (reply.status, reply.content) == (401, b"<html>no</html>\n")
+            assert transport.open_connections == 0
             await transport.aclose()
 
     run(loop_kind, main)
@@ -309,6 +374,115 @@ def test_an_idle_socket_the_server_closed_is_not_reused(loop_kind: str) -> None:
             await transport.aclose()
 
     run(loop_kind, main)
+
+
+def test_an_idle_socket_closed_unnoticed_is_found_before_the_write(loop_kind: str) -> None:
+    """A kept-alive socket the server closed while the event loop was busy (its FIN not yet read
+    by the loop) is found dead before anything is written to it: the call goes out once, on a
+    new socket, and the send window is asked again for that one."""
+    requests: list[bytes] = []
+    close_now = threading.Event()
+
+    def serve(listener: socket.socket) -> None:  # a thread: it closes while the loop is blocked
+        listener.settimeout(5)
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                requests.append(conn.recv(65536))
+                conn.sendall(OK)
+                close_now.wait(5)
+
+    async def main() -> None:
+        transport = PooledTransport(connections=2)
+        await transport.post(origin, "/", b"{}")
+        close_now.set()
+        time.sleep(0.1)  # noqa: ASYNC251 - blocks the loop on purpose: the FIN arrives unread
+        assert [conn.closed for conn in transport._pool(origin)._idle] == [False]
+        asked: list[int] = []
+        reply = await transport.post(origin, "/", b"{}", on_time=lambda: not asked.append(1))
+        assert (reply.status, len(asked), len(requests)) == (200, 1, 2)
+        await transport.aclose()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        origin = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        try:
+            run(loop_kind, main)
+        finally:
+            close_now.set()
+            thread.join(5)
+
+
+def test_a_request_lost_after_its_write_is_not_sent_again(loop_kind: str) -> None:
+    """A connection that dies after the request was written fails the call (RemoteProtocolError):
+    the request may have reached the server, so the transport never sends it a second time."""
+    answers = iter([OK, None])
+
+    async def main() -> None:
+        async with serving(lambda body: next(answers)) as server:
+            transport = PooledTransport(connections=2)
+            await transport.post(server.origin, "/", b"{}")
+            with pytest.raises(httpx.RemoteProtocolError):
+                await transport.post(server.origin, "/", b"{}", on_time=lambda: True)
+            assert (server.connections, len(server.requests)) == (1, 2)
+            assert transport.open_connections == 0
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_socket_that_died_idle_behind_others_is_swept(loop_kind: str) -> None:
+    """Of two idle sockets, the older one closed by the server is dropped when the newer one is
+    released (one sweep per release), so the pool does not count dead sockets as open."""
+
+    async def main() -> None:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def slow_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                await asyncio.sleep(0.01)
+                writer.write(OK)
+
+        async with listen(slow_ok) as origin:
+            transport = PooledTransport(connections=2)
+            await asyncio.gather(*(transport.post(origin, "/", b"{}") for _ in range(2)))
+            idle = transport._pool(origin)._idle
+            assert len(idle) == 2
+            assert idle[0].transport is not None
+            older = idle[0].transport.get_extra_info("sockname")
+            next(w for w in writers if w.get_extra_info("peername") == older).close()
+            await asyncio.sleep(0.05)
+            assert idle[0].closed
+            await transport.post(origin, "/", b"{}")
+            assert (len(idle), transport.open_connections) == (1, 1)
+            await transport.aclose()
+
+    run(loop_kind, main)
+
+
+def test_a_closed_connection_writes_nothing() -> None:
+    """An exchange on a connection already closed fails at once (a write there would wait for a
+    reply that cannot come), and a URL that is not http(s) is refused before any socket."""
+
+    async def main() -> None:
+        async with serving(lambda body: OK) as server:
+            transport = PooledTransport(connections=1)
+            pool = transport._pool(server.origin)
+            conn = await pool.acquire()
+            conn.close()
+            with pytest.raises(httpx.RemoteProtocolError, match="connection closed"):
+                await conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
+            pool.release(conn, reuse=False)
+            with pytest.raises(ValueError, match="not an http"):
+                await transport.post("ftp://127.0.0.1", "/", b"{}")
+            await transport.aclose()
+        assert server.requests == []
+
+    asyncio.run(main())
 
 
 def test_it_is_the_upstream_seam() -> None:

@@ -69,36 +69,56 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_max_keys: int = 100_000  # keys a replica keeps in process (embedded, and through Redis outages)
 
     def __post_init__(self) -> None:
-        checks = {
-            "cache_ttl": self.cache_ttl > 0,
-            "room_list_ttl": self.room_list_ttl > 0,
-            "redis_timeout": self.redis_timeout > 0,
-            "redis_cool_off": self.redis_cool_off > 0,
-            "fill_lock_ttl": self.fill_lock_ttl > 0,
-            "stale_ttl": self.stale_ttl >= 0,
-            "budget_max_wait": self.budget_max_wait >= 0,
-            "budget_jitter": 0 <= self.budget_jitter < 1,
-            "max_replicas": self.max_replicas >= 1,
-            "upstream_timeout": self.upstream_timeout > 3.0,  # Tencent's own backend budget is 3 s
-            "deadline": self.deadline >= self.upstream_timeout,
-            "retry_attempts": self.retry_attempts >= 1,
-            "usersig_ttl": 3600 <= self.usersig_ttl <= 10 * 365 * 86400,
-            "usersig_refresh_margin": 0 < self.usersig_refresh_margin < self.usersig_ttl,
-            "port": 0 <= self.port <= 65535,
-            "events_keep": self.events_keep >= 1,
-            "events_keep_seconds": self.events_keep_seconds > 0,
-            "events_queue": self.events_queue >= 1,
-            "events_max_subscribers": self.events_max_subscribers >= 1,
-            "events_heartbeat": self.events_heartbeat > 0,
-            "events_hold": self.events_hold >= 0,
-            "overload_lag": self.overload_lag >= 0,
-            "overload_unready_after": self.overload_unready_after > 0,
-            "idempotency_ttl": self.idempotency_ttl >= 1,
-            "idempotency_max_keys": self.idempotency_max_keys >= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid setting GATEWAY_{bad[0].upper()} (see README: Configuration)")
+        for name, ok, rule in self.rules():
+            if not ok:
+                value = _shown(getattr(self, name))
+                raise ConfigError(f"{_env(name)}={value} must be {rule} (see README: Configuration)")
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """Each constrained setting: (its name, whether this value keeps the rule, the rule)."""
+        timeout, ttl = self.upstream_timeout, self.usersig_ttl
+        return [
+            ("cache_ttl", self.cache_ttl > 0, "> 0"),
+            ("room_list_ttl", self.room_list_ttl > 0, "> 0"),
+            ("redis_timeout", self.redis_timeout > 0, "> 0"),
+            ("redis_cool_off", self.redis_cool_off > 0, "> 0"),
+            ("fill_lock_ttl", self.fill_lock_ttl > 0, "> 0"),
+            ("stale_ttl", self.stale_ttl >= 0, "≥ 0"),
+            ("budget_max_wait", self.budget_max_wait >= 0, "≥ 0"),
+            ("budget_jitter", 0 <= self.budget_jitter < 1, "≥ 0 and < 1"),
+            ("max_replicas", self.max_replicas >= 1, "≥ 1"),
+            # Tencent's own backend budget is 3 s: a shorter wait gives up on calls still running there
+            ("upstream_timeout", timeout > 3.0, "> 3 (seconds: Tencent's own backend timeout is 3 s)"),
+            ("deadline", self.deadline >= timeout, f"≥ GATEWAY_UPSTREAM_TIMEOUT ({timeout})"),
+            ("retry_attempts", self.retry_attempts >= 1, "≥ 1"),
+            ("upstream_connections", self.upstream_connections >= 1, "≥ 1"),
+            ("usersig_ttl", 3600 <= ttl <= 10 * 365 * 86400, "from 3600 (an hour) to 315360000 (ten years)"),
+            (
+                "usersig_refresh_margin",
+                0 < self.usersig_refresh_margin < ttl,
+                f"> 0 and < GATEWAY_USERSIG_TTL ({ttl})",
+            ),
+            ("port", 0 <= self.port <= 65535, "from 0 to 65535"),
+            ("events_keep", self.events_keep >= 1, "≥ 1"),
+            ("events_keep_seconds", self.events_keep_seconds > 0, "> 0"),
+            ("events_queue", self.events_queue >= 1, "≥ 1"),
+            ("events_max_subscribers", self.events_max_subscribers >= 1, "≥ 1"),
+            ("events_heartbeat", self.events_heartbeat > 0, "> 0"),
+            ("events_hold", self.events_hold >= 0, "≥ 0"),
+            ("overload_lag", self.overload_lag >= 0, "≥ 0 (0: never shed)"),
+            ("overload_unready_after", self.overload_unready_after > 0, "> 0"),
+            ("idempotency_ttl", self.idempotency_ttl >= 1, "≥ 1"),
+            ("idempotency_max_keys", self.idempotency_max_keys >= 1, "≥ 1"),
+        ]
+
+
+def _env(name: str) -> str:
+    return f"GATEWAY_{name.upper()}"
+
+
+def _shown(value: object) -> str:
+    """A value as an operator writes it: 4 rather than 4.0."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 _PREFIX = "GATEWAY_"

@@ -1,11 +1,16 @@
 """The upstream HTTP/1.1 client: a keep-alive connection pool on asyncio protocols, with
 httptools (llhttp, Node.js's parser) reading the replies.
 
-Why not a library's pool: httpx's own (httpcore) collapses as calls in flight grow, and
-aiohttp's client costs ~240 µs of CPU a call, a quarter of all the gateway did per forwarded
-request (BENCHMARKS.md, "Upstream transport"). Calls to Tencent are one shape only (a POST with a
-small JSON body, a JSON reply), so the client needs little: write the request in one piece, parse
-the reply with llhttp, keep the socket.
+Why not a library's pool: httpx's own (httpcore) collapses as calls in flight grow; aiohttp's
+client costs 2.5-3.5x this one's CPU a call and, on Python 3.11, writes a request from a task the
+loop runs later, after the send window's "yes" (README, "How it is built"; BENCHMARKS.md,
+"Upstream transport"). Calls to Tencent are one shape only (a POST with a small JSON body, a JSON
+reply), so the client needs little: write the request in one piece, parse the reply with llhttp
+(every framing RFC 9112 allows), keep the socket.
+
+A pooled socket is checked for anything to read right before it is written to (a server's FIN on
+an idle socket): a dead one is dropped and the call moves to another, asking ``on_time`` again.
+Once a request's first byte is written, a failure is the caller's: nothing is sent twice.
 
 ``Sender`` is the one seam between ``Upstream`` and the network: ``PooledTransport`` implements it
 in production, and the tests' scripted Tencent implements the same ``post`` (the send window
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import select
 import ssl
 import zlib
 from collections import deque
@@ -188,6 +194,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        # RFC 9112 §7.1.1 allows whitespace (BWS) before a chunk extension's ";"; llhttp refuses
+        # it unless told (it guards servers against request smuggling; we parse replies).
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
         self._waiter: asyncio.Future[Reply] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -207,14 +216,21 @@ class _Connection(asyncio.Protocol):
             self._fail(f"unreadable reply ({exc})")
 
     def eof_received(self) -> bool:
-        if self._until_eof and self._waiter is not None:  # a body delimited by the connection's end
-            self.keep_alive = False
-            self._complete()
+        self._ended()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._ended()
         self._fail("connection closed before the reply was complete")
+
+    def _ended(self) -> None:
+        """The connection's end completes a close-delimited reply (RFC 9112 §6.3, rule 8), whether
+        it ends with a FIN or a reset: a server that answers before reading our body (tinyproxy's
+        401) closes with our bytes unread, so the kernel sends a reset right after its reply."""
+        if self._until_eof and self._waiter is not None and not self._waiter.done():
+            self.keep_alive = self._until_eof = False
+            self._complete()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -227,7 +243,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
-        self._until_eof = not self._framed
+        self._until_eof = not self._framed and not 100 <= self._status < 200 and self._status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -272,6 +288,17 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def quiet(self) -> bool:
+        """Nothing is waiting to be read on this idle socket (urllib3's ``wait_for_read(sock, 0)``
+        on a pooled connection): a server that closed it while idle has sent a FIN (or a reset)
+        that the event loop may not have read yet, and a request written there would be lost
+        after it left. A readable idle socket is dead either way: its end, or bytes nobody asked for."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        poller = select.poll()  # (every stream transport, TLS ones too, has its socket)
+        poller.register(self.transport.get_extra_info("socket").fileno(), select.POLLIN)
+        return not poller.poll(0)
+
 
 class _Pool:
     """At most ``limit`` sockets to one origin (through one proxy, or none); idle ones are reused
@@ -307,11 +334,13 @@ class _Pool:
         )
 
     def take(self) -> _Connection | None:
-        """An idle live socket, if there is one (no await: the common case costs no coroutine)."""
+        """An idle live socket, if there is one (no await: the common case costs no coroutine).
+        One the server closed while idle is found here, before anything is written to it, and
+        dropped for the next (or a new one): the only case where a call moves to another socket."""
         now = asyncio.get_running_loop().time()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < self._keepalive:
+            if now - conn.idle_since < self._keepalive and conn.quiet():
                 return conn
             self._discard(conn)
         return None
@@ -458,14 +487,15 @@ class PooledTransport:
         if on_time is not None and not on_time():
             pool.release(conn, reuse=True)
             raise TooLate
-        reuse = False
+        reuse = refused = False
         try:
             reply = await conn.exchange(request)
-            reuse = conn.keep_alive
+            refused = pool.absolute and reply.status in _REFUSALS  # (Tencent answers its errors with HTTP 200)
+            reuse = conn.keep_alive and not refused  # (squid keeps a socket it refused us on: we do not)
         finally:
             pool.release(conn, reuse=reuse)
-        if pool.absolute and proxy is not None and reply.status in _REFUSALS:
-            raise ProxyRefused(proxy, reply.status)  # (Tencent answers its errors with HTTP 200)
+        if refused and proxy is not None:
+            raise ProxyRefused(proxy, reply.status)
         return _decoded(reply)
 
     async def aclose(self) -> None:
