@@ -125,8 +125,10 @@ class _Queue:
             self.drop(waiter)
             _answer(waiter, Refusal(retry_after=ahead * self.interval))
 
-    def ask(self, now: float, horizon: float) -> tuple[list[Want], dict[str, list[_Waiter]]]:
-        """Every caller's waiters not yet asked for, now marked asked: the demand of one booking."""
+    def ask(self, now: float, horizon: float, lead: float) -> tuple[list[Want], dict[str, list[_Waiter]]]:
+        """Every caller's waiters not yet asked for, now marked asked: the demand of one booking.
+        Their caps stretch by the booking's ``lead``: a slot that starts then reaches them as
+        soon as a slot booked for "now" would have."""
         wants, asked = [], {}
         for caller, mine in self.callers.items():
             fresh = [w for w in mine if not w.asked]
@@ -135,15 +137,15 @@ class _Queue:
             for waiter in fresh:
                 waiter.asked = True
             within = max(w.deadline for w in fresh) - now
-            wants.append(Want(caller, fresh[0].weight, len(fresh), max(0.0, min(horizon, within))))
+            wants.append(Want(caller, fresh[0].weight, len(fresh), max(0.0, min(horizon, within + lead))))
             asked[caller] = fresh
         self.unasked = 0
         return wants, asked
 
-    def give(self, asked: list[_Waiter], granted: Granted) -> bool:
-        """The slot to the first waiter of the booking that can still use it."""
+    def give(self, asked: list[_Waiter], granted: Granted, lead: float) -> bool:
+        """The slot to the first waiter of the booking that can still use it (``ask``: ``lead``)."""
         for waiter in asked:
-            if not waiter.future.done() and granted.slot <= waiter.deadline + SLACK:
+            if not waiter.future.done() and granted.slot <= waiter.deadline + SLACK + lead:
                 self.drop(waiter)
                 _answer(waiter, granted)
                 return True
@@ -211,8 +213,10 @@ class Dispatcher:
         busy), and a slot booked for "now" has passed by then; past its send window, its call
         could not leave (a missed slot, a booking more). Bookings therefore ask for no slot
         before the store's now plus how late answers have come lately, less half the window: a
-        waiter gets its slot when it has just begun."""
+        waiter gets its slot when it has just begun. An in-process store (``own_clock``) answers
+        at once: its bookings have no lead."""
         self._store = store
+        self._in_process = own_clock  # its answers come at once: no lead
         self._window = window
         self._late = 0.0  # how late bookings' answers came lately (a decaying maximum)
         self._horizon = horizon
@@ -273,11 +277,11 @@ class Dispatcher:
         """One store call for every waiter not in another; then whatever is left is timed."""
         now = self._clock()
         queue.expire(now)
-        wants, asked = queue.ask(now, self._horizon)
+        lead = 0.0 if self._in_process else min(max(0.0, self._late - self._window / 2), self._horizon / 2)
+        wants, asked = queue.ask(now, self._horizon, lead)
         if not wants:
             return
         active = max(self._active, 3 * queue.interval)
-        lead = min(max(0.0, self._late - self._window / 2), self._horizon / 2)
         terms = Terms(queue.interval, self._horizon, self._borrow, active, min(queue.unit, queue.interval), lead)
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
@@ -298,20 +302,20 @@ class Dispatcher:
             return
         self.sync.sample(now, self._clock(), booked.at)
         self._late = max(self._clock() - self.sync.local(booked.at), self._late * LATE_DECAY)
-        self._hand_out(queue, booked, asked)
+        self._hand_out(queue, booked, asked, lead)
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
         if booked.next_at is not None:  # none of these can have a slot before then
             queue.refuse_before(self.sync.local(booked.next_at), short)
         self._next(scope, api, queue, booked)
 
-    def _hand_out(self, queue: _Queue, booked: Booked, asked: dict[str, list[_Waiter]]) -> None:
+    def _hand_out(self, queue: _Queue, booked: Booked, asked: dict[str, list[_Waiter]], lead: float) -> None:
         for caller, starts in booked.slots.items():
             for start in starts:
                 slot = self.sync.local(start)
                 queue.last_end = max(queue.last_end, slot + booked.interval)
                 booking = Booking(start, start + booked.interval)
-                if not queue.give(asked.get(caller, []), Granted(slot, booking)):
+                if not queue.give(asked.get(caller, []), Granted(slot, booking), lead):
                     queue.unbook.append(booking)
         queue.release(asked)
 
