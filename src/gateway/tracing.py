@@ -130,9 +130,20 @@ def provider_from_env(env: Mapping[str, str]) -> TracerProvider | None:
     if env.get("OTEL_SERVICE_NAME", "").strip():
         attributes["service.name"] = env["OTEL_SERVICE_NAME"].strip()
     headers = _pairs(env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
+    chosen, batching = sampler(env), _batch_options(env)  # (a bad value stops start-up before anything runs)
     exporter = OTLPSpanExporter(endpoint=where, headers=headers or None)
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler(env))
-    provider.add_span_processor(BatchSpanProcessor(exporter, **_batch_options(env)))  # type: ignore[arg-type]
+    try:
+        processor = BatchSpanProcessor(
+            exporter,
+            max_queue_size=batching.get("max_queue_size"),
+            schedule_delay_millis=batching.get("schedule_delay_millis"),
+            max_export_batch_size=batching.get("max_export_batch_size"),
+            export_timeout_millis=batching.get("export_timeout_millis"),
+        )
+    except ValueError as exc:  # e.g. a batch larger than the queue
+        raise errors.ConfigError(f"invalid OTEL_BSP_* settings: {exc}") from exc
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=chosen)
+    provider.add_span_processor(processor)
     return provider
 
 
