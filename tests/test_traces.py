@@ -91,7 +91,7 @@ async def test_a_request_joins_the_callers_trace_with_a_client_span_per_attempt(
         "gateway.operation_id": "updateRoom",
         "gateway.tenant": "acme",
         "gateway.caller": "checkout",
-        "http.status_code": 204,
+        "http.response.status_code": 204,
     } == attributes(root)
     in_trace = [s for s in received.spans if s.trace_id == root.trace_id]
     attempts = sorted((s for s in in_trace if s.kind == CLIENT), key=lambda s: attributes(s)["gateway.attempt"])

@@ -371,9 +371,11 @@ def create_app(
 
     return Litestar(
         route_handlers=ROUTES,
-        # RouteSpans outside the edge: the access line, written by the edge, has the trace's ids.
-        middleware=[*([] if tracer is None else [tracing.RouteSpans()]), EdgeMiddleware(metrics=metrics, clock=clock)],
-        plugins=[] if provider is None else [tracing.plugin(provider)],
+        # ServerSpans outside the edge: the access line, written by the edge, has the trace's ids.
+        middleware=[
+            *([] if tracer is None else [tracing.ServerSpans(tracer)]),
+            EdgeMiddleware(metrics=metrics, clock=clock),
+        ],
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
