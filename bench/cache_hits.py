@@ -20,7 +20,10 @@ And what traces cost (issue 28): a cache hit in Redis mode on uvicorn with traci
 (OTLP/HTTP to a loopback sink that answers 200) at sampling ratios 1.0 and 0.01, and the gateway
 from BASELINE_SRC (before tracing existed), wrk at 32 connections, every process in each round:
 
-    python -m bench.cache_hits traces      (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=...)
+    python -m bench.cache_hits traces      (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=... ALT_SRC=...)
+
+ALT_SRC=/path/src adds that tree's tracing at both ratios ("alt": another way of tracing, e.g.
+the commit that used Litestar's OpenTelemetry plugin).
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def servers() -> None:
 
 def traces() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
-    baseline = os.environ.get("BASELINE_SRC")
+    baseline, alt = os.environ.get("BASELINE_SRC"), os.environ.get("ALT_SRC")
     emu_port = free_port()
     emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
     env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "GATEWAY_LOG_LEVEL": "info", "EMULATOR_SECRET_KEY": KEY}
@@ -153,6 +156,9 @@ def traces() -> None:
             "on, ratio 1.0": ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, None),
             "on, ratio 0.01": ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, None),
         }
+        if alt:
+            variants["alt, ratio 1.0"] = ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, alt)
+            variants["alt, ratio 0.01"] = ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, alt)
         targets: dict[str, list[str]] = {}
         for name, (variant_env, src) in variants.items():
             url = stack.enter_context(served("uvicorn", "gateway", variant_env, src))
@@ -166,10 +172,12 @@ def traces() -> None:
                     result = load(targets[name], concurrency=32, seconds=seconds, headers=AUTH, generator="wrk")
                     runs.setdefault(name, []).append(float(result["rps"]))  # type: ignore[arg-type]
         rps = {name: median(values) for name, values in runs.items()}
-        reference = rps.get("before", rps["off"])
+        against = "before" if baseline else "off"
         print(f"cache hits, Redis mode, uvicorn, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
-        for name, value in rps.items():
-            print(f"  {name:16s} {value:8.0f} req/s   {value / reference:.2f} of {'before' if baseline else 'off'}")
+        for name, values in runs.items():
+            # each round's ratio to the reference measured in that round (drift cancels), then their median
+            ratio = median([v / r for v, r in zip(values, runs[against], strict=True)])
+            print(f"  {name:16s} {rps[name]:8.0f} req/s   {ratio:.2f} of {against} (median of the rounds' ratios)")
 
 
 if __name__ == "__main__":
