@@ -12,6 +12,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.trace import sampling
 
 from gateway import tracing
+from gateway.cache import RoomCache
+from gateway.callbacks import Receiver
 from gateway.errors import ConfigError
 from gateway.upstream import Upstream
 from live_engine_emulator import Emulator
@@ -163,8 +165,8 @@ async def test_no_span_carries_a_secret(
 
 
 async def test_without_an_endpoint_tracing_is_off(upstream_url: str) -> None:
-    """No OTLP endpoint (or OTEL_SDK_DISABLED): no tracer provider, no plugin, no span middleware,
-    and the plain collaborators."""
+    """No OTLP endpoint (or OTEL_SDK_DISABLED): no tracer provider, no span middleware, and the
+    plain collaborators."""
     for env in (
         {},
         {"OTEL_SERVICE_NAME": "x"},
@@ -173,11 +175,12 @@ async def test_without_an_endpoint_tracing_is_off(upstream_url: str) -> None:
         assert tracing.provider_from_env(env) is None
         async with start_gateway(upstream_url, app_env=env) as gateway:
             app = gateway.app
-            assert not any(type(p).__name__ == "OpenTelemetryPlugin" for p in app.plugins)
             assert [type(m).__name__ for m in app.middleware] == ["EdgeMiddleware"]
             service = app.state.gateway.service
             assert type(service._upstream) is Upstream
             assert type(service._budget).__name__ != "TracedBudget"
+            assert type(service._cache) is RoomCache
+            assert type(app.state.gateway.callbacks) is Receiver
             assert (await gateway.client.get(ROOM)).status_code == 200
 
 
@@ -199,3 +202,25 @@ def test_the_otel_variables_are_read_from_the_mapping_given() -> None:
     for env in bad:
         with pytest.raises(ConfigError, match="OTEL_"):
             tracing.provider_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **env})
+
+
+async def test_an_unsampled_request_exports_nothing_and_logs_no_trace_ids(
+    upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a sampler that keeps no new trace, a request (a miss: cache, budget and upstream)
+    exports no span, its access line has no trace ids, and a caller's sampled trace is still
+    followed (parent-based)."""
+    with receiver() as (url, received), caplog.at_level(logging.INFO, logger="gateway.access"):
+        env = {**otel_env(url), "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+        async with start_gateway(upstream_url, app_env=env) as gateway:
+            assert (await gateway.client.get(ROOM)).status_code == 200
+            headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+            assert (await gateway.client.get("/v1/tenants/acme/rooms/room-2", headers=headers)).status_code == 200
+    lines = [getattr(r, "fields", {}) for r in caplog.records if r.name == "gateway.access"]
+    assert [line.get("trace_id") for line in lines] == [None, TRACE_ID]
+    assert {s.trace_id.hex() for s in received.spans} == {TRACE_ID}
+    assert {s.name for s in received.spans} >= {
+        "GET /v1/tenants/{tenant}/rooms/{room_id}",
+        "cache room",
+        "get_room_info",
+    }

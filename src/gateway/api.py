@@ -292,7 +292,7 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
         upstream = sent.get("upstream")
         fields = {
             "request_id": state.get("request_id"),
-            "trace_id": state.get("trace_id"),  # (set when the request is traced: tracing.RouteSpans)
+            "trace_id": state.get("trace_id"),  # (set when the request is traced: tracing.ServerSpans)
             "span_id": state.get("span_id"),
             "method": method,
             "route": route,

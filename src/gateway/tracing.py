@@ -2,7 +2,7 @@
 
 Off unless an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``) and ``OTEL_SDK_DISABLED`` is not true. Off, the
-app is built exactly as without this module: no plugin, no middleware, no span code on any path.
+app is built exactly as without this module: no middleware, no span code on any path.
 On, ``create_app`` builds the traced variants below in place of the plain collaborators, so the
 request path stays straight-line code either way.
 
@@ -15,7 +15,8 @@ A request's spans::
       callback / publish event                          on the callback route
 
 Nothing secret is recorded: no URL with its query (the upstream's carries the UserSig; a
-callback's carries its Sign), no header values, no exception messages or stacks.
+callback's carries its Sign), no header values, no exception messages or stacks. An unsampled
+request starts no inner spans.
 """
 
 from __future__ import annotations
