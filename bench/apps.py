@@ -53,7 +53,8 @@ def build(port: int) -> Litestar:
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
     upstream = os.environ["BENCH_UPSTREAM"]
     qps, proxy = int(os.environ.get("BENCH_QPS", "200")), os.environ.get("BENCH_PROXY")
-    app = create_app(settings, env=SECRETS, directory=directory(upstream, qps, proxy_url=proxy))
+    otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}  # (tracing: bench.cache_hits traces)
+    app = create_app(settings, env={**SECRETS, **otel}, directory=directory(upstream, qps, proxy_url=proxy))
     getattr(app, "app", app).register(bare)  # (behind the edge, as the gateway's own routes; "app": older trees)
     return app
 

@@ -15,6 +15,15 @@ app), with wrk at 32 connections, every process measured in each round; BASELINE
 adds the gateway from that source tree (the code before a change) on both servers, same run:
 
     python -m bench.cache_hits servers     (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=...)
+
+And what traces cost (issue 28): a cache hit in Redis mode on uvicorn with tracing off, and on
+(OTLP/HTTP to a loopback sink that answers 200) at sampling ratios 1.0 and 0.01, and the gateway
+from BASELINE_SRC (before tracing existed), wrk at 32 connections, every process in each round:
+
+    python -m bench.cache_hits traces      (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=... ALT_SRC=...)
+
+ALT_SRC=/path/src adds that tree's tracing at both ratios ("alt": another way of tracing, e.g.
+the commit that used Litestar's OpenTelemetry plugin).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+from tests.otlp import receiver
 from tests.redis_servers import standalone
 from tests.support import KEY, TOKENS
 
@@ -126,8 +136,54 @@ def servers() -> None:
             print(f"  {key:16s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
 
 
+def traces() -> None:
+    rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
+    baseline, alt = os.environ.get("BASELINE_SRC"), os.environ.get("ALT_SRC")
+    emu_port = free_port()
+    emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
+    env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "GATEWAY_LOG_LEVEL": "info", "EMULATOR_SECRET_KEY": KEY}
+    with (
+        process(emulator, port=emu_port, env=env),
+        standalone() as redis,
+        receiver(keep=False) as (sink, _),
+        contextlib.ExitStack() as stack,
+    ):
+        shared = {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"}
+        on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+        variants: dict[str, tuple[dict[str, str], str | None]] = {
+            **({"before": (shared, baseline)} if baseline else {}),
+            "off": (shared, None),
+            "on, ratio 1.0": ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, None),
+            "on, ratio 0.01": ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, None),
+        }
+        if alt:
+            variants["alt, ratio 1.0"] = ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, alt)
+            variants["alt, ratio 0.01"] = ({**shared, **on, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, alt)
+        targets: dict[str, list[str]] = {}
+        for name, (variant_env, src) in variants.items():
+            url = stack.enter_context(served("uvicorn", "gateway", variant_env, src))
+            reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
+            load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
+            targets[name] = reads
+        runs: dict[str, list[float]] = {}
+        with Steal() as steal:
+            for n in range(rounds):
+                for name in list(targets) if n % 2 == 0 else list(reversed(targets)):
+                    result = load(targets[name], concurrency=32, seconds=seconds, headers=AUTH, generator="wrk")
+                    runs.setdefault(name, []).append(float(result["rps"]))  # type: ignore[arg-type]
+        rps = {name: median(values) for name, values in runs.items()}
+        against = "before" if baseline else "off"
+        print(f"cache hits, Redis mode, uvicorn, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
+        for name, values in runs.items():
+            # each round's ratio to the reference measured in that round (drift cancels), then their median
+            ratio = median([v / r for v, r in zip(values, runs[against], strict=True)])
+            print(f"  {name:16s} {rps[name]:8.0f} req/s   {ratio:.2f} of {against} (median of the rounds' ratios)")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["servers"]:
         servers()
+    elif sys.argv[1:] == ["traces"]:
+        traces()
     else:
         main()

@@ -205,11 +205,14 @@ async def start_gateway(
     qps: int = 200,
     proxy_url: str | None = None,
     env: dict[str, str] | None = None,
+    app_env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Gateway]:
+    """A gateway with the suite's settings; ``env``: beside the tenants' secrets (HTTPS_PROXY, ...),
+    ``app_env``: the environment create_app reads (OTEL_* variables)."""
     app = create_app(
         settings(**overrides),
-        env={},
+        env=app_env or {},
         directory=directory(upstream_url, qps, proxy_url=proxy_url, env=env),
         transport_factory=transport_factory,
     )

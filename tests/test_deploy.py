@@ -36,6 +36,11 @@ ALL_ON: dict[str, Any] = {
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "imagePullSecrets": [{"name": "registry"}],
+    "tracing": {
+        "endpoint": "http://otel-collector.monitoring:4318",
+        "resourceAttributes": {"deployment.environment": "production"},
+        "env": {"OTEL_BSP_SCHEDULE_DELAY": "2000"},
+    },
 }
 
 
@@ -182,6 +187,26 @@ def test_settings_become_the_services_variables() -> None:
     assert variables["ACME_SECRET_KEY"] == {"secretKeyRef": {"name": "acme", "key": "secret-key"}}
 
 
+def test_tracing_values_become_the_otel_variables_the_gateway_reads() -> None:
+    """With an endpoint, the chart sets the OTEL_* variables (the pod and namespace among the
+    resource attributes) and the gateway builds a tracer provider from them; without, none."""
+    variables = env(render(ALL_ON))
+    assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+    assert variables["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert variables["OTEL_RESOURCE_ATTRIBUTES"] == (
+        "k8s.namespace.name=live,k8s.pod.name=$(POD_NAME),deployment.environment=production"
+    )
+    assert variables["OTEL_BSP_SCHEDULE_DELAY"] == "2000"
+    from gateway import tracing
+
+    plain = {k: v for k, v in variables.items() if k.startswith("OTEL_")}
+    provider = tracing.provider_from_env(plain)
+    assert provider is not None
+    assert provider.resource.attributes["deployment.environment"] == "production"
+    provider.shutdown()
+    assert not [k for k in env(render()) if k.startswith("OTEL_")]
+
+
 def test_schema_settings_are_exactly_the_services() -> None:
     """values.schema.json's `settings` lists every service setting the chart does not manage itself."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -196,6 +221,8 @@ def test_schema_settings_are_exactly_the_services() -> None:
         {"autoscaling": {"maxReplica": 3}},
         {"redis": {"url": "http://redis"}},
         {"settings": {"log_level": "loud"}},
+        {"tracing": {"sampler": "sometimes"}},
+        {"tracing": {"env": {"GATEWAY_CACHE_TTL": "1"}}},
     ],
 )
 def test_schema_rejects_typos(typo: dict[str, Any]) -> None:

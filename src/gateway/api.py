@@ -306,6 +306,8 @@ def _record(scope: Scope, state: dict[str, Any], sent: dict[str, Any], elapsed: 
         upstream = sent.get("upstream")
         fields = {
             "request_id": state.get("request_id"),
+            "trace_id": state.get("trace_id"),  # (set when the request is traced: tracing.ServerSpans)
+            "span_id": state.get("span_id"),
             "method": method,
             "route": route,
             "status": status,
@@ -491,7 +493,8 @@ def _authorize(request: Request[Any, Any, Any], gateway: Gateway, tenant: str, s
     scheme, _, token = raw.decode("latin-1").partition(" ")
     caller = gateway.directory.authenticate(token.strip() if scheme.lower() == "bearer" else "")
     resolved = gateway.directory.authorize(caller, tenant, scope)
-    request.scope.setdefault("state", {})["tenant"] = resolved.name  # a configured name: safe to log
+    state = request.scope.setdefault("state", {})
+    state["tenant"], state["caller"] = resolved.name, caller.name  # configured names: safe to log and trace
     return resolved, Share(caller.name, caller.weight)
 
 

@@ -10,15 +10,17 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
-from gateway import __version__
+from gateway import __version__, tracing
 from gateway.api import MAX_BODY, ROUTES, EdgeMiddleware, Gateway, handle_error, openapi_router
 from gateway.budget import (
     BEAT_EVERY,
@@ -203,6 +205,21 @@ async def _repeat(every: float, action: Callable[[], Awaitable[None]], what: str
         await asyncio.sleep(every)
 
 
+def _upstream(tracer: Tracer | None, **options: Any) -> Upstream:
+    return Upstream(**options) if tracer is None else tracing.TracedUpstream(tracer=tracer, **options)
+
+
+def _room_cache(tracer: Tracer | None, what: str, **options: Any) -> RoomCache:
+    return RoomCache(**options) if tracer is None else tracing.TracedRoomCache(tracer=tracer, what=what, **options)
+
+
+def _receiver(tracer: Tracer | None, *, events: EventLog, **options: Any) -> Receiver:
+    """The callback receiver; traced, its publications are too (the hub's reads are not)."""
+    if tracer is None:
+        return Receiver(events=events, **options)
+    return tracing.TracedReceiver(tracer=tracer, events=tracing.TracedEventLog(events, tracer=tracer), **options)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -220,7 +237,10 @@ def create_app(
     breaker = Breaker(cool_off=settings.redis_cool_off, clock=clock)
     stores = build_stores(settings, breaker, clock, wall_clock)
     metrics = Metrics(CollectorRegistry())
-    upstream = Upstream(
+    provider = tracing.provider_from_env(env)  # None: tracing off, and nothing below is traced
+    tracer = None if provider is None else provider.get_tracer("gateway", __version__)
+    upstream = _upstream(
+        tracer,
         transport_factory=transport_factory or _pooled(settings),
         random32=lambda: rng.getrandbits(32),
         metrics=metrics,
@@ -229,13 +249,25 @@ def create_app(
     signer = Signer(
         store=stores.signatures, ttl=settings.usersig_ttl, margin=settings.usersig_refresh_margin, wall_clock=wall_clock
     )
-    cache = RoomCache(
-        store=stores.rooms, ttl=settings.cache_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
+    cache = _room_cache(
+        tracer,
+        "room",
+        store=stores.rooms,
+        ttl=settings.cache_ttl,
+        stale_ttl=settings.stale_ttl,
+        lock_ttl=settings.fill_lock_ttl,
     )
-    lists = RoomCache(  # (in the room store, which keeps entries cache_ttl + stale_ttl at most)
-        store=stores.rooms, ttl=settings.room_list_ttl, stale_ttl=settings.stale_ttl, lock_ttl=settings.fill_lock_ttl
+    lists = _room_cache(  # (in the room store, which keeps entries cache_ttl + stale_ttl at most)
+        tracer,
+        "room list",
+        store=stores.rooms,
+        ttl=settings.room_list_ttl,
+        stale_ttl=settings.stale_ttl,
+        lock_ttl=settings.fill_lock_ttl,
     )
     budget, fleet_budget, dispatchers = build_budget(settings, stores, breaker, clock)
+    if tracer is not None:
+        budget = tracing.TracedBudget(budget, tracer=tracer, clock=clock)
     keys = Keys(
         store=stores.keys,
         ttl=settings.idempotency_ttl,
@@ -268,7 +300,9 @@ def create_app(
         sleep=asyncio.sleep,
         uniform=rng.uniform,
     )
-    callbacks = Receiver(cache=cache, seen=stores.seen, events=stores.events, metrics=metrics, wall_clock=wall_clock)
+    callbacks = _receiver(
+        tracer, cache=cache, seen=stores.seen, events=stores.events, metrics=metrics, wall_clock=wall_clock
+    )
     hub = Hub(
         stores.events,
         queue_limit=settings.events_queue,
@@ -287,7 +321,6 @@ def create_app(
         metrics=metrics,
         redis=stores.redis,
     )
-    redis = stores.redis
     held = stores.events if isinstance(stores.events, FailoverEventLog) else None
     metrics.registry.register(
         StateCollector(
@@ -295,7 +328,7 @@ def create_app(
                 "gateway_usersig_issued": signer.issued,
                 "gateway_room_cache_fill_waits": cache.fill_waits,
                 "gateway_redis_errors": breaker.failures,
-                "gateway_redis_round_trips": redis.round_trips if redis is not None else 0,
+                "gateway_redis_round_trips": stores.redis.round_trips if stores.redis is not None else 0,
                 "gateway_fleet_heartbeats": fleet_budget.fleet.beats if fleet_budget else 0,
                 "gateway_budget_bookings": sum(d.bookings for d in dispatchers),
                 "gateway_redis_degraded": 1 if breaker.degraded else 0,
@@ -319,10 +352,8 @@ def create_app(
 
     tasks: list[asyncio.Task[None]] = []
 
-    async def watch_overload() -> None:
+    async def start_background() -> None:
         tasks.append(asyncio.create_task(overload.run()))
-
-    async def start_redis() -> None:
         if stores.redis is not None and fleet_budget is not None:
             await stores.redis.start()
             # a replica that stops beating costs the fleet its share: a failed beat does not stop them
@@ -351,14 +382,20 @@ def create_app(
             await stores.keys.aclose()
         if fleet_budget is not None:
             await fleet_budget.leave()
+        if provider is not None:
+            await tracing.shutdown(provider)  # (the spans still queued are exported first)
 
     return Litestar(
         route_handlers=ROUTES,
-        middleware=[EdgeMiddleware(metrics=metrics, clock=clock, overload=overload)],
+        # ServerSpans outside the edge: the access line, written by the edge, has the trace's ids.
+        middleware=[
+            *([] if tracer is None else [tracing.ServerSpans(tracer)]),
+            EdgeMiddleware(metrics=metrics, clock=clock, overload=overload),
+        ],
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},
         request_max_body_size=MAX_BODY,
-        on_startup=[load_config, start_redis, watch_overload],
+        on_startup=[load_config, start_background],
         on_shutdown=[stop_background, upstream.aclose, gateway.aclose],
         openapi_config=openapi_config(),
         logging_config=None,  # logging is the process's (gateway.logs), not each app's

@@ -259,6 +259,7 @@ class RoomService:
                         last=last,
                         service=service,
                         qps=qps,
+                        attempt=attempt,
                     )
                 except errors.UpstreamMisconfigured as exc:
                     if not await self._refused(tenant, usersig, exc, resigned=resigned):
@@ -323,8 +324,9 @@ class RoomService:
         last: errors.GatewayError | None,
         service: str,
         qps: int,
+        attempt: int = 1,
     ) -> R:
-        """One attempt: a budget slot, then the call, which must leave within the slot's send
+        """One attempt (the ``attempt``-th): a budget slot, then the call, which must leave within the slot's send
         window (``budget``). One that cannot has sent nothing: it hands the slot back and books
         another, until the deadline."""
         m = self._metrics
@@ -343,6 +345,7 @@ class RoomService:
                     within=timeout,
                     send_by=slot.send_by,
                     service=service,
+                    attempt=attempt,
                 )
             except TooLate as late:
                 m.child(m.budget_missed, tenant.name, api).inc()

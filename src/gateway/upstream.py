@@ -115,9 +115,11 @@ class Upstream:
         within: float,
         send_by: float | None = None,
         service: str = LIVE,
+        attempt: int = 1,
     ) -> R:
         """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError.
         ``TooLate`` (nothing sent) if the request could not be written by ``send_by``.
+        ``attempt``: the service's attempt number, which traces record (``tracing``).
 
         A failure after the request's first byte was written (a timeout, a lost connection, a
         non-200 status, an unreadable reply, Tencent's "internal error" codes) is marked
