@@ -1,5 +1,5 @@
-"""The suite's own promises: every test says what it pins down, and what the README says of the
-tests is true."""
+"""The suite's own promises: every test says what it pins down, and what the README (and the
+reference in docs/) says of the tests is true."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-README = (TESTS.parent / "README.md").read_text()
+README = "\n".join(p.read_text() for p in [TESTS.parent / "README.md", *sorted((TESTS.parent / "docs").glob("*.md"))])
 
 
 def collected() -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
