@@ -80,14 +80,14 @@ def main() -> None:
     env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "EMULATOR_SECRET_KEY": KEY, "GATEWAY_LOG_LEVEL": "warning"}
     emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit"]
     burner = [sys.executable, "-c", "while True: pass"]
-    with (
-        pinned(emulator, cpu=GENERATOR_CPU, nice=0, env=env, port=emu_port),
-        pinned(burner, cpu=REPLICA_CPU, nice=0, env={}),
-    ):
+    with pinned(emulator, cpu=GENERATOR_CPU, nice=0, env=env, port=emu_port):
         for lag in ("0.25", "0"):
             port = free_port()
             args = [sys.executable, "-m", "bench.apps", str(port)]
-            with pinned(args, cpu=REPLICA_CPU, nice=19, env={**env, "GATEWAY_OVERLOAD_LAG": lag}, port=port):
+            with (  # the burner once the replica is up (starved, it would take long to start)
+                pinned(args, cpu=REPLICA_CPU, nice=19, env={**env, "GATEWAY_OVERLOAD_LAG": lag}, port=port),
+                pinned(burner, cpu=REPLICA_CPU, nice=0, env={}),
+            ):
                 url = f"http://127.0.0.1:{port}/v1/tenants/acme/rooms/room-1"
                 capacity = median(
                     [float(wrk([url], concurrency=8, seconds=2, headers=AUTH)["rps"]) for _ in range(3)]  # type: ignore[arg-type]

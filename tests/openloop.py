@@ -150,4 +150,6 @@ async def offer(
         task.cancel()
     for conn in conns:
         conn.close()
+    if arrivals is not None:
+        arrivals += [loop.time() - start] * unanswered
     return results + [(0, drain)] * unanswered

@@ -22,6 +22,7 @@ request starts no inner spans.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -324,18 +325,20 @@ class TracedUpstream(Upstream):
         service: str = LIVE,
         attempt: int = 1,
     ) -> R:
+        attempted = functools.partial(
+            super().call,
+            tenant,
+            api,
+            body=body,
+            usersig=usersig,
+            reply=reply,
+            within=within,
+            send_by=send_by,
+            service=service,
+            attempt=attempt,
+        )
         if _unrecorded():
-            return await super().call(
-                tenant,
-                api,
-                body=body,
-                usersig=usersig,
-                reply=reply,
-                within=within,
-                send_by=send_by,
-                service=service,
-                attempt=attempt,
-            )
+            return await attempted()
         attributes: dict[str, AttributeValue] = {
             "gateway.attempt": attempt,
             "gateway.tenant": tenant.name,
@@ -345,17 +348,7 @@ class TracedUpstream(Upstream):
             api, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
         ) as span:
             try:
-                decoded = await super().call(
-                    tenant,
-                    api,
-                    body=body,
-                    usersig=usersig,
-                    reply=reply,
-                    within=within,
-                    send_by=send_by,
-                    service=service,
-                    attempt=attempt,
-                )
+                decoded = await attempted()
             except errors.GatewayError as exc:
                 if exc.upstream_code is not None:
                     span.set_attribute("tencent.error_code", exc.upstream_code)
