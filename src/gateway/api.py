@@ -271,7 +271,13 @@ class EdgeMiddleware(ASGIMiddleware):
 
         try:
             if (refused := _refused_path(scope) or self._shed(scope)) is not None:
-                await problem_response(refused, state["request_id"])(scope, receive, send_with_id)
+                reply = problem_response(refused, state["request_id"])
+                if isinstance(refused, errors.Overloaded):
+                    # Envoy's disable_http_keepalive: the client's next request opens a new
+                    # connection, which the Service may balance to another replica (kept alive,
+                    # it would stay pinned here even once readiness fails).
+                    reply.headers["connection"] = "close"
+                await reply(scope, receive, send_with_id)
             else:
                 await next_app(scope, receive, send_with_id)
         finally:
