@@ -1,10 +1,13 @@
-"""The gateway as `gateway serve` runs it (uvloop, httptools, JSON logs, gc.freeze), plus a bare
-Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
+"""The gateway as `gateway serve` runs it (granian's embedded server, uvloop, JSON logs,
+gc.freeze), plus a bare Litestar route in the same server that returns a constant room: the
+ceiling for a cache hit.
 
-    python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, any GATEWAY_* setting)
+    python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, BENCH_SERVER,
+                                        any GATEWAY_* setting)
 
 ``bare``: a Litestar app of that one route alone, in a process of its own (the bar of issue 25).
-For granian, ``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
+``BENCH_SERVER=uvicorn`` serves either on uvicorn configured as `gateway serve` ran it until
+2026-12-07 (httptools, no access log, backlog 4096), to compare the two servers in one run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from gateway import logs
 from gateway.app import create_app
 from gateway.cli import _run, _server
 from gateway.models import Room
-from gateway.settings import settings_from_env
+from gateway.settings import Settings, settings_from_env
 
 ROOM = msgspec.json.encode(
     Room(
@@ -63,16 +66,29 @@ def bare_app() -> Litestar:
     return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None)
 
 
-def factory() -> Litestar:
-    """For granian (``--factory bench.apps:factory``): the app BENCH_APP names."""
-    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))  # type: ignore[arg-type]
-    return bare_app() if os.environ.get("BENCH_APP") == "bare" else build(int(os.environ["BENCH_PORT"]))
+def on_uvicorn(app: Litestar, settings: Settings) -> uvicorn.Server:
+    """uvicorn as `gateway serve` configured it before granian (without its drain on SIGTERM)."""
+    logs.configure(settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        proxy_headers=False,
+        log_config=None,
+        server_header=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        backlog=4096,
+    )
+    return uvicorn.Server(config)
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
-    if sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
-        _run(uvicorn.Server(_server(bare_app(), settings).config).serve())
-    else:
-        _run(_server(build(port), settings).serve())
+    app = bare_app() if sys.argv[2:] == ["bare"] else build(port)
+    _run((on_uvicorn if os.environ.get("BENCH_SERVER") == "uvicorn" else _server)(app, settings).serve())

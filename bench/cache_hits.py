@@ -9,10 +9,11 @@ default 1 s TTL each room is refilled from the emulator once a second: the 100-r
 
     python -m bench cache_hits        (env: ROUNDS=3 SECONDS=4 CONCURRENCY=64)
 
-Then, on each server (uvicorn as `gateway serve` runs it, and granian), a cache hit in Redis mode
-against a bare Litestar app in a process of its own (issue 25's bar: >= 0.6 of the best bare
-app), with wrk at 32 connections, every process measured in each round; BASELINE_SRC=/path/src
-adds the gateway from that source tree (the code before a change) on both servers, same run:
+Then, on each server (granian's embedded server, as `gateway serve` runs it, and uvicorn as it
+ran before), a cache hit in Redis mode and in embedded mode against a bare Litestar app in a
+process of its own (issue 25's bar: >= 0.6 of the best bare app), with wrk at 32 connections,
+every process measured in each round, and each server's ratio to the other round by round;
+BASELINE_SRC=/path/src adds the gateway from that source tree (the code before a change) on uvicorn, same run:
 
     python -m bench.cache_hits servers     (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=...)
 
@@ -86,19 +87,12 @@ def main() -> None:
                 )
 
 
-GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1"]
-GRANIAN += ["--no-ws", "--log-level", "warning", "--host", "127.0.0.1", "--factory", "bench.apps:factory"]
-
-
 @contextlib.contextmanager
 def served(server: str, app: str, env: dict[str, str], src: str | None = None) -> Iterator[str]:
     """``app`` (gateway or bare) on ``server`` (uvicorn or granian) in a process of its own."""
     port = free_port()
-    env = {**env, "BENCH_APP": app, "BENCH_PORT": str(port), "PYTHONPATH": f"{src or ROOT / 'src'}:{ROOT}"}
-    if server == "uvicorn":
-        args = [sys.executable, "-m", "bench.apps", str(port), *(["bare"] if app == "bare" else [])]
-    else:
-        args = [*GRANIAN, "--port", str(port)]
+    env = {**env, "BENCH_SERVER": server, "PYTHONPATH": f"{src or ROOT / 'src'}:{ROOT}"}
+    args = [sys.executable, "-m", "bench.apps", str(port), *(["bare"] if app == "bare" else [])]
     with process(args, port=port, env=env):
         yield f"http://127.0.0.1:{port}"
 
@@ -110,17 +104,22 @@ def servers() -> None:
     emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
     env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "GATEWAY_LOG_LEVEL": "info", "EMULATOR_SECRET_KEY": KEY}
     with process(emulator, port=emu_port, env=env), standalone() as redis, contextlib.ExitStack() as stack:
-        shared = {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"}
+        modes = {
+            "redis": {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"},
+            "embedded": {**env, "GATEWAY_CACHE_TTL": "60"},
+        }
         targets: dict[str, tuple[list[str], dict[str, str]]] = {}
         for server in ("uvicorn", "granian"):
             url = stack.enter_context(served(server, "bare", env))
             targets[f"bare/{server}"] = ([f"{url}/bare/rooms/room-1"], {})
-            trees = {"gateway": None, **({"before": baseline} if baseline else {})}
+            # (a tree from before granian serves on uvicorn whatever BENCH_SERVER says)
+            trees = {"gateway": None, **({"before": baseline} if baseline and server == "uvicorn" else {})}
             for name, src in trees.items():
-                url = stack.enter_context(served(server, "gateway", shared, src))
-                reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
-                load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
-                targets[f"{name}/{server}"] = (reads, AUTH)
+                for mode, mode_env in modes.items():
+                    url = stack.enter_context(served(server, "gateway", mode_env, src))
+                    reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
+                    load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
+                    targets[f"{name}/{mode}/{server}"] = (reads, AUTH)
         runs: dict[str, list[float]] = {}
         with Steal() as steal:
             for n in range(rounds):
@@ -131,9 +130,18 @@ def servers() -> None:
                     runs.setdefault(key, []).append(float(result["rps"]))  # type: ignore[arg-type]
         rps = {key: median(values) for key, values in runs.items()}
         best = max(rps[f"bare/{s}"] for s in ("uvicorn", "granian"))
-        print(f"cache hits, Redis mode, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
+        print(f"cache hits, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
         for key, value in rps.items():
-            print(f"  {key:16s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
+            print(f"  {key:24s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
+        for key in rps:
+            if key.endswith("/granian"):
+                other = key.removesuffix("/granian") + "/uvicorn"
+                # each round's ratio (both measured within seconds of each other), then their median
+                ratios = [g / u for g, u in zip(runs[key], runs[other], strict=True)]
+                print(
+                    f"  granian / uvicorn, {key.removesuffix('/granian'):16s} {median(ratios):.2f} (median of the "
+                    f"rounds', {min(ratios):.2f}-{max(ratios):.2f})"
+                )
 
 
 def traces() -> None:
