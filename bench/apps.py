@@ -1,19 +1,21 @@
-"""The gateway as `gateway serve` runs it (granian's embedded server, uvloop, JSON logs,
-gc.freeze), plus a bare Litestar route in the same server that returns a constant room: the
-ceiling for a cache hit.
+"""The gateway as `gateway serve` runs it (uvicorn, uvloop, httptools, JSON logs, gc.freeze), plus
+a bare Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
 
     python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, BENCH_SERVER,
                                         any GATEWAY_* setting)
 
 ``bare``: a Litestar app of that one route alone, in a process of its own (the bar of issue 25).
-``BENCH_SERVER=uvicorn`` serves either on uvicorn configured as `gateway serve` ran it until
-2026-12-07 (httptools, no access log, backlog 4096), to compare the two servers in one run.
+``BENCH_SERVER=granian`` serves either on granian's embedded server in this event loop, set up as
+`gateway serve` would run it (the candidate of 2026-12-07, BENCHMARKS.md; commit 21c87ca had it
+draining on SIGTERM). For granian's own worker process (``python -m granian``, not embedded),
+``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import msgspec
 import uvicorn
@@ -25,6 +27,9 @@ from gateway.app import create_app
 from gateway.cli import _run, _server
 from gateway.models import Room
 from gateway.settings import Settings, settings_from_env
+
+if TYPE_CHECKING:
+    from granian.server.embed import Server
 
 ROOM = msgspec.json.encode(
     Room(
@@ -66,29 +71,39 @@ def bare_app() -> Litestar:
     return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None)
 
 
-def on_uvicorn(app: Litestar, settings: Settings) -> uvicorn.Server:
-    """uvicorn as `gateway serve` configured it before granian (without its drain on SIGTERM)."""
-    logs.configure(settings.log_level)
-    config = uvicorn.Config(
+def on_granian(app: Litestar, settings: Settings) -> Server:
+    """granian's embedded server as the candidate `gateway serve` ran it (without its drain)."""
+    from granian.constants import HTTPModes, Interfaces  # (the bench extra: pip install -e .[bench])
+    from granian.log import LogLevels
+    from granian.server.embed import Server
+
+    server = Server(
         app,
-        host=settings.host,
+        address=settings.host,
         port=settings.port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,
-        log_config=None,
-        server_header=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_seconds),
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
         backlog=4096,
+        log_access=False,
+        log_level=LogLevels(settings.log_level),
     )
-    return uvicorn.Server(config)
+    logs.configure(settings.log_level)  # (after granian's own logging set-up)
+    return server
+
+
+def factory() -> Litestar:
+    """For granian's worker process (``--factory bench.apps:factory``): the app BENCH_APP names."""
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))  # type: ignore[arg-type]
+    return bare_app() if os.environ.get("BENCH_APP") == "bare" else build(int(os.environ["BENCH_PORT"]))
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
-    app = bare_app() if sys.argv[2:] == ["bare"] else build(port)
-    _run((on_uvicorn if os.environ.get("BENCH_SERVER") == "uvicorn" else _server)(app, settings).serve())
+    if os.environ.get("BENCH_SERVER") == "granian":
+        _run(on_granian(bare_app() if sys.argv[2:] == ["bare"] else build(port), settings).serve())
+    elif sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
+        _run(uvicorn.Server(_server(bare_app(), settings).config).serve())
+    else:
+        _run(_server(build(port), settings).serve())

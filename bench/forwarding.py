@@ -7,10 +7,10 @@ run against both targets (wrk where installed): the issue's ratio is the gateway
 generator that is not the bottleneck (wrk) against the direct aiohttp client; the same-generator
 ratios are printed beside it.
 
-    python -m bench forwarding        (env: ROUNDS=3 SECONDS=4 SERVERS=granian)
+    python -m bench forwarding        (env: ROUNDS=3 SECONDS=4 SERVERS=uvicorn)
 
-SERVERS=granian,uvicorn runs the gateway on each server (granian's embedded server, as `gateway
-serve` runs it; uvicorn as it ran before), a process each, in the same interleaved rounds.
+SERVERS=uvicorn,granian runs the gateway on each server (uvicorn, as `gateway serve` runs it;
+granian's embedded server, the candidate of 2026-12-07), a process each, in the same rounds.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def direct_url(emulator: str) -> str:
 
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
-    servers = os.environ.get("SERVERS", "granian").split(",")
+    servers = os.environ.get("SERVERS", "uvicorn").split(",")
     emu_port = free_port()
     emulator = f"http://127.0.0.1:{emu_port}"
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": "100000", "GATEWAY_LOG_LEVEL": "info"}

@@ -154,7 +154,7 @@ def totals(reports: list[Path]) -> str:
 
 
 def bench(args: list[str]) -> None:
-    setup("test")
+    setup("test,bench")
     run(PY, "-m", "bench", *args)
 
 

@@ -64,8 +64,8 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
 
 async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path: Path) -> None:
     """A write still waiting on Tencent (5 s) when GATEWAY_DRAIN_SECONDS (1 s) runs out after
-    SIGTERM does not keep the process: it says so in its log, shuts down and exits 0 within a few
-    seconds of the bound, not after the write."""
+    SIGTERM does not keep the process: it shuts down and exits 0 within a few seconds of the
+    bound, not after the write."""
     emu_port, gw_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
@@ -73,9 +73,7 @@ async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path
     emulator = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; the test waits on HTTP
         [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", "5000"], env=env
     )
-    gateway = subprocess.Popen(  # noqa: ASYNC220
-        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=subprocess.PIPE
-    )
+    gateway = subprocess.Popen([*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env)  # noqa: ASYNC220
     try:
         wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
         base = f"http://127.0.0.1:{gw_port}"
@@ -89,14 +87,12 @@ async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path
             code = await asyncio.to_thread(gateway.wait, 20)
             took = asyncio.get_running_loop().time() - started
             write.cancel()
-        _, stderr = gateway.communicate()
     finally:
         if gateway.poll() is None:
             stop(gateway)
         stop(emulator)
     assert code == 0
     assert took < 4.0, took
-    assert b"GATEWAY_DRAIN_SECONDS" in stderr, stderr.decode()[-2000:]
 
 
 async def test_serve_writes_only_json_lines(tmp_path: Path) -> None:

@@ -6,21 +6,18 @@ import argparse
 import asyncio
 import gc
 import json
-import logging
-import math
 import os
 import secrets
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import msgspec
+import uvicorn
 import uvloop
 import yaml
-from granian.constants import HTTPModes, Interfaces
-from granian.log import LogLevels
-from granian.server.embed import Server
 
 from gateway import logs
 from gateway.errors import ConfigError
@@ -43,46 +40,41 @@ EMULATOR_MISSING = (
 )
 
 
-class GatewayServer:
-    """granian's embedded server in this process's event loop, draining the way a Kubernetes pod
-    should on SIGTERM (or SIGINT): readiness turns false and event streams end, the listener
-    closes, in-flight requests finish (at most ``GATEWAY_DRAIN_SECONDS``), then the lifespan
-    shuts down and the process exits 0."""
+class GatewayServer(uvicorn.Server):
+    """uvicorn, draining the way a Kubernetes pod should on SIGTERM: readiness turns false first,
+    the listener closes, in-flight requests finish (at most ``GATEWAY_DRAIN_SECONDS``), the
+    lifespan shuts down, and the process exits 0 (uvicorn itself re-raises the signal)."""
 
-    def __init__(self, app: Litestar, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
         self._app = app
-        self._granian = Server(
-            app,
-            address=settings.host,
-            port=settings.port,
-            interface=Interfaces.ASGINL,  # the lifespan runs around serve(), so it outlives the drain
-            http=HTTPModes.http1,
-            websockets=False,
-            backlog=4096,
-            log_access=False,  # the gateway writes its own JSON access line per request
-            log_level=LogLevels(settings.log_level),
-        )
-        # past the bound, granian cancels what is left and serve() raises TimeoutError
-        self._granian.workers_kill_timeout = max(1, math.ceil(settings.drain_seconds))
-        logs.configure(settings.log_level)  # (after granian's own logging set-up, which it replaces)
 
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        async with self._app.lifespan():
-            try:
-                await self._granian.serve()
-            except TimeoutError:
-                logging.getLogger("gateway").warning("drain: requests still in flight after GATEWAY_DRAIN_SECONDS")
-
-    def stop(self) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._app.state.gateway.drain()
-        self._granian.stop()  # type: ignore[no-untyped-call]  # (granian leaves it unannotated)
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
 
 
-def _server(app: Litestar, settings: Settings) -> GatewayServer:
-    return GatewayServer(app, settings)
+def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
+    logs.configure(settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # the gateway writes its own JSON access line per request
+        proxy_headers=False,  # nothing reads the client's address: skip uvicorn's middleware for it
+        log_config=None,
+        server_header=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        backlog=4096,
+    )
+    return GatewayServer(config, app)
 
 
 def _run(coro: object) -> None:
