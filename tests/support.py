@@ -257,16 +257,18 @@ async def drive(
     method: str = "GET",
     json: Any = None,
     headers: dict[str, str] | None = None,
+    arrivals: list[float] | None = None,
 ) -> list[tuple[int, float]]:
     """Offer ``rate`` requests/s for ``seconds``, round-robin over replicas and paths, open loop
     (``tests.openloop``: a light generator, so that it does not take the CPU from the replicas).
 
     Returns (status, seconds taken) per request; status 0 means the connection failed or no
-    answer came within 30 s of the last request."""
+    answer came within 30 s of the last request. ``arrivals`` gets each reply's moment, in
+    seconds from the first offer, in the same order (``openloop.offer``)."""
     hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
     count = math.lcm(len(urls), len(paths))  # request i goes to urls[i % U] + paths[i % P]
     targets = [
         openloop.target(urls[i % len(urls)] + paths[i % len(paths)], method=method, headers=hdrs, body=json)
         for i in range(count)
     ]
-    return await openloop.offer(targets, rate=rate, seconds=seconds)
+    return await openloop.offer(targets, rate=rate, seconds=seconds, arrivals=arrivals)

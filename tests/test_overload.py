@@ -71,7 +71,8 @@ async def test_the_monitor_sees_a_blocked_loop() -> None:
 async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
     upstream_url: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While shedding: API requests get 503 overloaded with Retry-After and nothing reaches Tencent;
+    """While shedding: API requests get 503 overloaded with Retry-After, on a connection that
+    closes, and nothing reaches Tencent;
     /livez, /metrics and Tencent's callbacks still answer; /readyz turns 503 once it lasts; when
     the lag falls, requests are served again and the replica is ready. (The samples are the
     test's: the monitor itself is ``test_the_monitor_sees_a_blocked_loop``'s.)"""
@@ -89,6 +90,7 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         assert shed.status_code == 503
         assert shed.json()["code"] == "overloaded"
         assert shed.headers["retry-after"] == "1"
+        assert shed.headers["connection"] == "close"  # the next request may land on another replica
         assert (await gw.client.get("/livez")).status_code == 200
         callback = await gw.client.post("/v1/callbacks/tencent?SdkAppid=1&CallbackCommand=x&Sign=x&RequestTime=1")
         assert callback.status_code != 503

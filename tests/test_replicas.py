@@ -105,7 +105,9 @@ def test_read_your_writes_across_replicas(replicas: Fleet) -> None:
         assert after.json()["room_name"] == f"renamed {n}"
 
 
-def steady_writes(running: Fleet, seconds: float) -> asyncio.Task[list[tuple[int, float]]]:
+def steady_writes(
+    running: Fleet, seconds: float, arrivals: list[float] | None = None
+) -> asyncio.Task[list[tuple[int, float]]]:
     """3x the budget of writes over every replica, for ``seconds``, in the background."""
     return asyncio.create_task(
         drive(
@@ -116,6 +118,7 @@ def steady_writes(running: Fleet, seconds: float) -> asyncio.Task[list[tuple[int
             seconds=seconds,
             method="PATCH",
             json={"activity_status": 4},
+            arrivals=arrivals,
         )
     )
 
@@ -166,19 +169,28 @@ async def test_slow_redis_mid_run(tmp_path: Path) -> None:
         fleet(tmp_path, redis.url, replicas=3, budget_max_wait=max_wait, redis_timeout=redis_timeout) as running,
     ):
         running.reset()
-        load = steady_writes(running, seconds=7)
+        arrivals: list[float] = []
+        began = asyncio.get_running_loop().time()
+        load = steady_writes(running, seconds=7, arrivals=arrivals)
         await asyncio.sleep(2.0)
         blocker = redis.client()
+        stalled = asyncio.get_running_loop().time() - began
         await asyncio.to_thread(blocker.execute_command, "DEBUG", "SLEEP", "2")
         blocker.close()
         results = await load
         await asyncio.sleep(1.5)
         after = await readiness(running)
         stats = running.stats()
+        retries = running.counter("gateway_upstream_retries_total")
+        missed = running.counter("gateway_budget_missed_total")
     statuses = [status for status, _ in results]
     slowest = max(seconds for _, seconds in results)
     busiest = stats["busiest_second"][f"{APP_ID}:update_room_info"]
     print(f"busiest second {busiest}, slowest request {slowest:.2f} s, statuses {sorted(set(statuses))}")
+    print(f"Tencent answered {stats['codes']}; upstream retries {retries:g}, slots missed {missed:g}")
+    print(f"Redis stalled {stalled:.2f}-{stalled + 2:.2f} s into the load; the slowest (sent at, took, status):")
+    for (status, took), at in sorted(zip(results, arrivals, strict=True), key=lambda r: -r[0][1])[:8]:
+        print(f"  {at - took:.2f} s  {took:.2f} s  {status}")
     assert set(statuses) <= {204, 429}
     assert slowest < max_wait + 2 * redis_timeout + 0.5
     assert busiest <= 200

@@ -8,7 +8,9 @@ The actions:
 
 - **shed**: when ``over`` samples in a row (100 ms and more) lag past ``shed_at`` seconds, the
   replica answers new API work 503 ``overloaded`` with ``Retry-After`` at its edge, before the work
-  queues behind the backlog, so the requests it accepts keep a bounded latency. One late sample
+  queues behind the backlog, so the requests it accepts keep a bounded latency. The 503 closes
+  its connection (Envoy's ``disable_http_keepalive``): a client's next request connects again,
+  and the Service may send it to another replica; kept alive, it would stay on this one. One late sample
   is a stall that has passed (a pause of the machine, a long collection), not a queue: it sheds
   nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
   from flapping at the bound).
