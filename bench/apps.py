@@ -1,16 +1,21 @@
-"""The gateway as `gateway serve` runs it (uvloop, httptools, JSON logs, gc.freeze), plus a bare
-Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
+"""The gateway as `gateway serve` runs it (uvicorn, uvloop, httptools, JSON logs, gc.freeze), plus
+a bare Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
 
-    python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, any GATEWAY_* setting)
+    python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, BENCH_SERVER,
+                                        any GATEWAY_* setting)
 
 ``bare``: a Litestar app of that one route alone, in a process of its own (the bar of issue 25).
-For granian, ``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
+``BENCH_SERVER=granian`` serves either on granian's embedded server in this event loop, set up as
+`gateway serve` would run it (the candidate of 2026-12-07, BENCHMARKS.md; commit 21c87ca had it
+draining on SIGTERM). For granian's own worker process (``python -m granian``, not embedded),
+``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import msgspec
 import uvicorn
@@ -21,7 +26,10 @@ from gateway import logs
 from gateway.app import create_app
 from gateway.cli import _run, _server
 from gateway.models import Room
-from gateway.settings import settings_from_env
+from gateway.settings import Settings, settings_from_env
+
+if TYPE_CHECKING:
+    from granian.server.embed import Server
 
 ROOM = msgspec.json.encode(
     Room(
@@ -63,8 +71,29 @@ def bare_app() -> Litestar:
     return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None)
 
 
+def on_granian(app: Litestar, settings: Settings) -> Server:
+    """granian's embedded server as the candidate `gateway serve` ran it (without its drain)."""
+    from granian.constants import HTTPModes, Interfaces  # (the bench extra: pip install -e .[bench])
+    from granian.log import LogLevels
+    from granian.server.embed import Server
+
+    server = Server(
+        app,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=4096,
+        log_access=False,
+        log_level=LogLevels(settings.log_level),
+    )
+    logs.configure(settings.log_level)  # (after granian's own logging set-up)
+    return server
+
+
 def factory() -> Litestar:
-    """For granian (``--factory bench.apps:factory``): the app BENCH_APP names."""
+    """For granian's worker process (``--factory bench.apps:factory``): the app BENCH_APP names."""
     logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))  # type: ignore[arg-type]
     return bare_app() if os.environ.get("BENCH_APP") == "bare" else build(int(os.environ["BENCH_PORT"]))
 
@@ -72,7 +101,9 @@ def factory() -> Litestar:
 if __name__ == "__main__":
     port = int(sys.argv[1])
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
-    if sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
+    if os.environ.get("BENCH_SERVER") == "granian":
+        _run(on_granian(bare_app() if sys.argv[2:] == ["bare"] else build(port), settings).serve())
+    elif sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
         _run(uvicorn.Server(_server(bare_app(), settings).config).serve())
     else:
         _run(_server(build(port), settings).serve())

@@ -9,12 +9,14 @@ default 1 s TTL each room is refilled from the emulator once a second: the 100-r
 
     python -m bench cache_hits        (env: ROUNDS=3 SECONDS=4 CONCURRENCY=64)
 
-Then, on each server (uvicorn as `gateway serve` runs it, and granian), a cache hit in Redis mode
-against a bare Litestar app in a process of its own (issue 25's bar: >= 0.6 of the best bare
-app), with wrk at 32 connections, every process measured in each round; BASELINE_SRC=/path/src
-adds the gateway from that source tree (the code before a change) on both servers, same run:
+Then, on each server (uvicorn as `gateway serve` runs it; granian's embedded server, the
+candidate; SERVERS=uvicorn,granian,granian-worker adds granian's own worker process), a cache hit
+in Redis mode and in embedded mode against a bare Litestar app in a process of its own (issue 25's
+bar: >= 0.6 of the best bare app), with wrk at 32 connections, every process measured in each
+round, and each server's ratio to uvicorn round by round; BASELINE_SRC=/path/src adds the gateway
+from that source tree (the code before a change) on each server, same run:
 
-    python -m bench.cache_hits servers     (env: ROUNDS=3 SECONDS=4 BASELINE_SRC=...)
+    python -m bench.cache_hits servers     (env: ROUNDS=3 SECONDS=4 SERVERS=uvicorn,granian BASELINE_SRC=...)
 
 And what traces cost (issue 28): a cache hit in Redis mode on uvicorn with tracing off, and on
 (OTLP/HTTP to a loopback sink that answers 200) at sampling ratios 1.0 and 0.01, and the gateway
@@ -92,13 +94,16 @@ GRANIAN += ["--no-ws", "--log-level", "warning", "--host", "127.0.0.1", "--facto
 
 @contextlib.contextmanager
 def served(server: str, app: str, env: dict[str, str], src: str | None = None) -> Iterator[str]:
-    """``app`` (gateway or bare) on ``server`` (uvicorn or granian) in a process of its own."""
+    """``app`` (gateway or bare) on ``server`` in a process of its own: ``uvicorn`` (as `gateway
+    serve` runs it), ``granian`` (its embedded server in our event loop, as `gateway serve` would
+    run it) or ``granian-worker`` (``python -m granian``: a supervisor and a worker process)."""
     port = free_port()
-    env = {**env, "BENCH_APP": app, "BENCH_PORT": str(port), "PYTHONPATH": f"{src or ROOT / 'src'}:{ROOT}"}
-    if server == "uvicorn":
-        args = [sys.executable, "-m", "bench.apps", str(port), *(["bare"] if app == "bare" else [])]
-    else:
+    env = {**env, "BENCH_SERVER": server, "PYTHONPATH": f"{src or ROOT / 'src'}:{ROOT}"}
+    env |= {"BENCH_APP": app, "BENCH_PORT": str(port)}
+    if server == "granian-worker":
         args = [*GRANIAN, "--port", str(port)]
+    else:
+        args = [sys.executable, "-m", "bench.apps", str(port), *(["bare"] if app == "bare" else [])]
     with process(args, port=port, env=env):
         yield f"http://127.0.0.1:{port}"
 
@@ -110,17 +115,22 @@ def servers() -> None:
     emulator = [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--rooms", "100"]
     env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{emu_port}", "GATEWAY_LOG_LEVEL": "info", "EMULATOR_SECRET_KEY": KEY}
     with process(emulator, port=emu_port, env=env), standalone() as redis, contextlib.ExitStack() as stack:
-        shared = {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"}
+        modes = {
+            "redis": {**env, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_CACHE_TTL": "60"},
+            "embedded": {**env, "GATEWAY_CACHE_TTL": "60"},
+        }
         targets: dict[str, tuple[list[str], dict[str, str]]] = {}
-        for server in ("uvicorn", "granian"):
+        names = os.environ.get("SERVERS", "uvicorn,granian").split(",")
+        for server in names:
             url = stack.enter_context(served(server, "bare", env))
             targets[f"bare/{server}"] = ([f"{url}/bare/rooms/room-1"], {})
             trees = {"gateway": None, **({"before": baseline} if baseline else {})}
             for name, src in trees.items():
-                url = stack.enter_context(served(server, "gateway", shared, src))
-                reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
-                load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
-                targets[f"{name}/{server}"] = (reads, AUTH)
+                for mode, mode_env in modes.items():
+                    url = stack.enter_context(served(server, "gateway", mode_env, src))
+                    reads = [f"{url}/v1/tenants/acme/rooms/room-{n}" for n in range(1, 101)]
+                    load(reads, concurrency=4, seconds=1, headers=AUTH)  # warm: fill the cache
+                    targets[f"{name}/{mode}/{server}"] = (reads, AUTH)
         runs: dict[str, list[float]] = {}
         with Steal() as steal:
             for n in range(rounds):
@@ -130,10 +140,18 @@ def servers() -> None:
                     result = load(urls, concurrency=32, seconds=seconds, headers=headers, generator="wrk")
                     runs.setdefault(key, []).append(float(result["rps"]))  # type: ignore[arg-type]
         rps = {key: median(values) for key, values in runs.items()}
-        best = max(rps[f"bare/{s}"] for s in ("uvicorn", "granian"))
-        print(f"cache hits, Redis mode, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
+        best = max(rps[f"bare/{s}"] for s in names)
+        print(f"cache hits, 100 rooms, wrk 32 connections, median of {rounds} rounds ({steal}):")
         for key, value in rps.items():
-            print(f"  {key:16s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
+            print(f"  {key:24s} {value:8.0f} req/s   {value / best:.2f} of the best bare app")
+        for key in rps:  # each round's ratio (measured within seconds of each other), then their median
+            head, _, server = key.rpartition("/")
+            if server != "uvicorn" and f"{head}/uvicorn" in runs:
+                ratios = [g / u for g, u in zip(runs[key], runs[f"{head}/uvicorn"], strict=True)]
+                print(
+                    f"  {server} / uvicorn, {head:16s} {median(ratios):.2f} (median of the rounds', "
+                    f"{min(ratios):.2f}-{max(ratios):.2f})"
+                )
 
 
 def traces() -> None:

@@ -7,11 +7,15 @@ run against both targets (wrk where installed): the issue's ratio is the gateway
 generator that is not the bottleneck (wrk) against the direct aiohttp client; the same-generator
 ratios are printed beside it.
 
-    python -m bench forwarding        (env: ROUNDS=3 SECONDS=4)
+    python -m bench forwarding        (env: ROUNDS=3 SECONDS=4 SERVERS=uvicorn)
+
+SERVERS=uvicorn,granian runs the gateway on each server (uvicorn, as `gateway serve` runs it;
+granian's embedded server, the candidate of 2026-12-07), a process each, in the same rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,7 +39,8 @@ def direct_url(emulator: str) -> str:
 
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
-    emu_port, gw_port = free_port(), free_port()
+    servers = os.environ.get("SERVERS", "uvicorn").split(",")
+    emu_port = free_port()
     emulator = f"http://127.0.0.1:{emu_port}"
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": "100000", "GATEWAY_LOG_LEVEL": "info"}
     generators = ["wrk", "aiohttp"] if shutil.which("wrk") else ["aiohttp"]
@@ -45,28 +50,35 @@ def main() -> None:
             port=emu_port,
             env=env,
         ),
-        process([sys.executable, "-m", "bench.apps", str(gw_port)], port=gw_port, env=env),
+        contextlib.ExitStack() as stack,
     ):
-        via_gateway = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
         gw_body = json.dumps({"activity_status": 1})
         direct_body = json.dumps({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
-        load(via_gateway, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
+        gateways: dict[str, list[str]] = {}
+        for server in servers:
+            gw_port = free_port()
+            args = [sys.executable, "-m", "bench.apps", str(gw_port)]
+            stack.enter_context(process(args, port=gw_port, env={**env, "BENCH_SERVER": server}))
+            via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
+            load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
+            gateways[f"gateway/{server}" if len(servers) > 1 else "gateway"] = via
         for callers in (64, 1):
             runs: dict[str, list[dict[str, object]]] = {}
             with Steal() as steal:
                 for _ in range(rounds):  # interleaved, so drift on the machine hits every column alike
                     for generator in generators:
-                        runs.setdefault(f"gateway/{generator}", []).append(
-                            load(
-                                via_gateway,
-                                concurrency=callers,
-                                seconds=seconds,
-                                method="PATCH",
-                                body=gw_body,
-                                headers=AUTH,
-                                generator=generator,
+                        for name, via_gateway in gateways.items():
+                            runs.setdefault(f"{name}/{generator}", []).append(
+                                load(
+                                    via_gateway,
+                                    concurrency=callers,
+                                    seconds=seconds,
+                                    method="PATCH",
+                                    body=gw_body,
+                                    headers=AUTH,
+                                    generator=generator,
+                                )
                             )
-                        )
                         runs.setdefault(f"direct/{generator}", []).append(
                             load(
                                 [direct_url(emulator)],
@@ -78,18 +90,19 @@ def main() -> None:
                             )
                         )
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
-            rps, p50 = summarise(runs)
+            rps, p50 = summarise(runs, width=26)
             first = generators[0]
-            print(
-                f"  throughput: gateway driven by {first} / direct aiohttp client = "
-                f"{rps[f'gateway/{first}'] / rps['direct/aiohttp']:.2f} (issue bar >= 0.8)"
-            )
-            for generator in generators:
+            for name in gateways:
                 print(
-                    f"  same generator ({generator}): throughput ratio "
-                    f"{rps[f'gateway/{generator}'] / rps[f'direct/{generator}']:.2f}, added p50 "
-                    f"{p50[f'gateway/{generator}'] - p50[f'direct/{generator}']:+.2f} ms (bar <= 1 ms at 1 caller)"
+                    f"  {name}: throughput driven by {first} / direct aiohttp client = "
+                    f"{rps[f'{name}/{first}'] / rps['direct/aiohttp']:.2f} (issue bar >= 0.8)"
                 )
+                for generator in generators:
+                    print(
+                        f"  {name}, same generator ({generator}): throughput ratio "
+                        f"{rps[f'{name}/{generator}'] / rps[f'direct/{generator}']:.2f}, added p50 "
+                        f"{p50[f'{name}/{generator}'] - p50[f'direct/{generator}']:+.2f} ms (bar <= 1 ms at 1 caller)"
+                    )
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def bench(args: list[str]) -> None:
     """The benchmarks, with wrk as their load generator: installed if missing (as root), else
     they fall back to the aiohttp generator, which takes CPU from what it measures: said loudly,
     here and in every result's ``generator`` field."""
-    setup("test")
+    setup("test,bench")  # (bench: granian, the other server measured)
     if not debian(LOADGEN, "the benchmarks") and "BENCH_LOADGEN" not in os.environ:
         banner = "!" * 78
         print(

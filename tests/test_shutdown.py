@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -59,3 +60,67 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
     assert late in (None, 503)
     assert code == 0
     assert b"Cancel" not in stderr, stderr.decode()[-2000:]
+
+
+async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path: Path) -> None:
+    """A write still waiting on Tencent (5 s) when GATEWAY_DRAIN_SECONDS (1 s) runs out after
+    SIGTERM does not keep the process: it shuts down and exits 0 within a few seconds of the
+    bound, not after the write."""
+    emu_port, gw_port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
+    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": "1"}
+    emulator = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; the test waits on HTTP
+        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", "5000"], env=env
+    )
+    gateway = subprocess.Popen([*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env)  # noqa: ASYNC220
+    try:
+        wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
+        base = f"http://127.0.0.1:{gw_port}"
+        wait_http(f"{base}/readyz", gateway)
+        auth = {"authorization": f"Bearer {TOKENS['rw']}"}
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client:
+            write = asyncio.create_task(client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1}))
+            await asyncio.sleep(0.5)  # the write is waiting on Tencent
+            gateway.send_signal(signal.SIGTERM)
+            started = asyncio.get_running_loop().time()
+            code = await asyncio.to_thread(gateway.wait, 20)
+            took = asyncio.get_running_loop().time() - started
+            write.cancel()
+    finally:
+        if gateway.poll() is None:
+            stop(gateway)
+        stop(emulator)
+    assert code == 0
+    assert took < 4.0, took
+
+
+async def test_serve_writes_only_json_lines(tmp_path: Path) -> None:
+    """Everything `gateway serve` writes on stderr from start to exit, the HTTP server's own lines
+    included, is one JSON object a line with a level and a logger; stdout stays empty."""
+    emu_port, gw_port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
+    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_LOG_LEVEL": "debug"}
+    gateway = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; the test waits on HTTP
+        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{gw_port}"
+        wait_http(f"{base}/readyz", gateway)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/v1/tenants/acme/rooms/room-1")).status_code == 401
+        gateway.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.to_thread(gateway.communicate, timeout=20)
+    finally:
+        if gateway.poll() is None:
+            stop(gateway)
+    lines = stderr.decode().splitlines()
+    assert stdout == b""
+    assert any(json.loads(line)["logger"] == "gateway.access" for line in lines)
+    for line in lines:
+        entry = json.loads(line)
+        assert {"ts", "level", "logger", "msg"} <= entry.keys(), line
