@@ -207,3 +207,12 @@ async def test_invalid_requests_spend_no_budget(strict: Gateway, emulator: Emula
         await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms/" + "r" * 49)
     await _accepted(strict, "GET", ROOM)
     assert sum(emulator.calls.values()) == 1
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "+5", " 5", "5.0", "21"])
+async def test_integer_parameters_are_ascii_digits(strict: Gateway, emulator: Emulator, value: str) -> None:
+    """``limit`` and ``offset`` are decimal integers in ASCII digits within their range: a
+    superscript or Arabic-Indic digit is a 400 like any other non-integer (``str.isdigit`` takes
+    both; ``int("²")`` raised, a 500, found by schemathesis)."""
+    await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms", params={"limit": value})
+    await _refused(strict, emulator, "GET", f"{ROOM}/bans", params={"offset": value if value != "21" else "-1"})

@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 log = logging.getLogger("gateway.events")
 
 PAGE = 100  # entries read from the log at a time when catching up
-_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")  # (ASCII digits: "\d" takes any Unicode digit)
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):

@@ -84,8 +84,9 @@ def accounts(values: list[str], *, field: str, most: int = 1000) -> list[str]:
 
 
 def integer(value: str, *, field: str, low: int, high: int) -> int:
-    """A decimal integer query parameter within [low, high]."""
-    if not value.isdigit() or not low <= int(value) <= high:
+    """A decimal integer query parameter within [low, high], in ASCII digits (``str.isdigit``
+    alone takes "²", which ``int`` refuses, and "٣", which it reads as 3)."""
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise InvalidRequest(f"{field} must be an integer {low}-{high}, got {value[:20]!r}")
     return int(value)
 
