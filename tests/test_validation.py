@@ -216,3 +216,13 @@ async def test_integer_parameters_are_ascii_digits(strict: Gateway, emulator: Em
     both; ``int("²")`` raised, a 500, found by schemathesis)."""
     await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms", params={"limit": value})
     await _refused(strict, emulator, "GET", f"{ROOM}/bans", params={"offset": value if value != "21" else "-1"})
+
+
+async def test_lists_are_counted_as_sent(strict: Gateway, emulator: Emulator) -> None:
+    """A list's "at most N" counts the values as sent, as the OpenAPI document's maxItems does:
+    six copies of one admin are over the five a request may name; five are one admin to Tencent."""
+    await _refused(strict, emulator, "POST", f"{ROOM}/admins", json={"accounts": ["alice"] * 6})
+    await _refused(strict, emulator, "DELETE", f"{ROOM}/admins", params=[("account", "alice")] * 6)
+    await _refused(strict, emulator, "GET", META, params=[("key", "k")] * 11)
+    await _accepted(strict, "POST", f"{ROOM}/admins", json={"accounts": ["alice"] * 5})
+    assert emulator.apps[1400000001].people["room-1"].admins == ["alice"]
