@@ -154,14 +154,27 @@ async def test_a_position_from_before_the_process_is_lost(upstream_url: str) -> 
         ({"authorization": f"Bearer {TOKENS['rw']}"}, {}, 403, "forbidden"),  # read and write, not events
         (LISTENER | {"last-event-id": "yesterday"}, {}, 400, "invalid_request"),
         (LISTENER, {"command": "x" * 129}, 400, "invalid_request"),
+        (LISTENER, {"command": ""}, 400, "invalid_request"),
+        (LISTENER, {"last_event_id": "٣-0"}, 400, "invalid_request"),
+        (LISTENER | {"last-event-id": "1000-0"}, {"last_event_id": "yesterday"}, 400, "invalid_request"),
     ],
-    ids=["no-token", "no-events-scope", "bad-last-event-id", "long-command"],
+    ids=[
+        "no-token",
+        "no-events-scope",
+        "bad-last-event-id",
+        "long-command",
+        "empty-command",
+        "non-ascii-digits",
+        "bad-query-beside-a-good-header",
+    ],
 )
 async def test_refused_subscriptions(
     upstream_url: str, headers: dict[str, str], params: dict[str, str], status: int, code: str
 ) -> None:
-    """No token, a caller without the events scope, a malformed Last-Event-ID and an over-long
-    command filter are refused with problem documents before any stream opens."""
+    """No token, a caller without the events scope, a malformed Last-Event-ID (header or query,
+    even where the header would win; ids are ASCII digits) and a command filter outside 1-128
+    characters are refused with problem documents before any stream opens, as the OpenAPI
+    document says."""
     async with start_gateway(upstream_url) as gateway:
         response = await gateway.client.get(EVENTS, headers={"authorization": "", **headers}, params=params)
         assert response.status_code == status

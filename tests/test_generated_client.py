@@ -99,7 +99,7 @@ async def test_a_generated_python_client_drives_every_operation(
             emulator.apps[APP_ID].people[r].gift_counts["alice"] = {"TotalCoins": 5}
             assert (await call("gifts", "get_gift_count", 200, t, r, account="alice")).total_coins == 5
             assert (await call("members", "list_members", 200, t, r)).member_count == 2
-            await call("admins", "add_admins", 204, t, r, body=models.Accounts(accounts=["alice"]))
+            await call("admins", "add_admins", 204, t, r, body=models.AdminAccounts(accounts=["alice"]))
             assert (await call("admins", "list_admins", 200, t, r)).admins == ["alice"]
             await call("admins", "remove_admins", 204, t, r, account=["alice"])
             await call("bans", "ban_members", 204, t, r, body=models.Ban(accounts=["bob"], duration=60))
@@ -120,7 +120,7 @@ async def test_a_generated_python_client_drives_every_operation(
             await call("seats", "move_seat", 204, t, r, body=models.SeatMove(account="alice", index=3))
             await call("seats", "leave_seat", 204, t, r, account="alice")
             await call("seats", "lock_seat", 204, t, r, body=models.SeatLock(index=2, forbid_taken=True))
-            await call("robots", "add_robots", 204, t, r, body=models.Accounts(accounts=["bot"]))
+            await call("robots", "add_robots", 204, t, r, body=models.RobotAccounts(accounts=["bot"]))
             assert (await call("robots", "list_robots", 200, t, r)).robots == ["bot"]
             await call("robots", "remove_robots", 204, t, r, account=["bot"])
             now = str(int(time.time()))

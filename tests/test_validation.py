@@ -207,3 +207,22 @@ async def test_invalid_requests_spend_no_budget(strict: Gateway, emulator: Emula
         await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms/" + "r" * 49)
     await _accepted(strict, "GET", ROOM)
     assert sum(emulator.calls.values()) == 1
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "+5", " 5", "5.0", "21"])
+async def test_integer_parameters_are_ascii_digits(strict: Gateway, emulator: Emulator, value: str) -> None:
+    """``limit`` and ``offset`` are decimal integers in ASCII digits within their range: a
+    superscript or Arabic-Indic digit is a 400 like any other non-integer (``str.isdigit`` takes
+    both; ``int("²")`` raised, a 500, found by schemathesis)."""
+    await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms", params={"limit": value})
+    await _refused(strict, emulator, "GET", f"{ROOM}/bans", params={"offset": value if value != "21" else "-1"})
+
+
+async def test_lists_are_counted_as_sent(strict: Gateway, emulator: Emulator) -> None:
+    """A list's "at most N" counts the values as sent, as the OpenAPI document's maxItems does:
+    six copies of one admin are over the five a request may name; five are one admin to Tencent."""
+    await _refused(strict, emulator, "POST", f"{ROOM}/admins", json={"accounts": ["alice"] * 6})
+    await _refused(strict, emulator, "DELETE", f"{ROOM}/admins", params=[("account", "alice")] * 6)
+    await _refused(strict, emulator, "GET", META, params=[("key", "k")] * 11)
+    await _accepted(strict, "POST", f"{ROOM}/admins", json={"accounts": ["alice"] * 5})
+    assert emulator.apps[1400000001].people["room-1"].admins == ["alice"]

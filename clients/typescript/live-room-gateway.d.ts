@@ -413,10 +413,10 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
-         * Accounts
-         * @description A body naming accounts (UserIDs).
+         * AdminAccounts
+         * @description Body of ``POST /rooms/{room_id}/admins``: the accounts (UserIDs) to make admins.
          */
-        Accounts: {
+        AdminAccounts: {
             accounts: string[];
         };
         /** Admins */
@@ -487,6 +487,29 @@ export interface components {
         Created: {
             room_id: string;
         };
+        /**
+         * EventFrame
+         * @description An event of the stream as an SSE client reads it (an EventSource ``message``): its id and,
+         *     as its data, a RoomEvent's JSON text (SSE data is text: the client parses it).
+         */
+        EventFrame: {
+            data: string;
+            /** @enum {unknown} */
+            event: "message";
+            id: string;
+        };
+        /**
+         * EventsLost
+         * @description The data of an ``event: lost`` on the events stream: events after ``after`` (through
+         *     ``through``, when known) are no longer kept; the stream goes on from the oldest one kept.
+         */
+        EventsLost: {
+            after: string;
+            /** @enum {unknown} */
+            code: "events_lost";
+            detail: string;
+            through: string | null;
+        };
         /** GiftCount */
         GiftCount: {
             /** @default 0 */
@@ -502,6 +525,17 @@ export interface components {
         Health: {
             mode?: string | null;
             status: string;
+        };
+        /**
+         * LostFrame
+         * @description ``event: lost``: its data an EventsLost's JSON text, its id the newest event no longer
+         *     kept (when known; else the client keeps the last id it had).
+         */
+        LostFrame: {
+            data: string;
+            /** @enum {unknown} */
+            event: "lost";
+            id?: string;
         };
         /** Members */
         Members: {
@@ -528,7 +562,8 @@ export interface components {
         };
         /**
          * MetadataPatch
-         * @description Body of ``PATCH /rooms/{room_id}/metadata``: keys to upsert with their values.
+         * @description Body of ``PATCH /rooms/{room_id}/metadata``: keys to upsert with their values (all the
+         *     values together at most 16384 bytes, which ``validation`` checks: JSON Schema cannot say it).
          */
         MetadataPatch: {
             metadata: {
@@ -565,6 +600,13 @@ export interface components {
             upstream_code?: number;
             upstream_request_id?: string;
         };
+        /**
+         * RobotAccounts
+         * @description Body of ``POST /rooms/{room_id}/robots``: the robots' accounts (imported UserIDs).
+         */
+        RobotAccounts: {
+            accounts: string[];
+        };
         /** Robots */
         Robots: {
             robots: string[];
@@ -587,6 +629,17 @@ export interface components {
             /** @enum {string} */
             take_seat_mode?: "FreeToTake" | "ApplyToTake";
             view_count?: number;
+        };
+        /**
+         * RoomEvent
+         * @description The data of an event on ``GET /v1/tenants/{tenant}/events``: a callback the gateway
+         *     accepted (``payload``: Tencent's JSON body, as it came).
+         */
+        RoomEvent: {
+            command: string;
+            event_time: number | null;
+            payload: unknown;
+            room_id: string | null;
         };
         /** RoomList */
         RoomList: {
@@ -681,6 +734,7 @@ export interface components {
         Seats: {
             seats: components["schemas"]["Seat"][];
         };
+        StreamEvent: components["schemas"]["EventFrame"] | components["schemas"]["LostFrame"];
     };
     responses: never;
     parameters: never;
@@ -828,13 +882,13 @@ export interface operations {
     streamEvents: {
         parameters: {
             query?: {
-                /** @description As the Last-Event-ID header (which wins), for clients that cannot set headers */
+                /** @description As the Last-Event-ID header (which wins; each given one must be an event id), for clients that cannot set headers */
                 last_event_id?: string;
                 /** @description Only events of these callback commands (repeat it for several; all when absent) */
                 command?: string[];
             };
             header?: {
-                /** @description Resume after this event id (an SSE client sends it when it reconnects) */
+                /** @description Resume after this event id (an SSE client sends it when it reconnects; empty: as if absent) */
                 "last-event-id"?: string;
             };
             path: {
@@ -851,7 +905,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": string;
+                    "text/event-stream": components["schemas"]["StreamEvent"];
                 };
             };
             /** @description Invalid request (invalid_request) */
@@ -906,7 +960,7 @@ export interface operations {
             query?: {
                 /** @description rooms per page, 1-20 (default 20) */
                 limit?: number;
-                /** @description the previous page's next_cursor (absent: the first page) */
+                /** @description the previous page's next_cursor (absent: the first page); at most 256 UTF-8 bytes */
                 cursor?: string;
             };
             header?: never;
@@ -1679,7 +1733,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["Accounts"];
+                "application/json": components["schemas"]["AdminAccounts"];
             };
         };
         responses: {
@@ -1793,9 +1847,9 @@ export interface operations {
     };
     removeAdmins: {
         parameters: {
-            query?: {
-                /** @description an account (UserID); repeat it for several */
-                account?: string[];
+            query: {
+                /** @description an account (UserID); repeat it for several (at most 5; one of 1-32 UTF-8 bytes each) */
+                account: string[];
             };
             header?: {
                 /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
@@ -2179,9 +2233,9 @@ export interface operations {
     };
     unbanMembers: {
         parameters: {
-            query?: {
-                /** @description an account (UserID); repeat it for several */
-                account?: string[];
+            query: {
+                /** @description an account (UserID); repeat it for several (at most 1000; one of 1-32 UTF-8 bytes each) */
+                account: string[];
             };
             header?: {
                 /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
@@ -2307,9 +2361,9 @@ export interface operations {
     };
     getGiftCount: {
         parameters: {
-            query?: {
-                /** @description the member (Tencent's From_Account) */
-                account?: string;
+            query: {
+                /** @description the member (Tencent's From_Account), 1-32 UTF-8 bytes */
+                account: string;
             };
             header?: never;
             path: {
@@ -2435,7 +2489,7 @@ export interface operations {
     listMembers: {
         parameters: {
             query?: {
-                /** @description the previous page's next_cursor */
+                /** @description the previous page's next_cursor; at most 256 UTF-8 bytes */
                 cursor?: string;
             };
             header?: never;
@@ -2691,7 +2745,7 @@ export interface operations {
     getRoomMetadata: {
         parameters: {
             query?: {
-                /** @description a metadata key; repeat it for several */
+                /** @description a metadata key (1-50 UTF-8 bytes); repeat it for several (at most 10) */
                 key?: string[];
             };
             header?: never;
@@ -2817,9 +2871,9 @@ export interface operations {
     };
     deleteRoomMetadata: {
         parameters: {
-            query?: {
-                /** @description a metadata key; repeat it for several */
-                key?: string[];
+            query: {
+                /** @description a metadata key (1-50 UTF-8 bytes); repeat it for several (at most 10) */
+                key: string[];
             };
             header?: {
                 /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
@@ -3327,9 +3381,9 @@ export interface operations {
     };
     unmuteMembers: {
         parameters: {
-            query?: {
-                /** @description an account (UserID); repeat it for several */
-                account?: string[];
+            query: {
+                /** @description an account (UserID); repeat it for several (at most 1000; one of 1-32 UTF-8 bytes each) */
+                account: string[];
             };
             header?: {
                 /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
@@ -3594,7 +3648,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["Accounts"];
+                "application/json": components["schemas"]["RobotAccounts"];
             };
         };
         responses: {
@@ -3708,9 +3762,9 @@ export interface operations {
     };
     removeRobots: {
         parameters: {
-            query?: {
-                /** @description an account (UserID); repeat it for several */
-                account?: string[];
+            query: {
+                /** @description an account (UserID); repeat it for several (at most 3; one of 1-32 UTF-8 bytes each) */
+                account: string[];
             };
             header?: {
                 /** @description Makes retrying this write safe (README: Retrying writes): the first request with a key runs; a repeat with the same method, path, query and body gets its answer again, with Idempotent-Replayed: true, and Tencent is not called. 1-255 printable ASCII characters, bare or as a quoted string; a key belongs to the caller and tenant and is kept GATEWAY_IDEMPOTENCY_TTL (24 h). */
@@ -4218,10 +4272,10 @@ export interface operations {
     };
     leaveSeat: {
         parameters: {
-            query?: {
-                /** @description the member to take off their seat */
-                account?: string;
-                /** @description sent to the room in the notification (optional) */
+            query: {
+                /** @description the member to take off their seat, 1-32 UTF-8 bytes */
+                account: string;
+                /** @description sent to the room in the notification (optional), at most 1024 UTF-8 bytes */
                 data?: string;
             };
             header?: {

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -51,7 +51,7 @@ from gateway.catalogue.operations import CATALOGUE
 from gateway.health import Breaker
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import CallbackAck, CallbackBody, Problem
+from gateway.models import ROOM_ID_MAX, CallbackAck, CallbackBody, EventsLost, Problem, RoomEvent
 from gateway.overload import Overload
 from gateway.service import RoomService
 from gateway.stores.redis import Redis
@@ -363,12 +363,36 @@ def _parameter(
     )
 
 
-BODY_SCHEMAS: dict[str, Any] = {}  # request bodies' JSON Schemas, by component name (``_documented``)
-_PATH_PARAMETERS = {
-    "tenant": "A configured tenant's name",
-    "room_id": "1-48 UTF-8 bytes without control characters; an id with '/' or '\\' cannot be "
-    "addressed (its encoded %2F or %5C is refused with 400)",
+BODY_SCHEMAS: dict[str, Any] = {}  # request bodies' and events' JSON Schemas, by component name (``_documented``)
+_SEGMENT = r"^[^/\\\x00-\x1f\x7f]+$"  # a path segment the gateway serves (the edge refuses %2F, %5C, controls)
+_PATH_PARAMETERS: dict[str, tuple[str, Any]] = {
+    "tenant": ("A configured tenant's name", Annotated[str, msgspec.Meta(pattern=_SEGMENT)]),
+    "room_id": (
+        f"1-{ROOM_ID_MAX} UTF-8 bytes without control characters; an id with '/' or '\\' cannot be "
+        "addressed (its encoded %2F or %5C is refused with 400)",
+        Annotated[str, msgspec.Meta(min_length=1, max_length=ROOM_ID_MAX, pattern=_SEGMENT)],
+    ),
 }
+_KEYWORDS = {
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+}
+
+
+def _schema(annotation: Any) -> Schema:
+    """The OpenAPI schema of a parameter's type, constraints included, as msgspec makes it."""
+    return _from_json_schema(msgspec.json.schema(annotation))
+
+
+def _from_json_schema(schema: dict[str, Any]) -> Schema:
+    keywords = {ours: schema[theirs] for theirs, ours in _KEYWORDS.items() if theirs in schema}
+    items = _from_json_schema(schema["items"]) if "items" in schema else None
+    return Schema(type=OpenAPIType(schema["type"]), items=items, **keywords)
 
 
 def openapi_document(app: Litestar) -> OpenAPI:
@@ -393,8 +417,8 @@ def openapi_router() -> Router:
 
 def tidy_openapi(document: OpenAPI) -> OpenAPI:
     """What Litestar's generated document needs for generated clients: request bodies as named
-    components, no body on 204 answers, one-armed ``oneOf``s (Litestar's rendering of an
-    optional field) flattened, and the path parameters' refused characters said."""
+    components, no body on 204 answers, and one-armed ``oneOf``s (Litestar's rendering of an
+    optional field) flattened."""
     if document.components.schemas is not None:
         document.components.schemas.update(BODY_SCHEMAS)
     for item in (document.paths or {}).values():
@@ -404,11 +428,6 @@ def tidy_openapi(document: OpenAPI) -> OpenAPI:
             for status, response in (operation.responses or {}).items():
                 if status == "204" and isinstance(response, OpenAPIResponse):
                     response.content = None
-            for parameter in operation.parameters or []:
-                if isinstance(parameter, Parameter) and parameter.param_in == ParamType.PATH:
-                    parameter.description = _PATH_PARAMETERS.get(parameter.name, parameter.description)
-                    if isinstance(parameter.schema, Schema):
-                        parameter.schema.pattern = r"^[^/\\\x00-\x1f\x7f]+$"
     _flatten(document.components.schemas)
     return document
 
@@ -432,9 +451,24 @@ def _flatten(node: Any) -> None:
             _flatten(getattr(node, name, None))
 
 
-def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter) -> type[Operation]:
+def _component(annotation: Any, name: str) -> Reference:
+    """A reference to ``annotation``'s JSON Schema, named ``name`` among the document's components
+    with every Struct it uses (generated clients name their types after them). A Struct's
+    ``json_schema_extra`` adds the keywords of a rule over its fields together."""
+    (schema,), components = msgspec.json.schema_components([annotation], ref_template="#/components/schemas/{name}")
+    if "$ref" not in schema:
+        components[name] = schema
+    components[name].update(getattr(annotation, "json_schema_extra", {}))
+    BODY_SCHEMAS.update(components)
+    return Reference(ref=f"#/components/schemas/{name}")
+
+
+def _documented(
+    body: type[msgspec.Struct] | None = None, *parameters: Parameter, stream: Any = None
+) -> type[Operation]:
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
-    body, ``parameters`` (header or query parameters); path parameters in the path's order.
+    body, ``parameters`` (header or query parameters), path parameters in the path's order with
+    their limits (``_PATH_PARAMETERS``), and ``stream`` as one event of a 200 text/event-stream.
 
     Handlers take only the request (each parameter Litestar injects costs CPU on every call) and
     decode bodies themselves (``_decode``):
@@ -443,16 +477,22 @@ def _documented(body: type[msgspec.Struct] | None = None, *parameters: Parameter
     """
     request_body = None
     if body is not None:
-        _, components = msgspec.json.schema_components([body], ref_template="#/components/schemas/{name}")
-        BODY_SCHEMAS.update(components)  # named components (generated clients name their types after them)
-        media = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{body.__name__}"))
+        media = OpenAPIMediaType(schema=_component(body, body.__name__))
         request_body = RequestBody(content={"application/json": media}, required=True)
+    event = None if stream is None else _component(stream, "StreamEvent")
 
     @dataclass
     class Documented(Operation):
         def __post_init__(self) -> None:
             if request_body is not None:
                 self.request_body = request_body
+            for parameter in self.parameters or []:
+                if isinstance(parameter, Parameter) and parameter.name in _PATH_PARAMETERS:
+                    parameter.description, annotation = _PATH_PARAMETERS[parameter.name]
+                    parameter.schema = _schema(annotation)
+            response = (self.responses or {}).get("200")
+            if event is not None and isinstance(response, OpenAPIResponse) and response.content:
+                response.content["text/event-stream"].schema = event
             params = [*(self.parameters or []), *parameters]
             self.parameters = sorted(params, key=lambda p: _PATH_ORDER.get(getattr(p, "name", ""), 2))
 
@@ -574,20 +614,55 @@ async def tencent_callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(ACK, media_type=MediaType.JSON)
 
 
-_EVENT_ID = Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$")
+_EVENT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+_EVENT_ID = Schema(type=OpenAPIType.STRING, pattern=r"^([0-9]{1,20}(-[0-9]{1,20})?)?$")  # (empty: absent)
+_ROOM_EVENT = _component(RoomEvent, "RoomEvent")
+_EVENTS_LOST = _component(EventsLost, "EventsLost")
+
+
+class EventFrame(msgspec.Struct, kw_only=True, tag_field="event", tag="message"):
+    """An event of the stream as an SSE client reads it (an EventSource ``message``): its id and,
+    as its data, a RoomEvent's JSON text (SSE data is text: the client parses it)."""
+
+    id: Annotated[str, msgspec.Meta(pattern=_EVENT_ID_PATTERN)]
+    data: Annotated[
+        str,
+        msgspec.Meta(
+            extra_json_schema={"contentMediaType": "application/json", "contentSchema": {"$ref": _ROOM_EVENT.ref}}
+        ),
+    ]
+
+
+class LostFrame(msgspec.Struct, kw_only=True, tag_field="event", tag="lost"):
+    """``event: lost``: its data an EventsLost's JSON text, its id the newest event no longer
+    kept (when known; else the client keeps the last id it had)."""
+
+    data: Annotated[
+        str,
+        msgspec.Meta(
+            extra_json_schema={"contentMediaType": "application/json", "contentSchema": {"$ref": _EVENTS_LOST.ref}}
+        ),
+    ]
+    id: Annotated[str, msgspec.Meta(pattern=_EVENT_ID_PATTERN)] | msgspec.UnsetType = msgspec.UNSET
+
+
 _LAST_EVENT_ID = _parameter(
     "last-event-id",
-    "Resume after this event id (an SSE client sends it when it reconnects)",
+    "Resume after this event id (an SSE client sends it when it reconnects; empty: as if absent)",
     schema=_EVENT_ID,
     header=True,
 )
 _LAST_EVENT_ID_QUERY = _parameter(
-    "last_event_id", "As the Last-Event-ID header (which wins), for clients that cannot set headers", schema=_EVENT_ID
+    "last_event_id",
+    "As the Last-Event-ID header (which wins; each given one must be an event id), for clients that cannot set headers",
+    schema=_EVENT_ID,
 )
 _COMMANDS = _parameter(
     "command",
     "Only events of these callback commands (repeat it for several; all when absent)",
-    schema=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, max_length=128), max_items=32),
+    schema=_schema(
+        Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]], msgspec.Meta(max_length=32)]
+    ),
 )
 _EVENTS_DESCRIPTION = """Server-Sent Events: every callback the gateway accepted for the tenant, as
 `id: <id>` and `data: {"command", "room_id", "event_time", "payload"}` (payload: Tencent's body).
@@ -599,11 +674,14 @@ streams; reconnect (to any replica) with Last-Event-ID."""
 
 
 def _position(request: Request[Any, Any, Any]) -> str | None:
-    """Where a subscriber resumes: Last-Event-ID (or ``?last_event_id=``), as ``<ms>-<seq>``."""
-    raw = _header(request.scope["headers"], b"last-event-id").decode("latin-1").strip()
-    raw = raw or request.query_params.get("last_event_id", "").strip()
-    if not raw:
-        return None
+    """Where a subscriber resumes: Last-Event-ID, else ``?last_event_id=``, as ``<ms>-<seq>``.
+    Each one given must be an event id (empty is absent; the header without HTTP's whitespace)."""
+    header = _header(request.scope["headers"], b"last-event-id").decode("latin-1").strip()
+    given = [_event_id(raw) for raw in (header, request.query_params.get("last_event_id", "")) if raw]
+    return given[0] if given else None
+
+
+def _event_id(raw: str) -> str:
     try:
         ms, seq = events.order(raw)
     except ValueError:
@@ -630,7 +708,7 @@ def _position(request: Request[Any, Any, Any]) -> str | None:
     security=_SECURITY,
     tags=["events"],
     operation_id="streamEvents",
-    operation_class=_documented(None, _LAST_EVENT_ID, _LAST_EVENT_ID_QUERY, _COMMANDS),
+    operation_class=_documented(None, _LAST_EVENT_ID, _LAST_EVENT_ID_QUERY, _COMMANDS, stream=EventFrame | LostFrame),
     media_type="text/event-stream",
 )
 async def tenant_events(request: Request[Any, Any, Any]) -> Stream:
@@ -657,13 +735,10 @@ async def tenant_events(request: Request[Any, Any, Any]) -> Stream:
 
 # ---------------------------------------------------------------------- the catalogue's routes
 
-_JSON_TYPES = {"string": OpenAPIType.STRING, "integer": OpenAPIType.INTEGER}
-
 
 def _query_parameter(query: Query) -> Parameter:
-    item = Schema(type=_JSON_TYPES[query.kind])
-    schema = Schema(type=OpenAPIType.ARRAY, items=item) if query.repeated else item
-    return _parameter(query.name, query.description, schema=schema, header=query.header)
+    schema = _schema(query.annotation)
+    return _parameter(query.name, query.description, schema=schema, header=query.header, required=query.required)
 
 
 _IDEMPOTENCY_KEY = _parameter(

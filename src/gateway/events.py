@@ -35,11 +35,12 @@ import msgspec
 
 from gateway.health import StoreUnavailable
 from gateway.metrics import Metrics
+from gateway.models import EventsLost, RoomEvent
 
 log = logging.getLogger("gateway.events")
 
 PAGE = 100  # entries read from the log at a time when catching up
-_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")  # (ASCII digits: "\d" takes any Unicode digit)
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -78,20 +79,13 @@ class EventLog(Protocol):
         ...
 
 
-class _Event(msgspec.Struct):
-    command: str
-    room_id: str | None
-    event_time: int | None
-    payload: msgspec.Raw
-
-
 _encode_event = msgspec.json.Encoder().encode
 
 
 def encode(command: str, room_id: str | None, event_time: int | None, payload: bytes) -> bytes:
     """An event's JSON, on one line (SSE data lines cannot hold a newline): ``payload`` is the
     callback's JSON body, compacted."""
-    return _encode_event(_Event(command, room_id, event_time, msgspec.Raw(msgspec.json.format(payload, indent=0))))
+    return _encode_event(RoomEvent(command, room_id, event_time, msgspec.Raw(msgspec.json.format(payload, indent=0))))
 
 
 def order(entry_id: str) -> tuple[int, int]:
@@ -108,15 +102,15 @@ def event_frame(entry: Entry) -> bytes:
 
 def lost_frame(after: str, through: str | None) -> bytes:
     """The documented notice that entries after ``after`` (up to ``through``) are gone."""
-    detail = {
-        "code": "events_lost",
-        "after": after,
-        "through": through,
-        "detail": "events after 'after' (through 'through', when known) are no longer kept; "
+    lost = EventsLost(
+        code="events_lost",
+        after=after,
+        through=through,
+        detail="events after 'after' (through 'through', when known) are no longer kept; "
         "the stream goes on from the oldest event still kept",
-    }
+    )
     head = b"event: lost\n" + (b"id: " + through.encode() + b"\n" if through else b"")
-    return head + b"data: " + msgspec.json.encode(detail) + b"\n\n"
+    return head + b"data: " + _encode_event(lost) + b"\n\n"
 
 
 HELLO = b"retry: 2000\n: connected\n\n"  # (retry: how long an EventSource waits to reconnect, ms)

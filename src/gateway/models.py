@@ -8,7 +8,7 @@ strings) are absorbed here by ``room_from_wire`` and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -16,6 +16,27 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 TakeSeatMode = Literal["FreeToTake", "ApplyToTake"]
 
 Scope = Literal["read", "write", "events"]
+
+# Tencent's limits (reference §3 and §9), in UTF-8 bytes as Tencent counts them; ``validation``
+# checks the bytes. JSON Schema can only count characters, so the types below carry each limit as
+# a length in characters: a bound every valid value meets (N bytes never hold more than N
+# characters), exact for ASCII, which the OpenAPI document is generated from.
+ROOM_ID_MAX = 48
+ROOM_NAME_MAX = 100
+COVER_URL_MAX = 200
+CATEGORY_MAX = 3
+METADATA_KEYS_MAX = 10
+METADATA_KEY_MAX = 50
+METADATA_VALUE_MAX = 2048
+ACCOUNT_MAX = 32  # an IM UserID
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # (validation also refuses the newline Python's "$" lets through)
+
+RoomId = Annotated[str, Meta(min_length=1, max_length=ROOM_ID_MAX, pattern=NO_CONTROL)]
+Account = Annotated[str, Meta(min_length=1, max_length=ACCOUNT_MAX, pattern=NO_CONTROL)]
+RoomName = Annotated[str, Meta(max_length=ROOM_NAME_MAX)]
+CoverUrl = Annotated[str, Meta(max_length=COVER_URL_MAX)]
+Category = Annotated[list[Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)]], Meta(max_length=CATEGORY_MAX)]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_MAX)]
 
 
 # --------------------------------------------------------------------------- our API
@@ -44,20 +65,27 @@ class Room(Struct, kw_only=True, omit_defaults=True):
 class RoomPatch(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """Body of ``PATCH /rooms/{room_id}``: a non-empty subset of the updatable fields."""
 
-    room_name: str | UnsetType = UNSET
+    # JSON Schema keywords for a rule over the fields together: the OpenAPI document adds them.
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1}
+
+    room_name: RoomName | UnsetType = UNSET
     max_member_count: Annotated[int, Meta(ge=0, le=2**31 - 1)] | UnsetType = UNSET
     is_message_disabled: bool | UnsetType = UNSET
-    cover_url: str | UnsetType = UNSET
-    category: list[Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)]] | UnsetType = UNSET
+    cover_url: CoverUrl | UnsetType = UNSET
+    category: Category | UnsetType = UNSET
     activity_status: Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)] | UnsetType = UNSET
     is_public_visible: bool | UnsetType = UNSET
     take_seat_mode: TakeSeatMode | UnsetType = UNSET
 
 
 class MetadataPatch(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``PATCH /rooms/{room_id}/metadata``: keys to upsert with their values."""
+    """Body of ``PATCH /rooms/{room_id}/metadata``: keys to upsert with their values (all the
+    values together at most 16384 bytes, which ``validation`` checks: JSON Schema cannot say it)."""
 
-    metadata: dict[str, str]
+    metadata: Annotated[
+        dict[MetadataKey, Annotated[str, Meta(max_length=METADATA_VALUE_MAX)]],
+        Meta(min_length=1, max_length=METADATA_KEYS_MAX),
+    ]
 
 
 class CallbackBody(Struct, kw_only=True, omit_defaults=True):
@@ -82,6 +110,26 @@ class Metadata(Struct, kw_only=True):
     """Reply of ``GET /rooms/{room_id}/metadata``."""
 
     metadata: dict[str, str]
+
+
+class RoomEvent(Struct):
+    """The data of an event on ``GET /v1/tenants/{tenant}/events``: a callback the gateway
+    accepted (``payload``: Tencent's JSON body, as it came)."""
+
+    command: str
+    room_id: str | None
+    event_time: int | None
+    payload: msgspec.Raw
+
+
+class EventsLost(Struct):
+    """The data of an ``event: lost`` on the events stream: events after ``after`` (through
+    ``through``, when known) are no longer kept; the stream goes on from the oldest one kept."""
+
+    code: Literal["events_lost"]
+    after: str
+    through: str | None
+    detail: str
 
 
 class Problem(Struct, kw_only=True, omit_defaults=True):

@@ -8,17 +8,20 @@ from __future__ import annotations
 from msgspec import UNSET, UnsetType
 
 from gateway.errors import InvalidRequest
-from gateway.models import MetadataPatch, RoomPatch
+from gateway.models import (
+    ACCOUNT_MAX,
+    CATEGORY_MAX,
+    COVER_URL_MAX,
+    METADATA_KEY_MAX,
+    METADATA_KEYS_MAX,
+    METADATA_VALUE_MAX,
+    ROOM_ID_MAX,
+    ROOM_NAME_MAX,
+    MetadataPatch,
+    RoomPatch,
+)
 
-ROOM_ID_MAX = 48
-ROOM_NAME_MAX = 100
-COVER_URL_MAX = 200
-CATEGORY_MAX = 3
-METADATA_KEYS_MAX = 10
-METADATA_KEY_MAX = 50
-METADATA_VALUE_MAX = 2048
 METADATA_TOTAL_MAX = 16384
-ACCOUNT_MAX = 32  # an IM UserID
 
 
 def _size(text: str) -> int:
@@ -72,31 +75,33 @@ def account(value: str, *, field: str) -> str:
 
 
 def accounts(values: list[str], *, field: str, most: int = 1000) -> list[str]:
-    """1 to ``most`` distinct accounts, in request order."""
-    unique = list(dict.fromkeys(values))
-    if not unique:
+    """1 to ``most`` accounts as sent (as the OpenAPI document's maxItems counts them), kept
+    distinct, in request order."""
+    if not values:
         raise InvalidRequest(f"give at least one {field}")
-    if len(unique) > most:
-        raise InvalidRequest(f"{field}: at most {most} accounts per request, got {len(unique)}")
+    if len(values) > most:
+        raise InvalidRequest(f"{field}: at most {most} accounts per request, got {len(values)}")
+    unique = list(dict.fromkeys(values))
     for value in unique:
         account(value, field=field)
     return unique
 
 
 def integer(value: str, *, field: str, low: int, high: int) -> int:
-    """A decimal integer query parameter within [low, high]."""
-    if not value.isdigit() or not low <= int(value) <= high:
+    """A decimal integer query parameter within [low, high], in ASCII digits (``str.isdigit``
+    alone takes "²", which ``int`` refuses, and "٣", which it reads as 3)."""
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise InvalidRequest(f"{field} must be an integer {low}-{high}, got {value[:20]!r}")
     return int(value)
 
 
 def metadata_keys(keys: list[str], *, required: bool) -> list[str]:
-    """Distinct keys in request order: 1-10 of them (or none where ``required`` is false)."""
-    unique = list(dict.fromkeys(keys))
-    if required and not unique:
+    """1-10 keys as sent (or none where ``required`` is false), kept distinct, in request order."""
+    if required and not keys:
         raise InvalidRequest("give at least one 'key' query parameter")
-    if len(unique) > METADATA_KEYS_MAX:
-        raise InvalidRequest(f"at most {METADATA_KEYS_MAX} keys per request, got {len(unique)}")
+    if len(keys) > METADATA_KEYS_MAX:
+        raise InvalidRequest(f"at most {METADATA_KEYS_MAX} keys per request, got {len(keys)}")
+    unique = list(dict.fromkeys(keys))
     for key in unique:
         bounded(f"metadata key {key[:60]!r}", key, METADATA_KEY_MAX, minimum=1)
     return unique

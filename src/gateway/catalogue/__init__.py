@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -57,7 +57,8 @@ class Args(msgspec.Struct, kw_only=True):
 @dataclass(frozen=True)
 class Query:
     """A documented query parameter; its value (``default`` when absent) fills a field of
-    Tencent's request."""
+    Tencent's request. ``limits`` (each value's) and ``count`` (how many values a repeated one
+    takes) are the operation's ``validate`` rules as the OpenAPI document states them."""
 
     name: str
     description: str
@@ -66,6 +67,19 @@ class Query:
     header: bool = False  # a request header, not a query parameter
     default: str = ""
     fills: str = ""  # the field of Tencent's request it fills (default: its name)
+    required: bool = False
+    limits: msgspec.Meta | None = None
+    count: msgspec.Meta | None = None
+
+    @property
+    def annotation(self) -> Any:
+        """The parameter's type with its limits, as msgspec makes a JSON Schema of it."""
+        value: Any = int if self.kind == "integer" else str
+        if self.limits is not None:
+            value = Annotated[value, self.limits]
+        if not self.repeated:
+            return value
+        return list[value] if self.count is None else Annotated[list[value], self.count]
 
     def value(self, args: Args) -> object:
         if self.repeated:

@@ -9,7 +9,7 @@ Tencent's nearest documented limit (20 accounts per call, as ban_member takes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 from msgspec.structs import asdict
@@ -17,13 +17,22 @@ from msgspec.structs import asdict
 from gateway import errors, validation
 from gateway.catalogue import Args, Operation, Query, Split, Variant, tencent, tencent_reply
 from gateway.models import (
+    ACCOUNT_MAX,
+    METADATA_KEY_MAX,
+    METADATA_KEYS_MAX,
+    NO_CONTROL,
+    Account,
+    Category,
+    CoverUrl,
     Envelope,
     Metadata,
     MetadataItem,
     MetadataPatch,
     MetadataReply,
     Room,
+    RoomId,
     RoomInfoReply,
+    RoomName,
     RoomPatch,
     SetMetadataRequest,
     TakeSeatMode,
@@ -33,9 +42,20 @@ from gateway.models import (
 )
 
 ACCOUNTS_PER_CALL = 20  # ban_member's documented batch; assumed for unban and mute
+ACCOUNTS_MAX = 1000  # accounts one request may name (the gateway's bound; longer lists are split)
 ADMINS_MAX = 5
 ROBOTS_MAX = 3
+ROOMS_PER_PAGE = 20  # get_room_list's Count
+BANS_PER_PAGE = 100  # get_banned_member_list's Limit
+CURSOR_MAX = 256  # bytes: a page cursor Tencent gave, sent back
+SEAT_TEMPLATE_MAX = 64
+REASON_MAX = 256
+KICK_DATA_MAX = 1024
+BUSINESS_ID_MAX = 128
+MESSAGE_MAX = 12 * 1024  # IM's limit for one message body, bytes (assumed: the Live pages give none)
 _Seconds = Annotated[int, Meta(ge=1, le=10 * 365 * 86400)]
+_Accounts = Annotated[list[Account], Meta(min_length=1, max_length=ACCOUNTS_MAX)]
+_Index = Annotated[int, Meta(ge=0, le=1000)]
 
 
 def _texts(accounts: list[str | int]) -> list[str]:
@@ -45,17 +65,23 @@ def _texts(accounts: list[str | int]) -> list[str]:
 # ---------------------------------------------------------------------- shared shapes
 
 
-class Accounts(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A body naming accounts (UserIDs)."""
+class AdminAccounts(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /rooms/{room_id}/admins``: the accounts (UserIDs) to make admins."""
 
-    accounts: list[str]
+    accounts: Annotated[list[Account], Meta(min_length=1, max_length=ADMINS_MAX)]
+
+
+class RobotAccounts(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /rooms/{room_id}/robots``: the robots' accounts (imported UserIDs)."""
+
+    accounts: Annotated[list[Account], Meta(min_length=1, max_length=ROBOTS_MAX)]
 
 
 def _room(args: Args) -> None:
     validation.room_id(args.room_id)
 
 
-def _query_accounts(most: int = 1000) -> Callable[[Args], None]:
+def _query_accounts(most: int = ACCOUNTS_MAX) -> Callable[[Args], None]:
     """Check the room and the ``account`` parameters (kept distinct, in request order)."""
 
     def validate(args: Args) -> None:
@@ -75,7 +101,7 @@ def _body_accounts(most: int) -> Callable[[Args], None]:
 
 def _validate_members(args: Args) -> None:
     _room(args)
-    validation.bounded("cursor", args.one("cursor"), 256)
+    validation.bounded("cursor", args.one("cursor"), CURSOR_MAX)
 
 
 # ---------------------------------------------------------------------- the room and its metadata
@@ -128,11 +154,11 @@ def _set_metadata(args: Args) -> Struct:
 class CreateRoom(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Body of ``POST /rooms``: the room id and any of create_room's room fields."""
 
-    room_id: str
-    room_name: str | UnsetType = UNSET
-    owner_account: str | UnsetType = UNSET
-    cover_url: str | UnsetType = UNSET
-    category: list[Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)]] | UnsetType = UNSET
+    room_id: RoomId
+    room_name: RoomName | UnsetType = UNSET
+    owner_account: Account | UnsetType = UNSET
+    cover_url: CoverUrl | UnsetType = UNSET
+    category: Category | UnsetType = UNSET
     is_message_disabled: bool | UnsetType = UNSET
     is_public_visible: bool | UnsetType = UNSET
     is_seat_enabled: bool | UnsetType = UNSET
@@ -140,7 +166,7 @@ class CreateRoom(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults
     max_seat_count: Annotated[int, Meta(ge=1, le=1000)] | UnsetType = UNSET
     max_member_count: Annotated[int, Meta(ge=0, le=2**31 - 1)] | UnsetType = UNSET
     activity_status: Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)] | UnsetType = UNSET
-    seat_template: str | UnsetType = UNSET
+    seat_template: Annotated[str, Meta(min_length=1, max_length=SEAT_TEMPLATE_MAX)] | UnsetType = UNSET
     keep_owner_on_seat: bool | UnsetType = UNSET
 
 
@@ -177,7 +203,7 @@ def _validate_create(args: Args) -> None:
     if body.owner_account is not UNSET:
         validation.account(body.owner_account, field="owner_account")
     if body.seat_template is not UNSET:
-        validation.bounded("seat_template", body.seat_template, 64, minimum=1)
+        validation.bounded("seat_template", body.seat_template, SEAT_TEMPLATE_MAX, minimum=1)
 
 
 class RoomSummary(Struct, kw_only=True, omit_defaults=True):
@@ -224,8 +250,8 @@ class _RoomListRequest(Struct, kw_only=True, rename=tencent(cursor="Next", limit
 
 
 def _validate_list(args: Args) -> None:
-    validation.integer(args.one("limit", "20"), field="limit", low=1, high=20)
-    validation.bounded("cursor", args.one("cursor"), 256)
+    validation.integer(args.one("limit", "20"), field="limit", low=1, high=ROOMS_PER_PAGE)
+    validation.bounded("cursor", args.one("cursor"), CURSOR_MAX)
 
 
 def _room_list(args: Args, reply: _RoomListReply) -> Struct:
@@ -323,9 +349,9 @@ class _ModifyAdmin(Struct, kw_only=True, rename=tencent(accounts="Admin_Account"
 class Ban(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Body of ``POST /rooms/{room_id}/bans``: who, for how many seconds, and why."""
 
-    accounts: list[str]
+    accounts: _Accounts
     duration: _Seconds
-    reason: str | UnsetType = UNSET
+    reason: Annotated[str, Meta(max_length=REASON_MAX)] | UnsetType = UNSET
 
 
 class BannedMember(Struct, kw_only=True):
@@ -373,13 +399,13 @@ class _UnbanRequest(Struct, kw_only=True, rename=tencent(accounts="MemberList_Ac
 def _validate_bans(args: Args) -> None:
     _room(args)
     validation.integer(args.one("offset", "0"), field="offset", low=0, high=2**31 - 1)
-    validation.integer(args.one("limit", "100"), field="limit", low=1, high=100)
+    validation.integer(args.one("limit", "100"), field="limit", low=1, high=BANS_PER_PAGE)
 
 
 def _validate_ban(args: Args) -> None:
-    _body_accounts(1000)(args)
+    _body_accounts(ACCOUNTS_MAX)(args)
     if args.body.reason is not UNSET:
-        validation.bounded("reason", args.body.reason, 256)
+        validation.bounded("reason", args.body.reason, REASON_MAX)
 
 
 def _bans(args: Args, reply: _BansReply) -> Struct:
@@ -391,7 +417,7 @@ def _bans(args: Args, reply: _BansReply) -> Struct:
 class Mute(Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /rooms/{room_id}/mutes``: who, and for how many seconds."""
 
-    accounts: list[str]
+    accounts: _Accounts
     duration: _Seconds
 
 
@@ -435,10 +461,19 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     """Body of ``POST /rooms/{room_id}/messages``: a text message (``text``) or a custom one
     (``business_id`` and ``data``), sent as ``sender``."""
 
-    sender: str
-    text: str | UnsetType = UNSET
-    business_id: str | UnsetType = UNSET
-    data: str | UnsetType = UNSET
+    # JSON Schema keywords for a rule over the fields together (``_validate_message``'s), which the
+    # OpenAPI document adds: something besides the sender, business_id and data together, never
+    # with text. (Not a oneOf: client generators then make no type of the body.)
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "minProperties": 2,
+        "dependentRequired": {"business_id": ["data"], "data": ["business_id"]},
+        "not": {"required": ["text", "business_id"]},
+    }
+
+    sender: Account
+    text: Annotated[str, Meta(min_length=1, max_length=MESSAGE_MAX)] | UnsetType = UNSET
+    business_id: Annotated[str, Meta(min_length=1, max_length=BUSINESS_ID_MAX)] | UnsetType = UNSET
+    data: Annotated[str, Meta(max_length=MESSAGE_MAX)] | UnsetType = UNSET
 
 
 class _TextRequest(Struct, kw_only=True, rename=tencent(sender="Sender_Account", text="TextContent")):
@@ -454,9 +489,6 @@ class _CustomRequest(Struct, kw_only=True, rename=tencent(sender="Sender_Account
     data: str
 
 
-MESSAGE_MAX = 12 * 1024  # IM's limit for one message body, bytes (assumed: the Live pages give none)
-
-
 def _validate_message(args: Args) -> None:
     _room(args)
     m: Message = args.body
@@ -468,7 +500,7 @@ def _validate_message(args: Args) -> None:
         validation.bounded("text", m.text, MESSAGE_MAX, minimum=1)
     else:
         assert m.business_id is not UNSET and m.data is not UNSET  # noqa: PT018 - (narrowed above)
-        validation.bounded("business_id", m.business_id, 128, minimum=1)
+        validation.bounded("business_id", m.business_id, BUSINESS_ID_MAX, minimum=1)
         validation.bounded("data", m.data, MESSAGE_MAX)
 
 
@@ -511,7 +543,7 @@ def _seats(args: Args, reply: _SeatsReply) -> Struct:
 class SeatLock(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Body of ``PATCH /rooms/{room_id}/seats``: lock a seat (whoever is on it leaves it)."""
 
-    index: Annotated[int, Meta(ge=0, le=1000)]
+    index: _Index
     forbid_taken: bool | UnsetType = UNSET
     forbid_video: bool | UnsetType = UNSET
     forbid_audio: bool | UnsetType = UNSET
@@ -528,16 +560,16 @@ class _LockRequest(Struct, kw_only=True, omit_defaults=True, rename=tencent()):
 class SeatTake(Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /rooms/{room_id}/seats/members``: put a member on a seat."""
 
-    account: str
-    index: Annotated[int, Meta(ge=0, le=1000)]
+    account: Account
+    index: _Index
 
 
 class SeatMove(Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /rooms/{room_id}/seats/moves``: move a member to a seat; ``if_taken`` says
     what happens when someone is on it: cancel the move, force (that member leaves), or swap."""
 
-    account: str
-    index: Annotated[int, Meta(ge=0, le=1000)]
+    account: Account
+    index: _Index
     if_taken: Literal["cancel", "force", "swap"] = "cancel"
 
 
@@ -575,7 +607,7 @@ def _validate_take(args: Args) -> None:
 
 def _validate_kick(args: Args) -> None:
     _query_accounts(most=1)(args)
-    validation.bounded("data", args.one("data"), 1024)
+    validation.bounded("data", args.one("data"), KICK_DATA_MAX)
 
 
 class Robots(Struct, kw_only=True):
@@ -598,9 +630,37 @@ class _RobotsRequest(Struct, kw_only=True, rename=tencent(accounts="RobotList_Ac
 # ---------------------------------------------------------------------- the catalogue
 
 _ROOM = "/rooms/{room_id}"
-_ACCOUNT = Query("account", "an account (UserID); repeat it for several", repeated=True, fills="accounts")
+_ACCOUNT_LIMITS = Meta(min_length=1, max_length=ACCOUNT_MAX, pattern=NO_CONTROL)  # (the models' Account)
+
+
+def _accounts_query(most: int = ACCOUNTS_MAX) -> Query:
+    return Query(
+        "account",
+        f"an account (UserID); repeat it for several (at most {most}; one of 1-{ACCOUNT_MAX} UTF-8 bytes each)",
+        repeated=True,
+        fills="accounts",
+        required=True,
+        limits=_ACCOUNT_LIMITS,
+        count=Meta(min_length=1, max_length=most),
+    )
+
+
+def _cursor(description: str) -> Query:
+    return Query("cursor", f"{description}; at most {CURSOR_MAX} UTF-8 bytes", limits=Meta(max_length=CURSOR_MAX))
+
+
+def _key_query(*, required: bool) -> Query:
+    return Query(
+        "key",
+        f"a metadata key (1-{METADATA_KEY_MAX} UTF-8 bytes); repeat it for several (at most {METADATA_KEYS_MAX})",
+        repeated=True,
+        required=required,
+        limits=Meta(min_length=1, max_length=METADATA_KEY_MAX),
+        count=Meta(min_length=1 if required else None, max_length=METADATA_KEYS_MAX),
+    )
+
+
 _EXISTS = dict.fromkeys((100003, 100010, 100011), errors.RoomExists)
-_KEY = Query("key", "a metadata key; repeat it for several", repeated=True)
 _BATCH = Split("accounts", ACCOUNTS_PER_CALL)
 
 CATALOGUE: tuple[Operation, ...] = (
@@ -636,7 +696,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="read",
         summary="Get room metadata (get_room_metadata): the given keys, or all without 'key'",
         api="get_room_metadata",
-        query=(_KEY,),
+        query=(_key_query(required=False),),
         send=_KeysRequest,
         reply=Metadata,
         wire=MetadataReply,
@@ -661,7 +721,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Delete room metadata keys (del_room_metadata); at least one 'key'",
         api="del_room_metadata",
-        query=(_KEY,),
+        query=(_key_query(required=True),),
         send=_KeysRequest,
         applied_if_retried=frozenset({100503}),
         validate=_keys(required=True),
@@ -702,8 +762,14 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="List public rooms by view count (get_room_list, 10/s), through a short shared cache",
         api="get_room_list",
         query=(
-            Query("limit", "rooms per page, 1-20 (default 20)", kind="integer", default="20"),
-            Query("cursor", "the previous page's next_cursor (absent: the first page)"),
+            Query(
+                "limit",
+                f"rooms per page, 1-{ROOMS_PER_PAGE} (default {ROOMS_PER_PAGE})",
+                kind="integer",
+                default=str(ROOMS_PER_PAGE),
+                limits=Meta(ge=1, le=ROOMS_PER_PAGE),
+            ),
+            _cursor("the previous page's next_cursor (absent: the first page)"),
         ),
         send=_RoomListRequest,
         reply=RoomList,
@@ -731,7 +797,14 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="read",
         summary="A member's gift totals in the room (get_gift_count)",
         api="get_gift_count",
-        query=(Query("account", "the member (Tencent's From_Account)"),),
+        query=(
+            Query(
+                "account",
+                f"the member (Tencent's From_Account), 1-{ACCOUNT_MAX} UTF-8 bytes",
+                required=True,
+                limits=_ACCOUNT_LIMITS,
+            ),
+        ),
         send=_GiftCountRequest,
         reply=GiftCount,
         wire=tencent_reply(GiftCount),
@@ -744,7 +817,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="read",
         summary="Online members (get_member_list; Tencent refreshes it about every 40 s, at most 1000)",
         api="get_member_list",
-        query=(Query("cursor", "the previous page's next_cursor"),),
+        query=(_cursor("the previous page's next_cursor"),),
         send=_MembersRequest,
         reply=Members,
         wire=_MembersReply,
@@ -769,7 +842,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary=f"Make members admins (modify_admin add); a room has at most {ADMINS_MAX}",
         api="modify_admin",
-        body=Accounts,
+        body=AdminAccounts,
         send=_ModifyAdmin,
         fixed={"op_type": "add"},
         errors={100020: errors.AdminLimitExceeded},
@@ -782,7 +855,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Remove admins (modify_admin delete)",
         api="modify_admin",
-        query=(_ACCOUNT,),
+        query=(_accounts_query(ADMINS_MAX),),
         send=_ModifyAdmin,
         fixed={"op_type": "delete"},
         validate=_query_accounts(ADMINS_MAX),
@@ -795,8 +868,20 @@ CATALOGUE: tuple[Operation, ...] = (
         summary="Banned members (get_banned_member_list), a page at a time",
         api="get_banned_member_list",
         query=(
-            Query("offset", "0 first, then the previous page's next_offset", kind="integer", default="0"),
-            Query("limit", "1-100 (default 100)", kind="integer", default="100"),
+            Query(
+                "offset",
+                "0 first, then the previous page's next_offset",
+                kind="integer",
+                default="0",
+                limits=Meta(ge=0, le=2**31 - 1),
+            ),
+            Query(
+                "limit",
+                f"1-{BANS_PER_PAGE} (default {BANS_PER_PAGE})",
+                kind="integer",
+                default=str(BANS_PER_PAGE),
+                limits=Meta(ge=1, le=BANS_PER_PAGE),
+            ),
         ),
         send=_BansRequest,
         reply=Bans,
@@ -823,7 +908,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Lift bans (unban_member)",
         api="unban_member",
-        query=(_ACCOUNT,),
+        query=(_accounts_query(),),
         send=_UnbanRequest,
         split=_BATCH,
         validate=_query_accounts(),
@@ -849,7 +934,7 @@ CATALOGUE: tuple[Operation, ...] = (
         body=Mute,
         send=_MuteRequest,
         split=_BATCH,
-        validate=_body_accounts(1000),
+        validate=_body_accounts(ACCOUNTS_MAX),
     ),
     Operation(
         id="unmuteMembers",
@@ -858,7 +943,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Unmute members (mute_member with MuteTime 0)",
         api="mute_member",
-        query=(_ACCOUNT,),
+        query=(_accounts_query(),),
         send=_MuteRequest,
         fixed={"duration": 0},
         split=_BATCH,
@@ -921,8 +1006,17 @@ CATALOGUE: tuple[Operation, ...] = (
         api="kick_user_off_seat",
         service="room_engine_http_mic",
         query=(
-            Query("account", "the member to take off their seat"),
-            Query("data", "sent to the room in the notification (optional)"),
+            Query(
+                "account",
+                f"the member to take off their seat, 1-{ACCOUNT_MAX} UTF-8 bytes",
+                required=True,
+                limits=_ACCOUNT_LIMITS,
+            ),
+            Query(
+                "data",
+                f"sent to the room in the notification (optional), at most {KICK_DATA_MAX} UTF-8 bytes",
+                limits=Meta(max_length=KICK_DATA_MAX),
+            ),
         ),
         send=_KickRequest,
         validate=_validate_kick,
@@ -959,7 +1053,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary=f"Add robots (add_robot, 100/s; at most {ROBOTS_MAX} a room, imported accounts)",
         api="add_robot",
-        body=Accounts,
+        body=RobotAccounts,
         send=_RobotsRequest,
         qps=100,
         validate=_body_accounts(ROBOTS_MAX),
@@ -971,7 +1065,7 @@ CATALOGUE: tuple[Operation, ...] = (
         scope="write",
         summary="Remove robots (del_robot, 100/s)",
         api="del_robot",
-        query=(_ACCOUNT,),
+        query=(_accounts_query(ROBOTS_MAX),),
         send=_RobotsRequest,
         qps=100,
         validate=_query_accounts(ROBOTS_MAX),
