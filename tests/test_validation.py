@@ -192,6 +192,13 @@ async def test_encoded_slash_in_room_id_is_refused(strict: Gateway, emulator: Em
     await _refused(strict, emulator, "GET", "/v1/tenants/acme/rooms/..%2F..%2Fx")
 
 
+@pytest.mark.parametrize("room_id", ["a/b", "a\\b"])
+async def test_a_room_no_path_could_address_is_not_created(strict: Gateway, emulator: Emulator, room_id: str) -> None:
+    """create_room with a room id holding "/" or "\\" is a 400 before any call: once created, no
+    request could read, change or destroy it through the gateway (its paths refuse both)."""
+    await _refused(strict, emulator, "POST", "/v1/tenants/acme/rooms", json={"room_id": room_id})
+
+
 async def test_percent_encoded_room_ids_are_decoded(strict: Gateway, emulator: Emulator) -> None:
     """Other percent-encoded characters decode into the room id Tencent sees."""
     emulator.add_room(1400000001, "a b")

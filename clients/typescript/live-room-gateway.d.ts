@@ -477,6 +477,7 @@ export interface components {
             max_member_count?: number;
             max_seat_count?: number;
             owner_account?: string;
+            /** @description 1-48 bytes, no control characters, no '/' or '\' (no path could address the room) */
             room_id: string;
             room_name?: string;
             seat_template?: string;

@@ -31,7 +31,18 @@ METADATA_VALUE_MAX = 2048
 ACCOUNT_MAX = 32  # an IM UserID
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # (validation also refuses the newline Python's "$" lets through)
 
+ADDRESSABLE = r"^[^/\\\x00-\x1f\x7f]*$"  # ... nor "/" or "\\": no path could address the room (api._SEGMENT)
+
 RoomId = Annotated[str, Meta(min_length=1, max_length=ROOM_ID_MAX, pattern=NO_CONTROL)]
+NewRoomId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=ROOM_ID_MAX,
+        pattern=ADDRESSABLE,
+        description="1-48 bytes, no control characters, no '/' or '\\' (no path could address the room)",
+    ),
+]
 Account = Annotated[str, Meta(min_length=1, max_length=ACCOUNT_MAX, pattern=NO_CONTROL)]
 RoomName = Annotated[str, Meta(max_length=ROOM_NAME_MAX)]
 CoverUrl = Annotated[str, Meta(max_length=COVER_URL_MAX)]

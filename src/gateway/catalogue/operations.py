@@ -29,8 +29,8 @@ from gateway.models import (
     MetadataItem,
     MetadataPatch,
     MetadataReply,
+    NewRoomId,
     Room,
-    RoomId,
     RoomInfoReply,
     RoomName,
     RoomPatch,
@@ -154,7 +154,7 @@ def _set_metadata(args: Args) -> Struct:
 class CreateRoom(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Body of ``POST /rooms``: the room id and any of create_room's room fields."""
 
-    room_id: RoomId
+    room_id: NewRoomId
     room_name: RoomName | UnsetType = UNSET
     owner_account: Account | UnsetType = UNSET
     cover_url: CoverUrl | UnsetType = UNSET
