@@ -104,25 +104,13 @@ def demo() -> Iterator[str]:
         stop(proc)
 
 
-def _whole_float(value: object) -> bool:
-    if isinstance(value, dict):
-        return any(map(_whole_float, value.values()))
-    if isinstance(value, list):
-        return any(map(_whole_float, value))
-    return isinstance(value, float) and value.is_integer()
-
-
 def accepts_documented_data(ctx: CheckContext, response: Response, case: schemathesis.Case) -> bool | None:
-    """Schemathesis' positive_data_acceptance, with openapi/schemathesis.toml's statuses, less
-    one disagreement written down in docs/api.md: an integer sent as a whole float (``34.0``) is a
-    400, as the gateway takes integers written as integers, which JSON Schema cannot say (it counts
-    ``34.0`` as an integer, and Schemathesis sends some on purpose). Stricter than the config on
-    one point: a schema-valid request the gateway refuses itself (a 400 without upstream_code)
-    fails even for the operations where Tencent may refuse it for the room's state."""
+    """Schemathesis' positive_data_acceptance, with openapi/schemathesis.toml's statuses, and
+    stricter than the config on one point: a schema-valid request the gateway refuses itself (a
+    400 without upstream_code) fails even for the operations where Tencent may refuse it for the
+    room's state."""
     if response.status_code == 400 and case.meta is not None and case.meta.generation.mode.is_positive:
         problem = response.json()
-        if "Expected `int`, got `float`" in problem["detail"] and _whole_float(case.body):
-            return None
         assert "upstream_code" in problem, f"a schema-valid request refused by the gateway: {problem['detail']}"
     return positive_data_acceptance(ctx, response, case)
 

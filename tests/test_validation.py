@@ -80,16 +80,28 @@ ROOM_PATCH_CASES = [
     ({"is_message_disabled": "yes"}, False),
     ({"max_member_count": -1}, False),
     ({"max_member_count": 2**40}, False),
+    ({"activity_status": 4.0, "category": [1.0, 2]}, True),  # whole numbers: JSON Schema's integers
+    ({"activity_status": 4.5}, False),
+    ({"activity_status": "4"}, False),  # a string is never a number
+    ({"max_member_count": 2.0**40}, False),  # a whole float is held to the integer's range
 ]
 
 
 @pytest.mark.parametrize(("patch", "ok"), ROOM_PATCH_CASES)
 async def test_room_patch_limits(strict: Gateway, emulator: Emulator, patch: dict[str, Any], *, ok: bool) -> None:
-    """PATCH room: a non-empty subset of known fields within Tencent's byte and count limits."""
+    """PATCH room: a non-empty subset of known fields within Tencent's byte and count limits;
+    integers as JSON Schema counts them (``4.0`` is 4, and Tencent gets 4)."""
     if ok:
         await _accepted(strict, "PATCH", ROOM, json=patch)
+        room = (await strict.client.get(ROOM, headers={"cache-control": "no-cache"})).json()
+        for field, value in patch.items():
+            assert repr(room[field]) == repr(_ints(value)), field  # (repr: 4, not 4.0)
     else:
         await _refused(strict, emulator, "PATCH", ROOM, json=patch)
+
+
+def _ints(value: Any) -> Any:
+    return [_ints(v) for v in value] if isinstance(value, list) else int(value) if isinstance(value, float) else value
 
 
 def _values(*sizes: int) -> dict[str, str]:

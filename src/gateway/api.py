@@ -9,6 +9,7 @@ Every error, the gateway's or Litestar's, leaves through ``problem_response``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -17,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 from urllib.parse import quote
 
 import msgspec
@@ -521,9 +522,25 @@ def _decode(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
+        if "Expected `int`, got `float`" in str(exc):  # (34.0: the document's integer, JSON Schema's too)
+            with contextlib.suppress(msgspec.ValidationError):
+                return cast(T, msgspec.convert(_whole_floats(msgspec.json.decode(raw)), decoder.type))
         raise errors.InvalidRequest(f"invalid body: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise errors.InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _whole_floats(value: Any) -> Any:
+    """``value`` with every float that has no fraction (``34.0``, ``3.4e1``) as an int: JSON
+    Schema's ``integer`` is any number without a fraction. Strings stay strings (``"34"`` is not
+    an integer), and ``34.5`` stays a float, which an integer field refuses."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats(v) for v in value]
+    return value
 
 
 _ERRORS = {
