@@ -13,10 +13,10 @@ from gateway import budget
 from gateway.budget import FORGET_AFTER, HORIZON, Booking, EmbeddedBudget, Fleet, Grant, Paused, Refusal, Share, Slot
 from gateway.budget import schedule as sched
 from gateway.budget.clock import ClockSync
-from gateway.budget.dispatch import Dispatcher
+from gateway.budget.dispatch import Dispatcher, Moved
 from gateway.budget.modes import FleetBudget, Mode
 from gateway.budget.schedule import interval_for
-from gateway.health import Breaker
+from gateway.health import Breaker, StoreUnavailable
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryBudgetStore
 from gateway.transport import OnTime, PooledTransport, Proxy, Reply
@@ -369,6 +369,41 @@ async def test_back_from_a_cut_callers_still_waiting_for_a_local_slot_ask_redis(
     assert isinstance(got, Slot)
     assert got.shared, "it booked the shared schedule"
     assert local.ahead("app", "api") <= shared.ahead("app", "api") + 1e-9, "the shared schedule is past the local slots"
+
+
+async def test_a_caller_sent_back_and_forth_while_redis_flaps_is_refused_at_its_wait_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis flapping (each trial after the cool-off times out) sends callers waiting for a local
+    slot to ask Redis again (``Moved``), again and again, each time for a Redis timeout: past its
+    wait cap a caller is refused, at most one Redis timeout late, however often it was moved (a
+    fleet test saw a request take 3.95 s against a 1 s cap)."""
+    t = FakeTime()
+    breaker = Breaker(cool_off=0.0, clock=t.clock)  # (every call after a failure is a trial)
+    paced, _, shared = fleet_budget(t, None, breaker)
+    timeout = 0.5  # fleet_budget's store_timeout
+
+    async def times_out(*_: object, **__: object) -> None:
+        t.now += timeout
+        raise StoreUnavailable("TimeoutError")
+
+    monkeypatch.setattr(shared, "defer", times_out)
+    monkeypatch.setattr(shared, "book", times_out)
+    for _ in range(3):
+        breaker.failed("redis down")
+    assert not (await slot(paced, qps=200, max_wait=1.0)).shared  # a local slot: rejoining comes next
+    moved = 0
+
+    async def evicted(*_: object, **__: object) -> Moved:  # a trial's rejoin evicted its local wait
+        nonlocal moved
+        moved += 1
+        return Moved()
+
+    monkeypatch.setattr(paced._local, "acquire", evicted)
+    began = t.now
+    got = await paced.acquire("app", "api", qps=200, max_wait=1.0, share=ME)
+    assert isinstance(got, Refusal), got
+    assert t.now - began <= 1.0 + timeout + 1e-9, f"moved {moved} times, {t.now - began:.2f} s"
 
 
 @pytest.mark.parametrize("kept", [True, False])

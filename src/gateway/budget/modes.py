@@ -86,12 +86,18 @@ class FleetBudget:
     async def acquire(
         self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
     ) -> Slot | Refusal | Paused:
-        """Wait for a slot, at most ``max_wait`` (plus one Redis timeout if Redis fails meanwhile)."""
+        """Wait for a slot, at most ``max_wait`` (plus one Redis timeout if Redis fails meanwhile).
+
+        A caller moved from the local schedule to ask Redis (``_rejoin``) may be moved again
+        while Redis flaps, each time after a Redis timeout: past ``max_wait`` it is refused."""
         began = self._clock()
+        until = began + max_wait
         while True:
-            got = await self._acquire(scope, api, qps=qps, until=began + max_wait, share=share, forfeit=forfeit)
+            got = await self._acquire(scope, api, qps=qps, until=until, share=share, forfeit=forfeit)
             if not isinstance(got, Moved):
                 return got if isinstance(got, Refusal | Paused) else got._replace(waited=self._clock() - began)
+            if self._clock() >= until:
+                return Refusal(retry_after=self._unit(qps))
             forfeit = None  # (evicted from the local schedule, unbooked: Redis is back, ask it)
 
     async def _acquire(
