@@ -129,11 +129,44 @@ def settings(**overrides: Any) -> Settings:
     return Settings(**{**FAST, **overrides})
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, told to stop rather than polled: uvicorn looks at ``should_exit`` every
+    0.1 s, then sleeps 0.1 s before it waits (in 0.1 s steps) for connections to close. That was
+    ~0.2 s of every in-process gateway's teardown, minutes over the suite. Here the stop wakes the
+    main loop at once, and shutdown does uvicorn's steps in uvicorn's order, polling every 5 ms."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._stop.set()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):  # (the tick keeps the Date header current)
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle ones close now, busy ones after their response
+        while self.server_state.connections or self.server_state.tasks:  # noqa: ASYNC110 - uvicorn has no event for it
+            await asyncio.sleep(0.005)
+        for server in self.servers:
+            await server.wait_closed()
+        await self.lifespan.shutdown()
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: Litestar) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
     config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without
     # it every response written in two parts (head, then body) waited ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -146,7 +179,7 @@ async def serve_app(app: Litestar) -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        server.stop()
         await task
         sock.close()
 
