@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -18,7 +20,7 @@ from litestar import Litestar
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
-from gateway.transport import OnTime, Proxy, Reply, Sender, TooLate
+from gateway.transport import OnTime, PooledTransport, Proxy, Reply, Sender, TooLate, tls_context
 from live_engine_emulator import Emulator
 from tests import openloop
 
@@ -230,6 +232,20 @@ class Gateway:
         return {"authorization": f"Bearer {TOKENS[who]}"} if who else {}
 
 
+@functools.cache
+def system_tls() -> ssl.SSLContext:
+    """The gateway's default upstream TLS (``transport.tls_context``: the system's CAs), built
+    once for the suite: loading the CAs took ~0.1 s of each in-process gateway's start."""
+    return tls_context()
+
+
+@functools.cache
+def client_tls() -> ssl.SSLContext:
+    """The test clients' TLS (httpx's default: certifi's CAs), built once for the same reason;
+    the suite's gateways speak plain HTTP, so no test client uses it."""
+    return httpx.create_ssl_context()
+
+
 @contextlib.asynccontextmanager
 async def start_gateway(
     upstream_url: str,
@@ -242,9 +258,15 @@ async def start_gateway(
     **overrides: Any,
 ) -> AsyncIterator[Gateway]:
     """A gateway with the suite's settings; ``env``: beside the tenants' secrets (HTTPS_PROXY, ...),
-    ``app_env``: the environment create_app reads (OTEL_* variables)."""
+    ``app_env``: the environment create_app reads (OTEL_* variables). Without a ``transport_factory``
+    or a CA file it sends through the production ``PooledTransport``, as create_app would, but on
+    the suite's one copy of the system's TLS context."""
+    chosen = settings(**overrides)
+    if transport_factory is None and chosen.upstream_ca_file is None:
+        tls = system_tls()
+        transport_factory = functools.partial(PooledTransport, connections=chosen.upstream_connections, tls=tls)
     app = create_app(
-        settings(**overrides),
+        chosen,
         env=app_env or {},
         directory=directory(upstream_url, qps, proxy_url=proxy_url, env=env),
         transport_factory=transport_factory,
@@ -252,7 +274,11 @@ async def start_gateway(
     async with serve_app(app) as url:
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
         async with httpx.AsyncClient(
-            base_url=url, headers={"authorization": f"Bearer {TOKENS['rw']}"}, limits=limits, timeout=30
+            base_url=url,
+            headers={"authorization": f"Bearer {TOKENS['rw']}"},
+            limits=limits,
+            timeout=30,
+            verify=client_tls(),
         ) as client:
             yield Gateway(app, url, client)
 
