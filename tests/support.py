@@ -8,6 +8,7 @@ import functools
 import math
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -220,6 +221,20 @@ class ScriptedTencent:
         return None
 
 
+class SkipClock:
+    """The monotonic clock, which a test moves forward: a TTL passes at once, and exactly (no
+    real sleep that a loaded machine could stretch past the next bound)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def skip(self, seconds: float) -> None:
+        self.ahead += seconds
+
+
 class Gateway:
     """A running gateway: its app (for internals), URL and an httpx client with a token."""
 
@@ -255,12 +270,13 @@ async def start_gateway(
     proxy_url: str | None = None,
     env: dict[str, str] | None = None,
     app_env: dict[str, str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **overrides: Any,
 ) -> AsyncIterator[Gateway]:
     """A gateway with the suite's settings; ``env``: beside the tenants' secrets (HTTPS_PROXY, ...),
-    ``app_env``: the environment create_app reads (OTEL_* variables). Without a ``transport_factory``
-    or a CA file it sends through the production ``PooledTransport``, as create_app would, but on
-    the suite's one copy of the system's TLS context."""
+    ``app_env``: the environment create_app reads (OTEL_* variables), ``clock``: its monotonic
+    clock. Without a ``transport_factory`` or a CA file it sends through the production
+    ``PooledTransport``, as create_app would, but on the suite's one copy of the system's TLS context."""
     chosen = settings(**overrides)
     if transport_factory is None and chosen.upstream_ca_file is None:
         tls = system_tls()
@@ -270,6 +286,7 @@ async def start_gateway(
         env=app_env or {},
         directory=directory(upstream_url, qps, proxy_url=proxy_url, env=env),
         transport_factory=transport_factory,
+        clock=clock,
     )
     async with serve_app(app) as url:
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
