@@ -1,4 +1,5 @@
-"""Fixtures: a fresh emulator per test, served over real HTTP; a gateway in front of it."""
+"""Fixtures: a fresh emulator per test, served over real HTTP; a gateway in front of it (or, for
+tests that need no fresh state, one of each per module: ``shared_gateway``)."""
 
 from __future__ import annotations
 
