@@ -1,4 +1,5 @@
-"""Fixtures: a fresh emulator per test, served over real HTTP; a gateway in front of it."""
+"""Fixtures: a fresh emulator per test, served over real HTTP; a gateway in front of it (or, for
+tests that need no fresh state, one of each per module: ``shared_gateway``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
 from gateway.logs import JsonFormatter
 from live_engine_emulator import Emulator, serve_emulator
+from live_engine_emulator.state import Faults
 from tests.proxies import PASSWORD as PROXY_PASSWORD
 from tests.redis_servers import RedisServer, cluster, standalone
 from tests.support import KEY, OTHER_KEY, TOKENS, Gateway, new_emulator, start_gateway
@@ -49,6 +52,28 @@ def emulator() -> Iterator[Emulator]:
     yield emulator
     for sigs in emulator.usersigs.values():
         SEEN_USERSIGS.update(sigs)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_gateway() -> AsyncIterator[tuple[Gateway, Emulator]]:
+    """One emulator and one gateway in front of it for a whole module, in the module's event
+    loop: for tests that need no fresh gateway (refusals, routing), through ``shared_gateway``."""
+    emulator = new_emulator()
+    async with serve_emulator(emulator) as url, start_gateway(url) as running:
+        yield running, emulator
+
+
+@pytest.fixture
+def shared_gateway(module_gateway: tuple[Gateway, Emulator]) -> tuple[Gateway, Emulator]:
+    """The module's gateway and emulator, the emulator's counters and faults reset for this test
+    (the UserSigs it saw are kept for the suite's secret check first). Tests that use it run in
+    the module's loop: ``@pytest.mark.asyncio(loop_scope="module")``."""
+    gateway, emulator = module_gateway
+    for sigs in emulator.usersigs.values():
+        SEEN_USERSIGS.update(sigs)
+    emulator.reset_counters()
+    emulator.faults = Faults()
+    return gateway, emulator
 
 
 @pytest.fixture

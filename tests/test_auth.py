@@ -25,8 +25,12 @@ def bearer(who: str) -> dict[str, str]:
         {"authorization": f"Bearer {TOKENS['rw']}x"},
     ],
 )
-async def test_missing_or_unknown_token_is_401(gateway: Gateway, emulator: Emulator, headers: dict[str, str]) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_missing_or_unknown_token_is_401(
+    shared_gateway: tuple[Gateway, Emulator], headers: dict[str, str]
+) -> None:
     """No token, a wrong token or another scheme: 401 unauthenticated, nothing sent upstream."""
+    gateway, emulator = shared_gateway
     response = await gateway.client.get(ACME, headers=headers)
     assert response.status_code == 401
     assert response.json()["code"] == "unauthenticated"
@@ -57,10 +61,12 @@ MATRIX = [
 
 
 @pytest.mark.parametrize(("who", "method", "path", "status"), MATRIX)
+@pytest.mark.asyncio(loop_scope="module")
 async def test_access_matrix(
-    gateway: Gateway, emulator: Emulator, who: str, method: str, path: str, status: int
+    shared_gateway: tuple[Gateway, Emulator], who: str, method: str, path: str, status: int
 ) -> None:
     """Callers × tenants × scopes × methods: only the cells the config allows succeed."""
+    gateway, emulator = shared_gateway
     body = {"room_name": "x"} if method == "PATCH" and not path.endswith("metadata") else {"metadata": {"a": "1"}}
     kwargs = {"json": body} if method == "PATCH" else {}
     response = await gateway.client.request(method, path, headers=bearer(who), **kwargs)

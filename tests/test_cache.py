@@ -12,7 +12,7 @@ from gateway.stores.memory import MemoryRoomStore
 from gateway.stores.redis import Redis, RedisRoomStore, connect
 from live_engine_emulator import Emulator
 from live_engine_emulator.state import HTTP_502
-from tests.support import APP_ID, TOKENS, Gateway, blast, start_gateway
+from tests.support import APP_ID, TOKENS, Gateway, SkipClock, blast, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 
@@ -30,9 +30,10 @@ async def test_second_read_is_a_hit(gateway: Gateway, emulator: Emulator) -> Non
 
 async def test_entries_expire_after_the_ttl(upstream_url: str, emulator: Emulator) -> None:
     """After the TTL the next read goes upstream again."""
-    async with start_gateway(upstream_url, cache_ttl=0.2) as gateway:
+    clock = SkipClock()
+    async with start_gateway(upstream_url, cache_ttl=0.2, clock=clock) as gateway:
         await gateway.client.get(ROOM)
-        await asyncio.sleep(0.3)
+        clock.skip(0.3)
         assert (await gateway.client.get(ROOM)).headers["x-cache"] == "miss"
     assert emulator.calls["get_room_info"] == 2
 
@@ -99,9 +100,10 @@ async def test_a_read_after_a_write_does_not_join_an_older_fill(gateway: Gateway
 
 async def test_stale_copy_is_served_when_tencent_fails(upstream_url: str, emulator: Emulator) -> None:
     """After the TTL, if Tencent fails, a copy within the stale bound is served with X-Cache: stale."""
-    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0, retry_attempts=2) as gateway:
+    clock = SkipClock()
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0, retry_attempts=2, clock=clock) as gateway:
         await gateway.client.get(ROOM)
-        await asyncio.sleep(0.15)
+        clock.skip(0.15)
         emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
         response = await gateway.client.get(ROOM)
     assert response.status_code == 200
@@ -111,9 +113,10 @@ async def test_stale_copy_is_served_when_tencent_fails(upstream_url: str, emulat
 
 async def test_no_stale_copy_past_the_bound(upstream_url: str, emulator: Emulator) -> None:
     """Past TTL + stale bound, Tencent's failure is the caller's error."""
-    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=0.1, retry_attempts=2) as gateway:
+    clock = SkipClock()
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=0.1, retry_attempts=2, clock=clock) as gateway:
         await gateway.client.get(ROOM)
-        await asyncio.sleep(0.25)
+        clock.skip(0.25)
         emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
         response = await gateway.client.get(ROOM)
     assert response.status_code == 502
@@ -121,9 +124,10 @@ async def test_no_stale_copy_past_the_bound(upstream_url: str, emulator: Emulato
 
 async def test_room_not_found_is_not_served_stale(upstream_url: str, emulator: Emulator) -> None:
     """A room Tencent says is gone (100004) is a 404 even with a stale copy around."""
-    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0) as gateway:
+    clock = SkipClock()
+    async with start_gateway(upstream_url, cache_ttl=0.1, stale_ttl=5.0, clock=clock) as gateway:
         await gateway.client.get(ROOM)
-        await asyncio.sleep(0.15)
+        clock.skip(0.15)
         del emulator.apps[APP_ID].rooms["room-1"]
         assert (await gateway.client.get(ROOM)).status_code == 404
 

@@ -14,7 +14,7 @@ import pytest
 from gateway.catalogue.operations import CATALOGUE, DOCUMENTED
 from live_engine_emulator import Emulator
 from live_engine_emulator.state import _HANDLERS, APPLY_THEN_DROP, PASS
-from tests.support import APP_ID, TOKENS, start_gateway
+from tests.support import APP_ID, TOKENS, Gateway, start_gateway
 
 BASE = "/v1/tenants/acme"
 ROOM = BASE + "/rooms/room-1"
@@ -243,18 +243,19 @@ ROOM_OPS = [op for op in CATALOGUE if "{room_id}" in op.path]
 
 
 @pytest.mark.parametrize("op", ROOM_OPS, ids=[op.id for op in ROOM_OPS])
+@pytest.mark.asyncio(loop_scope="module")
 async def test_every_room_operation_checks_the_room_id_before_calling_tencent(
-    upstream_url: str, emulator: Emulator, op: Any
+    shared_gateway: tuple[Gateway, Emulator], op: Any
 ) -> None:
     """A room id over 48 bytes is a 400 with nothing sent to Tencent; an unknown room is 404."""
-    async with start_gateway(upstream_url) as gateway:
-        body, params = _BODIES.get(op.id), _QUERIES.get(op.id, {})
-        before = calls(emulator)
-        long = await gateway.client.request(op.method, _request(op.path, "r" * 49), json=body, params=params)
-        assert (long.status_code, long.json()["code"]) == (400, "invalid_request")
-        assert calls(emulator) == before
-        missing = await gateway.client.request(op.method, _request(op.path, "no-such-room"), json=body, params=params)
-        assert (missing.status_code, missing.json()["code"]) == (404, "room_not_found"), missing.text
+    gateway, emulator = shared_gateway
+    body, params = _BODIES.get(op.id), _QUERIES.get(op.id, {})
+    before = calls(emulator)
+    long = await gateway.client.request(op.method, _request(op.path, "r" * 49), json=body, params=params)
+    assert (long.status_code, long.json()["code"]) == (400, "invalid_request")
+    assert calls(emulator) == before
+    missing = await gateway.client.request(op.method, _request(op.path, "no-such-room"), json=body, params=params)
+    assert (missing.status_code, missing.json()["code"]) == (404, "room_not_found"), missing.text
 
 
 @pytest.mark.parametrize(
@@ -276,15 +277,16 @@ async def test_every_room_operation_checks_the_room_id_before_calling_tencent(
         ("POST", "/rooms/room-1/mutes", {"accounts": ["a"], "duration": "60"}, {}),
     ],
 )
+@pytest.mark.asyncio(loop_scope="module")
 async def test_invalid_requests_spend_nothing(
-    upstream_url: str, emulator: Emulator, method: str, path: str, body: Any, params: dict[str, str]
+    shared_gateway: tuple[Gateway, Emulator], method: str, path: str, body: Any, params: dict[str, str]
 ) -> None:
     """Tencent's documented sizes and counts, checked before any budget or call: 400."""
-    async with start_gateway(upstream_url) as gateway:
-        before = calls(emulator)
-        response = await gateway.client.request(method, BASE + path, json=body, params=params)
-        assert (response.status_code, response.json()["code"]) == (400, "invalid_request"), response.text
-        assert calls(emulator) == before
+    gateway, emulator = shared_gateway
+    before = calls(emulator)
+    response = await gateway.client.request(method, BASE + path, json=body, params=params)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request"), response.text
+    assert calls(emulator) == before
 
 
 async def test_scopes(upstream_url: str) -> None:
