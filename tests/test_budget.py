@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from gateway.budget import FORGET_AFTER, HORIZON, Booking, EmbeddedBudget, Fleet
 from gateway.budget import schedule as sched
 from gateway.budget.clock import ClockSync
 from gateway.budget.dispatch import Dispatcher, Moved
-from gateway.budget.modes import FleetBudget, Mode
+from gateway.budget.modes import Answered, FleetBudget, Mode
 from gateway.budget.schedule import interval_for
 from gateway.health import Breaker, StoreUnavailable
 from gateway.settings import Settings
@@ -199,9 +200,10 @@ def fleet_budget(
     t: FakeTime, members: Members | None, breaker: Breaker, grace: float = 0.0, degraded_share: int = 4
 ) -> tuple[FleetBudget, MemoryBudgetStore, MemoryBudgetStore]:
     local, shared = MemoryBudgetStore(clock=t.clock), MemoryBudgetStore(clock=t.clock)  # shared: as Redis
+    answered = Answered(shared, breaker)  # (as create_app wires it)
     paced = FleetBudget(
-        shared=Dispatcher(store=shared, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
-        shared_store=shared,
+        shared=Dispatcher(store=answered, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep),
+        shared_store=answered,
         local=Dispatcher(store=local, horizon=HORIZON, borrow=0.02, clock=t.clock, sleep=t.sleep, own_clock=True),
         local_store=local,
         breaker=breaker,
@@ -369,6 +371,36 @@ async def test_back_from_a_cut_callers_still_waiting_for_a_local_slot_ask_redis(
     assert isinstance(got, Slot)
     assert got.shared, "it booked the shared schedule"
     assert local.ahead("app", "api") <= shared.ahead("app", "api") + 1e-9, "the shared schedule is past the local slots"
+
+
+async def test_only_an_answer_from_redis_closes_the_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Degraded, with its cool-off passed: a caller the shared dispatcher refuses from what it
+    knows (one booking is out, and the next slot is past this caller's wait cap) made no Redis
+    call, and the replica stays degraded; the booking Redis answers ends the degraded period.
+    (Counted as a success, such a refusal closed the breaker while Redis was down, and replicas
+    flapped between schedules.)"""
+    t = FakeTime()
+    breaker = Breaker(cool_off=1.0, clock=t.clock)
+    paced, _, shared = fleet_budget(t, None, breaker)  # degraded: 1 a second at qps 4
+    for _ in range(3):
+        breaker.failed("redis down")
+    t.now += 1.0  # the cool-off: the next call may try Redis
+    gate, book = asyncio.Event(), shared.book
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:  # Redis answers when the test says
+        await gate.wait()
+        return await book(*args, **kwargs)
+
+    monkeypatch.setattr(shared, "book", slow)
+    first = asyncio.create_task(paced.acquire("app", "api", qps=4, max_wait=10.0, share=ME))
+    for _ in range(3):
+        await asyncio.sleep(0)  # its booking is out
+    refused = await paced.acquire("app", "api", qps=4, max_wait=0.5, share=ME)
+    assert isinstance(refused, Refusal)
+    assert breaker.degraded, "a refusal from the queue is not an answer from Redis"
+    gate.set()
+    assert isinstance(await first, Slot)
+    assert not breaker.degraded, "Redis answered the booking"
 
 
 async def test_a_caller_sent_back_and_forth_while_redis_flaps_is_refused_at_its_wait_cap(

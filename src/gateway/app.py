@@ -34,7 +34,7 @@ from gateway.budget import (
     Fleet,
     Members,
 )
-from gateway.budget.modes import FleetBudget
+from gateway.budget.modes import Answered, FleetBudget
 from gateway.cache import RoomCache, RoomStore
 from gateway.callbacks import Receiver, Seen
 from gateway.catalogue.operations import DOCUMENTED
@@ -152,15 +152,16 @@ def build_budget(
         embedded = EmbeddedBudget(store=local_store, jitter=settings.budget_jitter, clock=clock, sleep=asyncio.sleep)
         return embedded, None, [embedded.dispatcher]
     window = settings.budget_jitter * SEND_SHARE  # a slot's send window: the shared bookings' lead keeps within it
+    shared_store = Answered(stores.budget, breaker)  # (Redis's answers close the breaker, nothing else)
     shared = Dispatcher(
-        store=stores.budget, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, window=window
+        store=shared_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, window=window
     )
     local = Dispatcher(
         store=local_store, horizon=HORIZON, borrow=BORROW, clock=clock, sleep=asyncio.sleep, own_clock=True
     )
     fleet = FleetBudget(
         shared=shared,
-        shared_store=stores.budget,
+        shared_store=shared_store,
         local=local,
         local_store=local_store,
         breaker=breaker,

@@ -21,13 +21,42 @@ room for it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted, Moved
 from gateway.budget.fleet import FORGET_AFTER, Fleet
-from gateway.budget.schedule import Paused, Refusal, Share, interval_for
+from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
 from gateway.budget.slots import Slot, handed_back, slot_for
 from gateway.health import Breaker, StoreUnavailable
+
+
+class Answered:
+    """The shared budget store as the breaker sees it: every answer from Redis is a success.
+
+    Only an answer shows Redis reachable. The shared dispatcher also answers callers from what
+    it already knows (a refusal when its queue cannot serve them in time, a grant from a booking
+    made for others); counted as successes, those closed the breaker while Redis was down or
+    stuck, and the replica went back and forth between its own schedule and the fleet's (seen in
+    the fleet tests: "redis reachable again" a second after Redis was killed)."""
+
+    def __init__(self, store: BudgetStore, breaker: Breaker) -> None:
+        self._store = store
+        self._breaker = breaker
+
+    async def book(
+        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+    ) -> Booked | Paused:
+        booked = await self._store.book(scope, api, wants, terms, unbook)
+        self._breaker.succeeded()
+        return booked
+
+    async def defer(self, scope: str, api: str, pause: float) -> None:
+        await self._store.defer(scope, api, pause)
+        self._breaker.succeeded()
+
+    async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
+        await self._store.pause(scope, seconds, code, reason)
+        self._breaker.succeeded()
 
 
 class Mode(enum.Enum):
@@ -118,8 +147,7 @@ class FleetBudget:
                 )
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
-            else:
-                self._breaker.succeeded()
+            else:  # (a success only if Redis answered: ``Answered``)
                 return await self._hold(got, began, shared=True)
         if key not in self._local_only:
             # The first local booking of a degraded period: start after the shared slots still
