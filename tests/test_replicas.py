@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,7 @@ async def test_slow_redis_mid_run(tmp_path: Path) -> None:
         load = steady_writes(running, seconds=7, arrivals=arrivals)
         await asyncio.sleep(2.0)
         blocker = redis.client()
-        stalled = asyncio.get_running_loop().time() - began
+        stalled, stalled_at = asyncio.get_running_loop().time() - began, time.monotonic()  # (the emulator's clock)
         await asyncio.to_thread(blocker.execute_command, "DEBUG", "SLEEP", "2")
         blocker.close()
         results = await load
@@ -191,6 +192,10 @@ async def test_slow_redis_mid_run(tmp_path: Path) -> None:
     print(f"Redis stalled {stalled:.2f}-{stalled + 2:.2f} s into the load; the slowest (sent at, took, status):")
     for (status, took), at in sorted(zip(results, arrivals, strict=True), key=lambda r: -r[0][1])[:8]:
         print(f"  {at - took:.2f} s  {took:.2f} s  {status}")
+    tenth: dict[int, int] = {}  # Tencent's arrivals a tenth of a second, from the stall's start
+    for at in stats["arrivals"][f"{APP_ID}:update_room_info"]["times"]:
+        tenth[math.floor((at - stalled_at) * 10)] = tenth.get(math.floor((at - stalled_at) * 10), 0) + 1
+    print("Tencent's arrivals per 100 ms from the stall:", [(k / 10, n) for k, n in sorted(tenth.items())])
     assert set(statuses) <= {204, 429}
     assert slowest < max_wait + 2 * redis_timeout + 0.5
     assert busiest <= 200

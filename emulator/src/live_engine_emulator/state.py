@@ -149,7 +149,7 @@ class Emulator:
             "codes": {str(k): v for k, v in self.codes.items()},
             "busiest_second": {k: self.busiest_second(k) for k in self.arrivals},
             "arrivals": {
-                k: {"count": len(v), "first": min(v), "last": max(v), "per_second": _per_second(v)}
+                k: {"count": len(v), "first": min(v), "last": max(v), "per_second": _per_second(v), "times": sorted(v)}
                 for k, v in self.arrivals.items()
                 if v
             },
