@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,23 +18,38 @@ from tests.redis_servers import free_port
 from tests.support import SECRETS, TOKENS, config_yaml
 
 
-async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
-    """Ten slow writes (1.5 s at Tencent) in flight at SIGTERM all complete with 204; no new
-    connection is accepted after it; the process exits 0 without cancelling anything."""
+@contextlib.contextmanager
+def behind_slow_tencent(
+    tmp_path: Path, *, latency_ms: int, drain_seconds: float, stderr: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gateway serve` (its URL and process) in front of an emulator that takes ``latency_ms``
+    to answer, with GATEWAY_DRAIN_SECONDS set; both stopped on the way out."""
     emu_port, gw_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
-    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": "10"}
-    emulator = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; the test waits on HTTP
-        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", "1500"], env=env
+    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": str(drain_seconds)}
+    emulator = subprocess.Popen(
+        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", str(latency_ms)],
+        env=env,
     )
-    gateway = subprocess.Popen(  # noqa: ASYNC220
-        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=subprocess.PIPE
+    gateway = subprocess.Popen(
+        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=stderr
     )
     try:
         wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
         base = f"http://127.0.0.1:{gw_port}"
         wait_http(f"{base}/readyz", gateway)
+        yield base, gateway
+    finally:
+        if gateway.poll() is None:
+            stop(gateway)
+        stop(emulator)
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    """Ten slow writes (1.5 s at Tencent) in flight at SIGTERM all complete with 204; no new
+    connection is accepted after it; the process exits 0 without cancelling anything."""
+    with behind_slow_tencent(tmp_path, latency_ms=1500, drain_seconds=10, stderr=subprocess.PIPE) as (base, gateway):
         auth = {"authorization": f"Bearer {TOKENS['rw']}"}
         async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client:
             writes = [
@@ -52,10 +69,6 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
             statuses = [(await w).status_code for w in writes]
         code = await asyncio.to_thread(gateway.wait, 20)
         _, stderr = gateway.communicate()
-    finally:
-        if gateway.poll() is None:
-            stop(gateway)
-        stop(emulator)
     assert statuses == [204] * 10
     assert late in (None, 503)
     assert code == 0
@@ -66,18 +79,7 @@ async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path
     """A write still waiting on Tencent (5 s) when GATEWAY_DRAIN_SECONDS (1 s) runs out after
     SIGTERM does not keep the process: it shuts down and exits 0 within a few seconds of the
     bound, not after the write."""
-    emu_port, gw_port = free_port(), free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
-    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": "1"}
-    emulator = subprocess.Popen(  # noqa: ASYNC220 - starting a process is quick; the test waits on HTTP
-        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", "5000"], env=env
-    )
-    gateway = subprocess.Popen([*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env)  # noqa: ASYNC220
-    try:
-        wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
-        base = f"http://127.0.0.1:{gw_port}"
-        wait_http(f"{base}/readyz", gateway)
+    with behind_slow_tencent(tmp_path, latency_ms=5000, drain_seconds=1) as (base, gateway):
         auth = {"authorization": f"Bearer {TOKENS['rw']}"}
         async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client:
             write = asyncio.create_task(client.patch("/v1/tenants/acme/rooms/room-1", json={"activity_status": 1}))
@@ -87,10 +89,6 @@ async def test_a_request_past_the_drain_bound_does_not_hold_the_process(tmp_path
             code = await asyncio.to_thread(gateway.wait, 20)
             took = asyncio.get_running_loop().time() - started
             write.cancel()
-    finally:
-        if gateway.poll() is None:
-            stop(gateway)
-        stop(emulator)
     assert code == 0
     assert took < 4.0, took
 
