@@ -583,6 +583,10 @@ class NeverOnTime(PooledTransport):
         await asyncio.sleep(0.03)
         return await super().post(origin, target, body, on_time, proxy=proxy)
 
+    def launch(self, origin: str, target: str, body: bytes, *, proxy: Proxy | None = None) -> None:
+        """Never a socket ready to write at once (every write waits 30 ms first)."""
+        return
+
 
 @pytest.mark.slow
 async def test_a_call_that_can_never_leave_in_time_ends_at_the_deadline(upstream_url: str, emulator: Emulator) -> None:
