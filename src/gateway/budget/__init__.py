@@ -7,7 +7,8 @@ Glossary (the modules, bottom up):
   second at Tencent holds more than the limit (``schedule``).
 - *slot*: the moment a call may leave; its *send window* ends a third of J later (``send_by``),
   checked right before the first byte is written. A call that misses it *forfeits* the slot,
-  hands it back (undone while nobody booked after it) and books again.
+  hands it back (undone while nobody booked after it) and books again. A *launch* sends the call
+  from the code that hands the slot out (or a timer at the slot), not the caller's task (``slots``).
 - *TAT*: a schedule's theoretical arrival time, its next free slot (GCRA with no burst).
 - *caller*, *weight*, *share*: a configured service asking; its share of a contended budget is
   its weight over the weights of the callers *active* (asked within the last second), fleet-wide.
