@@ -602,3 +602,19 @@ def test_clock_sync_trusts_the_quickest_round_trip() -> None:
     # Past the window even a worse sample replaces a stale best (clocks may step).
     sync.sample(sent=112.000, received=112.004, remote=612.002)
     assert sync.local(612.002) == pytest.approx(112.002, abs=1e-6)
+
+
+def test_clock_sync_falls_back_to_the_quickest_round_trip_still_in_its_window() -> None:
+    """When the best round trip leaves the window, the next best within it takes over, not the
+    next sample: after a stall, a 200 ms round trip would put every slot up to 100 ms off."""
+    sync = ClockSync(window=10.0)  # remote clock = ours + 500 s
+    sync.sample(sent=100.000, received=100.001, remote=600.0005)  # the best, 1 ms
+    sync.sample(sent=105.000, received=105.003, remote=605.0015)  # 3 ms
+    sync.sample(sent=108.000, received=108.005, remote=608.0025)  # 5 ms
+    # 111 s: the 1 ms sample has left the window; a 200 ms round trip whose decision came at its
+    # very end (Redis woke and answered) must not set the offset while the 3 ms one is there.
+    sync.sample(sent=110.800, received=111.000, remote=611.000)
+    assert sync.local(611.000) == pytest.approx(111.000, abs=0.0015)
+    # Past the 3 ms and 5 ms samples too, only the slow one is left: it is all there is.
+    sync.sample(sent=118.500, received=118.700, remote=618.700)
+    assert sync.local(618.700) == pytest.approx(118.600, abs=1e-6)
