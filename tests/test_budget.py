@@ -405,6 +405,34 @@ async def test_only_an_answer_from_redis_closes_the_breaker(monkeypatch: pytest.
     assert not breaker.degraded, "Redis answered the booking"
 
 
+async def test_one_failed_booking_is_asked_again_of_redis_not_of_the_local_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One Redis call that times out (a late reply under a burst: the breaker stays closed) costs
+    its callers that timeout, then a shared slot: on the local schedule they would wait for the
+    others to notice a silence that never was (~1 s) and be refused (a quiet caller's 429)."""
+    t, members = FakeTime(), Members()
+    breaker = Breaker(cool_off=1.0, clock=t.clock)  # opens at the third failure within a second
+    paced, _, shared = fleet_budget(t, members, breaker)
+    await paced.heartbeat()  # it beat: cut off, it would hold until the others noticed
+    book, failed = shared.book, []
+
+    async def late_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(t.now)
+            t.now += 0.5  # the store timeout
+            raise StoreUnavailable("TimeoutError")
+        return await book(*args, **kwargs)
+
+    monkeypatch.setattr(shared, "book", late_once)
+    began = t.now
+    got = await slot(paced, qps=200, max_wait=1.0)
+    assert failed, "the first booking failed"
+    assert got.shared, "asked Redis again"
+    assert not breaker.degraded
+    assert t.now - began == pytest.approx(0.5, abs=0.01)
+
+
 async def test_a_caller_sent_back_and_forth_while_redis_flaps_is_refused_at_its_wait_cap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
