@@ -92,6 +92,36 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+@contextlib.contextmanager
+def behind_slow_tencent(
+    tmp_path: Path, *, latency_ms: int, drain_seconds: float, stderr: int | None = None, **settings: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gateway serve` (its URL and process) in front of an emulator that takes ``latency_ms``
+    to answer, with GATEWAY_DRAIN_SECONDS and ``settings`` (GATEWAY_<NAME>) set; both stopped on
+    the way out."""
+    emu_port, gw_port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
+    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": str(drain_seconds)}
+    env.update({f"GATEWAY_{name.upper()}": str(value) for name, value in settings.items()})
+    emulator = subprocess.Popen(
+        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", str(latency_ms)],
+        env=env,
+    )
+    gateway = subprocess.Popen(
+        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=stderr
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
+        base = f"http://127.0.0.1:{gw_port}"
+        wait_http(f"{base}/readyz", gateway)
+        yield base, gateway
+    finally:
+        if gateway.poll() is None:
+            stop(gateway)
+        stop(emulator)
+
+
 class Fleet:
     """An emulator process and ``replicas`` gateway processes sharing ``redis_url``."""
 
