@@ -10,7 +10,7 @@ The actions:
   replica answers new API work 503 ``overloaded`` with ``Retry-After``, before the work queues
   behind the backlog, so the requests it accepts keep a bounded latency. A refusal keeps its
   connection open while the replica is ready (a closed one costs the replica an accept per
-  refusal, two thirds of serving) and closes it once it is unready (Envoy's
+  refusal, 0.57-0.72 of serving) and closes it once it is unready (Envoy's
   ``disable_http_keepalive``), when the client's next connection goes to another replica. One
   late sample is a stall that has passed (a pause of the machine, a long collection), not a
   queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
