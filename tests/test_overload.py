@@ -106,8 +106,8 @@ async def test_the_monitor_sees_a_blocked_loop() -> None:
 async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
     upstream_url: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While shedding: API requests get 503 overloaded with Retry-After, on a connection that
-    closes, and nothing reaches Tencent;
+    """While shedding: API requests get 503 overloaded with Retry-After, on a connection kept
+    alive while the replica is ready and closed once it is not, and nothing reaches Tencent;
     /livez, /metrics and Tencent's callbacks still answer; /readyz turns 503 once it lasts; when
     the lag falls, requests are served again and the replica is ready. (The samples are the
     test's: the monitor itself is ``test_the_monitor_sees_a_blocked_loop``'s.)"""
@@ -125,7 +125,7 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         assert shed.status_code == 503
         assert shed.json()["code"] == "overloaded"
         assert shed.headers["retry-after"] == "1"
-        assert shed.headers["connection"] == "close"  # the next request may land on another replica
+        assert "connection" not in shed.headers  # (kept alive: a refusal closed costs an accept)
         assert (await gw.client.get("/livez")).status_code == 200
         callback = await gw.client.post("/v1/callbacks/tencent?SdkAppid=1&CallbackCommand=x&Sign=x&RequestTime=1")
         assert callback.status_code != 503
@@ -134,11 +134,13 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         await asyncio.sleep(0.25)
         ready = await gw.client.get("/readyz")
         assert (ready.status_code, ready.json()["status"]) == (503, "overloaded")
+        unready = await gw.client.get(ROOM, headers={"cache-control": "no-cache"})
+        assert unready.headers["connection"] == "close"  # the Service sends its next one elsewhere
         overload.sample(0.0, loop.time())
         assert (await gw.client.get(ROOM)).status_code == 200
         assert (await gw.client.get("/readyz")).status_code == 200
         metrics = (await gw.client.get("/metrics")).text
-        assert 'gateway_overload_shed_total{reason="lag"} 1.0' in metrics
+        assert 'gateway_overload_shed_total{reason="lag"} 2.0' in metrics
         assert "gateway_event_loop_lag_seconds" in metrics
 
 
@@ -147,7 +149,7 @@ async def test_a_replica_at_its_bound_refuses_before_the_app_and_admits_again(
 ) -> None:
     """At GATEWAY_MAX_IN_FLIGHT API requests in flight, the server answers the next one 503
     problem+json ``overloaded`` with Retry-After and no request id (the app never ran: nothing
-    reaches Tencent, no access line), closing the connection; /readyz, /metrics and Tencent's
+    reaches Tencent, no access line), keeping the connection alive; /readyz, /metrics and Tencent's
     callbacks are still served. Once the count falls, requests are admitted, and each leaves the
     count when it finishes."""
     async with start_gateway(upstream_url, max_in_flight=3) as gw:
@@ -156,7 +158,8 @@ async def test_a_replica_at_its_bound_refuses_before_the_app_and_admits_again(
         refused = await gw.client.get(ROOM, headers={"cache-control": "no-cache"})
         assert refused.status_code == 503
         assert refused.headers["content-type"] == "application/problem+json"
-        assert (refused.headers["retry-after"], refused.headers["connection"]) == ("1", "close")
+        assert refused.headers["retry-after"] == "1"
+        assert "connection" not in refused.headers
         assert "x-request-id" not in refused.headers
         problem = refused.json()
         assert (problem["code"], problem["status"]) == ("overloaded", 503)
@@ -171,6 +174,56 @@ async def test_a_replica_at_its_bound_refuses_before_the_app_and_admits_again(
         overload.in_flight = 2
         assert (await gw.client.get(ROOM)).status_code == 200
         assert overload.in_flight == 2
+
+
+async def test_a_refusal_keeps_its_connection_while_ready_and_closes_it_once_unready(
+    upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one socket: a refused request leaves the connection open, so the client's next request
+    (here pipelined behind it) is read and answered on it, refused again or served once the lag
+    falls; once shedding has lasted ``overload_unready_after``, a refusal says ``Connection:
+    close`` and the server closes the socket. A client asking to close is closed."""
+
+    async def by_hand(self: Overload) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Overload, "run", by_hand)
+    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
+        overload: Overload = gw.app.state.gateway.overload
+        loop = asyncio.get_running_loop()
+        await gw.client.get(ROOM)  # (the room cached)
+        host, port = gw.url.removeprefix("http://").split(":")
+        request = f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n\r\n".encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())
+        writer.write(request * 2)
+        for _ in range(2):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 503")
+            await reader.readuntil(b"}")
+        overload.sample(0.0, loop.time())
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.readuntil(b"}")
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())
+        await asyncio.sleep(0.25)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503")
+        assert b"connection: close" in head
+        await reader.readuntil(b"}")
+        assert await reader.read() == b""  # closed by the server
+        writer.close()
+        overload.sample(0.0, loop.time())
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())  # (shedding again, ready: only the client's close closes)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert b"connection: close" in await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"}")
+        assert await reader.read() == b""
+        writer.close()
 
 
 async def test_a_real_replica_refuses_past_its_bound_at_once_and_keeps_the_admitted_bounded(tmp_path: Path) -> None:

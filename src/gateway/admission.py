@@ -5,10 +5,16 @@ one and starts a task for it, and those tasks wait their turn in the event loop 
 middleware runs. A refusal made there, by Litestar middleware, came after that wait and still
 cost most of a request's CPU (BENCHMARKS.md, "Overload"). So the refusal is made where uvicorn
 starts a request's task: ``Admitting`` is uvicorn's httptools protocol, asking ``Overload``
-first. A refused request gets a prebuilt 503 problem+json (code ``overloaded``, ``Retry-After``,
-``Connection: close``) written straight to its socket, which then closes, as uvicorn answers a
-request it cannot parse (its ``send_400_response``): no task, no ASGI messages, no app. An
-admitted API request counts in flight until its app returns.
+first. A refused request gets a prebuilt 503 problem+json (code ``overloaded``, ``Retry-After``)
+written straight to its socket, as uvicorn answers a request it cannot parse (its
+``send_400_response``): no task, no ASGI messages, no app. The connection stays open while the
+replica is ready, and the next request on it is read as any other: closed, a refusal cost two
+thirds of a served request (the accept and TCP set-up of the client's next one), kept alive
+0.11-0.26 (BENCHMARKS.md, "Overload: refusals kept alive"), and a replica at four times its
+capacity cannot keep up with refusals that cost a quarter of a request. Once the replica is
+unready, a refusal says ``Connection: close`` and closes: the Service no longer sends this
+replica new connections, so the client's next one goes to another. An admitted API request
+counts in flight until its app returns.
 
 uvicorn's own ``limit_concurrency`` makes the same check at the same place, but it is not ours:
 it counts open connections (idle keep-alive ones, and hours-long event streams) as well as tasks
@@ -41,15 +47,16 @@ DETAILS: dict[Refusal, str] = {
 }
 
 
-def refusal_bytes(reason: Refusal) -> bytes:
-    """The whole HTTP/1.1 response refusing a request, as the one problem+json mapping builds it."""
+def refusal_bytes(reason: Refusal, *, close: bool = True) -> bytes:
+    """The whole HTTP/1.1 response refusing a request, as the one problem+json mapping builds it
+    (``close``: with ``Connection: close``)."""
     reply = problem_response(errors.Overloaded(DETAILS[reason], retry_after=1), None)
     body = reply.content or b""
     headers = {
         **reply.headers,
         "content-type": str(reply.media_type),
         "content-length": str(len(body)),
-        "connection": "close",
+        **({"connection": "close"} if close else {}),
     }
     head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body
@@ -75,7 +82,8 @@ class Admitting(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing what ``overload`` refuses before starting its task."""
 
     overload: ClassVar[Overload]
-    refusals: ClassVar[dict[Refusal, bytes]]
+    refusals: ClassVar[dict[tuple[Refusal, bool], bytes]]  # by (why, whether the connection closes)
+    keep_alive: ClassVar[bool]
 
     # uvicorn calls this for each request it has read the headers of (a pipelined one once the
     # request before it is answered), right where it would start the app's task.
@@ -85,18 +93,30 @@ class Admitting(HttpToolsProtocol):
         if refused is not None:
             cycle.response_complete = True  # (the parser drops the rest of it, body included)
             if not self.transport.is_closing():  # (a pipelined request after a refusal: dropped)
-                self.transport.write(self.refusals[refused])
-                self.transport.close()
+                self._refuse(refused, cycle)
         elif self.overload.counted(path):
             self.overload.in_flight += 1
             super()._start_asgi_task(cycle, InFlight(app, self.overload))
         else:
             super()._start_asgi_task(cycle, app)
 
+    def _refuse(self, reason: Refusal, cycle: RequestResponseCycle) -> None:
+        # Kept alive, a refusal costs 0.11-0.26 of a served request, closed 0.57-0.72 (the accept
+        # and the TCP set-up of the client's next request): a replica at 4x its capacity cannot
+        # even keep up with its refusals. Closed once unready: the Service no longer sends this
+        # replica new connections, so the client's next one goes to another.
+        close = not (self.keep_alive and cycle.keep_alive and self.overload.ready(self.loop.time()))
+        self.transport.write(self.refusals[reason, close])
+        if close:
+            self.transport.close()
+        else:
+            self.on_response_complete()  # (reads on: the client's next request, pipelined or not)
 
-def protocol(overload: Overload) -> type[asyncio.Protocol]:
+
+def protocol(overload: Overload, *, keep_alive: bool = True) -> type[asyncio.Protocol]:
     """The protocol class to give uvicorn (``Config(http=...)``) for a replica's ``overload``."""
     if not hasattr(HttpToolsProtocol, "_start_asgi_task"):  # (older uvicorns started tasks inline)
         raise RuntimeError("admission needs uvicorn's HttpToolsProtocol._start_asgi_task (uvicorn>=0.55)")
-    refusals: dict[Refusal, bytes] = {reason: refusal_bytes(reason) for reason in DETAILS}
-    return type("Admitting", (Admitting,), {"overload": overload, "refusals": refusals})
+    refusals = {(reason, close): refusal_bytes(reason, close=close) for reason in DETAILS for close in (False, True)}
+    attributes = {"overload": overload, "refusals": refusals, "keep_alive": keep_alive}
+    return type("Admitting", (Admitting,), attributes)
