@@ -92,6 +92,24 @@ def on_granian(app: Litestar, settings: Settings) -> Server:
     return server
 
 
+def overload_variant(server: uvicorn.Server) -> uvicorn.Server:
+    """``server`` with the overload variant of ``bench.overload`` the environment names:
+    BENCH_BACKLOG (the listen backlog), BENCH_REFUSAL=close (every refusal closes its connection,
+    as before issue 27's second admission session), BENCH_SHED=1 (sheds every API request, for
+    what a refusal costs; with GATEWAY_OVERLOAD_LAG=0, so that no lag sample ends it, and a long
+    GATEWAY_OVERLOAD_UNREADY_AFTER, or its refusals close once it is unready)."""
+    from gateway.admission import protocol
+
+    overload = server.config.app.state.gateway.overload
+    if "BENCH_BACKLOG" in os.environ:
+        server.config.backlog = int(os.environ["BENCH_BACKLOG"])
+    if os.environ.get("BENCH_REFUSAL") == "close":
+        server.config.http = protocol(overload, keep_alive=False)
+    if os.environ.get("BENCH_SHED") == "1":
+        overload.shedding = True
+    return server
+
+
 def factory() -> Litestar:
     """For granian's worker process (``--factory bench.apps:factory``): the app BENCH_APP names."""
     logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))  # type: ignore[arg-type]
@@ -106,4 +124,4 @@ if __name__ == "__main__":
     elif sys.argv[2:] == ["bare"]:  # uvicorn as `gateway serve` sets it up, without the gateway's drain
         _run(uvicorn.Server(_server(bare_app(), settings).config).serve())
     else:
-        _run(_server(build(port), settings).serve())
+        _run(overload_variant(_server(build(port), settings)).serve())

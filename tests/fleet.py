@@ -36,6 +36,53 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
     raise RuntimeError(f"{url} did not come up")
 
 
+def start_emulator(url: str, config: Path, rooms: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The emulator as a process of its own at ``url``, its apps from ``config``, ready.
+
+    Tencent does not share the gateway's CPU; here the stand-in does, and it stamps each call's
+    arrival when its event loop gets to it. Starved behind the replicas on two cores, it got to
+    calls in bursts (0.25 ms apart, its own cost a call, after a stall), counted more than 200 in
+    a second that the gateway had spread out, answered 60007 and set off retries (a fleet test
+    saw "209 in a second" and a 3.99 s request so); in the test's own event loop, it stamped
+    calls whenever the gateway and the load generator beside it let it (51 in a second through
+    tinyproxy against a budget of 50). It runs in a process of its own, ahead of the others where
+    the OS lets it (root, as in CI), elsewhere as it is. ``stats()["stalls"]`` says when it ran
+    late all the same."""
+    port = url.rsplit(":", 1)[1]
+    emulator = subprocess.Popen(
+        [*GATEWAY, "emulator", "--port", port, "--config", str(config), "--rooms", str(rooms)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, emulator.pid, EMULATOR_NICE)
+    try:
+        wait_http(f"{url}/_emulator/stats", emulator)
+    except BaseException:
+        stop(emulator)
+        raise
+    return emulator
+
+
+def emulator_stats(url: str) -> dict[str, Any]:
+    """What the emulator at ``url`` counted (its ``/_emulator/stats``)."""
+    result: dict[str, Any] = httpx.get(f"{url}/_emulator/stats", timeout=10).json()
+    return result
+
+
+@contextlib.contextmanager
+def emulator_process(tmp: Path, rooms: int = 3) -> Iterator[str]:
+    """An emulator process (``start_emulator``) with the suite's apps and ``rooms`` rooms each; yields its URL."""
+    url = f"http://127.0.0.1:{free_port()}"
+    config = tmp / "emulator.yaml"
+    config.write_text(config_yaml(url))
+    proc = start_emulator(url, config, rooms, {**os.environ, **SECRETS})
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -43,6 +90,36 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def behind_slow_tencent(
+    tmp_path: Path, *, latency_ms: int, drain_seconds: float, stderr: int | None = None, **settings: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gateway serve` (its URL and process) in front of an emulator that takes ``latency_ms``
+    to answer, with GATEWAY_DRAIN_SECONDS and ``settings`` (GATEWAY_<NAME>) set; both stopped on
+    the way out."""
+    emu_port, gw_port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
+    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": str(drain_seconds)}
+    env.update({f"GATEWAY_{name.upper()}": str(value) for name, value in settings.items()})
+    emulator = subprocess.Popen(
+        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", str(latency_ms)],
+        env=env,
+    )
+    gateway = subprocess.Popen(
+        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=stderr
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
+        base = f"http://127.0.0.1:{gw_port}"
+        wait_http(f"{base}/readyz", gateway)
+        yield base, gateway
+    finally:
+        if gateway.poll() is None:
+            stop(gateway)
+        stop(emulator)
 
 
 class Fleet:
@@ -78,22 +155,7 @@ class Fleet:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        port = self.emulator_url.rsplit(":", 1)[1]
-        emulator = subprocess.Popen(
-            [*GATEWAY, "emulator", "--port", port, "--config", str(self.config), "--rooms", str(self.rooms)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-        )
-        self.procs.append(emulator)
-        # Tencent does not share the replicas' CPU; here the stand-in does, and it stamps each
-        # call's arrival when its event loop gets to it: starved behind the replicas on two
-        # cores, it got to calls in bursts (0.25 ms apart, its own cost a call, after a stall),
-        # counted more than 200 in a second that the gateway had spread out, answered 60007 and
-        # set off retries (a fleet test saw "209 in a second" and a 3.99 s request so). It runs
-        # ahead of them where the OS lets it (root, as in CI); elsewhere as it is.
-        with contextlib.suppress(PermissionError):
-            os.setpriority(os.PRIO_PROCESS, emulator.pid, EMULATOR_NICE)
-        wait_http(f"{self.emulator_url}/_emulator/stats", emulator)
+        self.procs.append(start_emulator(self.emulator_url, self.config, self.rooms, self.env))
         for index in range(self.replicas):
             gw_port = free_port()
             own = {"GATEWAY_REDIS_URL": self.redis_urls[index]} if index in self.redis_urls else {}
@@ -131,8 +193,7 @@ class Fleet:
         return total
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = httpx.get(f"{self.emulator_url}/_emulator/stats").json()
-        return result
+        return emulator_stats(self.emulator_url)
 
     def reset(self, **faults: Any) -> None:
         httpx.post(f"{self.emulator_url}/_emulator/reset")

@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 from litestar import Litestar
 
+from gateway.admission import protocol
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.tenants import Directory, hash_token, parse_config, resolve
@@ -168,7 +169,8 @@ class _Server(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def serve_app(app: Litestar) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn in this event loop on a free loopback port; yield its URL."""
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http="httptools")
+    admitting = protocol(app.state.gateway.overload)  # (`gateway serve`'s: the overload refusals are the server's)
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, loop="none", http=admitting)
     server = _Server(config)
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without
     # it every response written in two parts (head, then body) waited ~40 ms for a delayed ACK.

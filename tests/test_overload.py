@@ -1,16 +1,21 @@
-"""Overload (overload.py): the event loop's lag measured, new API work shed past a bound, readiness
-false when it lasts, and recovery."""
+"""Overload (overload.py, admission.py): the event loop's lag measured, new API work shed past a
+bound, readiness false when it lasts, and recovery; the bound on requests in flight, refused by the
+server before the app runs."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.overload import Overload
 from live_engine_emulator import Emulator
-from tests.support import start_gateway
+from tests.fleet import behind_slow_tencent
+from tests.support import TOKENS, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 
@@ -51,6 +56,36 @@ def test_a_zero_bound_never_sheds() -> None:
     assert not overload.shedding
 
 
+def test_the_in_flight_bound_refuses_api_work_only() -> None:
+    """At ``max_in_flight`` API requests in flight a new one is refused (``in_flight``; ``lag``
+    while shedding), each refusal counted by its reason; health, metrics and Tencent's callbacks
+    are never refused, and a bound of 0 refuses nothing."""
+    overload = Overload(shed_at=0.2, unready_after=1.0, max_in_flight=2, over=1)
+    room = "/v1/tenants/acme/rooms/room-1"
+    overload.in_flight = 1
+    assert overload.refusal(room) is None
+    overload.in_flight = 2
+    assert overload.refusal(room) == "in_flight"
+    assert [overload.refusal(p) for p in ("/readyz", "/livez", "/metrics", "/v1/callbacks/tencent")] == [None] * 4
+    overload.sample(0.5, now=0.0)
+    assert overload.refusal("/v1/tenants/acme/events") == "lag"
+    assert overload.shed == {"lag": 1, "in_flight": 1}
+    unbounded = Overload(shed_at=0.0, unready_after=1.0, max_in_flight=0)
+    unbounded.in_flight = 10**6
+    assert unbounded.refusal(room) is None
+
+
+def test_event_streams_do_not_count_in_flight() -> None:
+    """An admitted API request counts in flight; an open event stream (hours long, bounded by
+    GATEWAY_EVENTS_MAX_SUBSCRIBERS) does not, though a room named ``events`` does; nor do health
+    or callbacks."""
+    assert Overload.counted("/v1/tenants/acme/rooms/room-1/metadata")
+    assert Overload.counted("/v1/tenants/acme/rooms/events")
+    assert not Overload.counted("/v1/tenants/acme/events")
+    assert not Overload.counted("/readyz")
+    assert not Overload.counted("/v1/callbacks/tencent")
+
+
 async def test_the_monitor_sees_a_blocked_loop() -> None:
     """A loop kept busy for 200 ms shows as lag of about that much."""
     overload = Overload(shed_at=0.1, unready_after=1.0, every=0.01, over=1)
@@ -71,8 +106,8 @@ async def test_the_monitor_sees_a_blocked_loop() -> None:
 async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
     upstream_url: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While shedding: API requests get 503 overloaded with Retry-After, on a connection that
-    closes, and nothing reaches Tencent;
+    """While shedding: API requests get 503 overloaded with Retry-After, on a connection kept
+    alive while the replica is ready and closed once it is not, and nothing reaches Tencent;
     /livez, /metrics and Tencent's callbacks still answer; /readyz turns 503 once it lasts; when
     the lag falls, requests are served again and the replica is ready. (The samples are the
     test's: the monitor itself is ``test_the_monitor_sees_a_blocked_loop``'s.)"""
@@ -90,7 +125,7 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         assert shed.status_code == 503
         assert shed.json()["code"] == "overloaded"
         assert shed.headers["retry-after"] == "1"
-        assert shed.headers["connection"] == "close"  # the next request may land on another replica
+        assert "connection" not in shed.headers  # (kept alive: a refusal closed costs an accept)
         assert (await gw.client.get("/livez")).status_code == 200
         callback = await gw.client.post("/v1/callbacks/tencent?SdkAppid=1&CallbackCommand=x&Sign=x&RequestTime=1")
         assert callback.status_code != 503
@@ -99,9 +134,125 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
         await asyncio.sleep(0.25)
         ready = await gw.client.get("/readyz")
         assert (ready.status_code, ready.json()["status"]) == (503, "overloaded")
+        unready = await gw.client.get(ROOM, headers={"cache-control": "no-cache"})
+        assert unready.headers["connection"] == "close"  # the Service sends its next one elsewhere
         overload.sample(0.0, loop.time())
         assert (await gw.client.get(ROOM)).status_code == 200
         assert (await gw.client.get("/readyz")).status_code == 200
         metrics = (await gw.client.get("/metrics")).text
-        assert "gateway_overload_shed_total 1.0" in metrics
+        assert 'gateway_overload_shed_total{reason="lag"} 2.0' in metrics
         assert "gateway_event_loop_lag_seconds" in metrics
+
+
+async def test_a_replica_at_its_bound_refuses_before_the_app_and_admits_again(
+    upstream_url: str, emulator: Emulator
+) -> None:
+    """At GATEWAY_MAX_IN_FLIGHT API requests in flight, the server answers the next one 503
+    problem+json ``overloaded`` with Retry-After and no request id (the app never ran: nothing
+    reaches Tencent, no access line), keeping the connection alive; /readyz, /metrics and Tencent's
+    callbacks are still served. Once the count falls, requests are admitted, and each leaves the
+    count when it finishes."""
+    async with start_gateway(upstream_url, max_in_flight=3) as gw:
+        overload: Overload = gw.app.state.gateway.overload
+        overload.in_flight = 3  # (three requests held, as far as admission can tell)
+        refused = await gw.client.get(ROOM, headers={"cache-control": "no-cache"})
+        assert refused.status_code == 503
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "1"
+        assert "connection" not in refused.headers
+        assert "x-request-id" not in refused.headers
+        problem = refused.json()
+        assert (problem["code"], problem["status"]) == ("overloaded", 503)
+        assert "GATEWAY_MAX_IN_FLIGHT" in problem["detail"]
+        assert emulator.calls["get_room_info"] == 0
+        assert (await gw.client.get("/readyz")).status_code == 200  # (the bound is met in bursts)
+        callback = await gw.client.post("/v1/callbacks/tencent?SdkAppid=1&CallbackCommand=x&Sign=x&RequestTime=1")
+        assert callback.status_code == 401
+        metrics = (await gw.client.get("/metrics")).text
+        assert 'gateway_overload_shed_total{reason="in_flight"} 1.0' in metrics
+        assert "gateway_requests_in_flight 3.0" in metrics
+        overload.in_flight = 2
+        assert (await gw.client.get(ROOM)).status_code == 200
+        assert overload.in_flight == 2
+
+
+async def test_a_refusal_keeps_its_connection_while_ready_and_closes_it_once_unready(
+    upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one socket: a refused request leaves the connection open, so the client's next request
+    (here pipelined behind it) is read and answered on it, refused again or served once the lag
+    falls; once shedding has lasted ``overload_unready_after``, a refusal says ``Connection:
+    close`` and the server closes the socket. A client asking to close is closed."""
+
+    async def by_hand(self: Overload) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Overload, "run", by_hand)
+    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
+        overload: Overload = gw.app.state.gateway.overload
+        loop = asyncio.get_running_loop()
+        await gw.client.get(ROOM)  # (the room cached)
+        host, port = gw.url.removeprefix("http://").split(":")
+        request = f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n\r\n".encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())
+        writer.write(request * 2)
+        for _ in range(2):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 503")
+            await reader.readuntil(b"}")
+        overload.sample(0.0, loop.time())
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.readuntil(b"}")
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())
+        await asyncio.sleep(0.25)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503")
+        assert b"connection: close" in head
+        await reader.readuntil(b"}")
+        assert await reader.read() == b""  # closed by the server
+        writer.close()
+        overload.sample(0.0, loop.time())
+        overload.sample(1.0, loop.time())
+        overload.sample(1.0, loop.time())  # (shedding again, ready: only the client's close closes)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert b"connection: close" in await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"}")
+        assert await reader.read() == b""
+        writer.close()
+
+
+async def test_a_real_replica_refuses_past_its_bound_at_once_and_keeps_the_admitted_bounded(tmp_path: Path) -> None:
+    """`gateway serve` with GATEWAY_MAX_IN_FLIGHT=8, Tencent taking 2 s, offered 32 requests at
+    once: 8 are admitted and answered 200 in about Tencent's time; the other 24 are answered 503
+    ``overloaded`` before any of those (none waits for a place), the shed counter says so, and
+    once the 8 are done the replica admits again."""
+    latency = 2.0
+    with behind_slow_tencent(tmp_path, latency_ms=int(latency * 1000), drain_seconds=1, max_in_flight=8) as (base, _):
+        auth = {"authorization": f"Bearer {TOKENS['rw']}"}
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30, limits=limits) as client:
+            loop = asyncio.get_running_loop()
+
+            async def timed(n: int) -> tuple[int, float, bytes]:
+                start = loop.time()
+                reply = await client.get(
+                    f"/v1/tenants/acme/rooms/room-{n % 3 + 1}", headers={"cache-control": "no-cache"}
+                )
+                return reply.status_code, loop.time() - start, reply.content
+
+            answers = await asyncio.gather(*(timed(n) for n in range(32)))
+            admitted = [took for status, took, _ in answers if status == 200]
+            refused = [(took, body) for status, took, body in answers if status == 503]
+            assert (len(admitted), len(refused)) == (8, 24)
+            assert max(took for took, _ in refused) < min(admitted)  # refused at once, not after a wait
+            assert {json.loads(body)["code"] for _, body in refused} == {"overloaded"}
+            assert max(admitted) < 2 * latency  # the admitted did not queue behind the refused
+            metrics = (await client.get("/metrics")).text
+            assert 'gateway_overload_shed_total{reason="in_flight"} 24.0' in metrics
+            assert "gateway_requests_in_flight 0.0" in metrics
+            assert (await client.get("/v1/tenants/acme/rooms/room-1")).status_code == 200

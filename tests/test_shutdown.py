@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from tests.fleet import GATEWAY, stop, wait_http
+from tests.fleet import GATEWAY, behind_slow_tencent, stop, wait_http
 from tests.redis_servers import free_port
 from tests.support import SECRETS, TOKENS, config_yaml
-
-
-@contextlib.contextmanager
-def behind_slow_tencent(
-    tmp_path: Path, *, latency_ms: int, drain_seconds: float, stderr: int | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`gateway serve` (its URL and process) in front of an emulator that takes ``latency_ms``
-    to answer, with GATEWAY_DRAIN_SECONDS set; both stopped on the way out."""
-    emu_port, gw_port = free_port(), free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(config_yaml(f"http://127.0.0.1:{emu_port}"))
-    env = {**os.environ, **SECRETS, "GATEWAY_CONFIG": str(config), "GATEWAY_DRAIN_SECONDS": str(drain_seconds)}
-    emulator = subprocess.Popen(
-        [*GATEWAY, "emulator", "--port", str(emu_port), "--config", str(config), "--latency-ms", str(latency_ms)],
-        env=env,
-    )
-    gateway = subprocess.Popen(
-        [*GATEWAY, "serve", "--host", "127.0.0.1", "--port", str(gw_port)], env=env, stderr=stderr
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{emu_port}/_emulator/stats", emulator)
-        base = f"http://127.0.0.1:{gw_port}"
-        wait_http(f"{base}/readyz", gateway)
-        yield base, gateway
-    finally:
-        if gateway.poll() is None:
-            stop(gateway)
-        stop(emulator)
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:

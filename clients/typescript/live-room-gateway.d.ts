@@ -945,7 +945,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The replica is draining (draining) or serves its maximum of streams (too_many_subscribers) */
+            /** @description The replica is draining (draining), serves its maximum of streams (too_many_subscribers) or is overloaded (overloaded) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1063,7 +1063,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1192,7 +1192,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1319,7 +1319,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1444,7 +1444,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1573,7 +1573,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1697,7 +1697,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1826,7 +1826,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1954,7 +1954,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2083,7 +2083,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2212,7 +2212,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2340,7 +2340,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2467,7 +2467,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2594,7 +2594,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2723,7 +2723,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2850,7 +2850,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2978,7 +2978,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3107,7 +3107,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3231,7 +3231,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3360,7 +3360,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3488,7 +3488,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3612,7 +3612,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3741,7 +3741,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3869,7 +3869,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -3993,7 +3993,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4122,7 +4122,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4251,7 +4251,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4381,7 +4381,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4510,7 +4510,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4634,7 +4634,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured) */
+            /** @description Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; Retry-After, and the connection closes: retry, another replica may answer) */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -244,17 +244,17 @@ class EdgeMiddleware(ASGIMiddleware):
     """The edge, as Litestar middleware on every route: request ids in and out, refusal of paths
     that would decode into other routes, and the request's metrics and access-log line. A request
     Litestar's router refuses (404, 405) never reaches a route's middleware: ``handle_error``
-    gives it its id and counts it (route ``unmatched``).
+    gives it its id and counts it (route ``unmatched``). An overloaded replica's refusals come
+    before the app, from the server (``admission``): the edge never sees them.
 
     Request ids the gateway makes are 32 hex digits: a random per-process half and a counter
     (unique across replicas without a system call per request, unlike ``uuid4``)."""
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, *, metrics: Metrics, clock: Callable[[], float], overload: Overload | None = None) -> None:
+    def __init__(self, *, metrics: Metrics, clock: Callable[[], float]) -> None:
         self._metrics = metrics
         self._clock = clock
-        self._overload = overload or Overload(shed_at=0, unready_after=1)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = self._clock()
@@ -271,27 +271,12 @@ class EdgeMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            if (refused := _refused_path(scope) or self._shed(scope)) is not None:
-                reply = problem_response(refused, state["request_id"])
-                if isinstance(refused, errors.Overloaded):
-                    # Envoy's disable_http_keepalive: the client's next request opens a new
-                    # connection, which the Service may balance to another replica (kept alive,
-                    # it would stay pinned here even once readiness fails).
-                    reply.headers["connection"] = "close"
-                await reply(scope, receive, send_with_id)
+            if (refused := _refused_path(scope)) is not None:
+                await problem_response(refused, state["request_id"])(scope, receive, send_with_id)
             else:
                 await next_app(scope, receive, send_with_id)
         finally:
             _record(scope, state, sent, self._clock() - started, self._metrics)
-
-    def _shed(self, scope: Scope) -> errors.GatewayError | None:
-        """New API work while the replica is overloaded (never Tencent's callbacks, health or metrics)."""
-        if not self._overload.shedding or not scope["path"].startswith("/v1/tenants/"):
-            return None
-        self._overload.shed += 1
-        return errors.Overloaded(
-            "this replica's event loop is overloaded; retry, another replica may answer", retry_after=1
-        )
 
 
 def _refused_path(scope: Scope) -> errors.GatewayError | None:
@@ -557,7 +542,9 @@ _ERRORS = {
         "or an Idempotency-Key sent with another request (idempotency_key_reused)",
         429: "Budget exhausted within the wait cap, or Tencent rate-limited (rate_limited)",
         502: "Tencent unavailable or rejected the call (upstream_unavailable, upstream_rejected)",
-        503: "Tencent rejected the gateway's credentials (upstream_misconfigured)",
+        503: "Tencent rejected the gateway's credentials (upstream_misconfigured), or this replica is "
+        "overloaded (overloaded: its event loop lags, or it has GATEWAY_MAX_IN_FLIGHT requests in flight; "
+        "Retry-After, and the connection closes: retry, another replica may answer)",
         504: "Tencent did not answer within the deadline (upstream_timeout)",
     }.items()
 }
@@ -718,7 +705,8 @@ def _event_id(raw: str) -> str:
         503: ResponseSpec(
             data_container=Problem,
             media_type=PROBLEM_JSON,
-            description="The replica is draining (draining) or serves its maximum of streams (too_many_subscribers)",
+            description="The replica is draining (draining), serves its maximum of streams (too_many_subscribers) "
+            "or is overloaded (overloaded)",
             generate_examples=False,
         ),
     },

@@ -311,7 +311,11 @@ def create_app(
         heartbeat=settings.events_heartbeat,
         metrics=metrics,
     )
-    overload = Overload(shed_at=settings.overload_lag, unready_after=settings.overload_unready_after)
+    overload = Overload(
+        shed_at=settings.overload_lag,
+        unready_after=settings.overload_unready_after,
+        max_in_flight=settings.max_in_flight,
+    )
     gateway = Gateway(
         directory=directory,
         overload=overload,
@@ -340,7 +344,9 @@ def create_app(
                 "gateway_events_dropped": held.dropped if held else 0,
                 "gateway_event_loop_lag_seconds": overload.lag,
                 "gateway_overloaded": 1 if overload.shedding else 0,
-                "gateway_overload_shed": overload.shed,
+                "gateway_overload_shed_lag": overload.shed["lag"],
+                "gateway_overload_shed_in_flight": overload.shed["in_flight"],
+                "gateway_requests_in_flight": overload.in_flight,
             }
         )
     )
@@ -391,7 +397,7 @@ def create_app(
         # ServerSpans outside the edge: the access line, written by the edge, has the trace's ids.
         middleware=[
             *([] if tracer is None else [tracing.ServerSpans(tracer)]),
-            EdgeMiddleware(metrics=metrics, clock=clock, overload=overload),
+            EdgeMiddleware(metrics=metrics, clock=clock),
         ],
         state=State({"gateway": gateway, "settings": settings}),
         exception_handlers={Exception: handle_error},

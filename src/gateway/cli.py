@@ -58,13 +58,15 @@ class GatewayServer(uvicorn.Server):
 
 
 def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
+    from gateway.admission import protocol
+
     logs.configure(settings.log_level)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=protocol(app.state.gateway.overload),  # httptools', refusing overload before the app
         lifespan="on",
         access_log=False,  # the gateway writes its own JSON access line per request
         proxy_headers=False,  # nothing reads the client's address: skip uvicorn's middleware for it

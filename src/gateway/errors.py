@@ -21,7 +21,7 @@ into this tree, so nothing above it ever looks at an ErrorCode.
     ├── RateLimited                    429    rate_limited
     │   └── UpstreamRateLimited        429    rate_limited      (Tencent said "too frequent")
     ├── Draining                       503    draining
-    ├── Overloaded                     503    overloaded (its event loop lags: overload.py)
+    ├── Overloaded                     503    overloaded (loop lag, or GATEWAY_MAX_IN_FLIGHT: admission.py)
     ├── TooManySubscribers             503    too_many_subscribers
     ├── UpstreamMisconfigured          503    upstream_misconfigured
     │   ├── SignatureRejected          503    upstream_misconfigured (retried once with a new sig)

@@ -208,11 +208,23 @@ class StateCollector(Collector):
             "gateway_budget_bookings": "Budget store calls (Redis round trips when shared), each booking a batch",
             "gateway_events_dropped": "Room events dropped because more were held during a Redis outage than "
             "GATEWAY_EVENTS_HOLD",
-            "gateway_overload_shed": "API requests answered 503 overloaded because the event loop lagged past "
-            "GATEWAY_OVERLOAD_LAG",
         }
         for name, text in counters.items():
             yield CounterMetricFamily(name, text, value=float(state.get(name, 0)))
+        shed = CounterMetricFamily(
+            "gateway_overload_shed",
+            "API requests refused 503 overloaded before the app ran: the event loop lagged past "
+            "GATEWAY_OVERLOAD_LAG (lag) or GATEWAY_MAX_IN_FLIGHT requests were in flight (in_flight)",
+            labels=["reason"],
+        )
+        for reason in ("lag", "in_flight"):
+            shed.add_metric([reason], float(state.get(f"gateway_overload_shed_{reason}", 0)))
+        yield shed
+        yield GaugeMetricFamily(
+            "gateway_requests_in_flight",
+            "API requests admitted and not finished, queued in the event loop or running (event streams excluded)",
+            value=float(state.get("gateway_requests_in_flight", 0)),
+        )
         mode = GaugeMetricFamily(
             "gateway_budget_mode",
             "1 for the budget's mode now: embedded, shared, hold, degraded or grace (README: Redis outages)",

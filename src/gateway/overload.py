@@ -7,40 +7,80 @@ queue all of them stand in. ``Overload.run`` samples it every ``every`` seconds.
 The actions:
 
 - **shed**: when ``over`` samples in a row (100 ms and more) lag past ``shed_at`` seconds, the
-  replica answers new API work 503 ``overloaded`` with ``Retry-After`` at its edge, before the work
-  queues behind the backlog, so the requests it accepts keep a bounded latency. The 503 closes
-  its connection (Envoy's ``disable_http_keepalive``): a client's next request connects again,
-  and the Service may send it to another replica; kept alive, it would stay on this one. One late sample
-  is a stall that has passed (a pause of the machine, a long collection), not a queue: it sheds
-  nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
+  replica answers new API work 503 ``overloaded`` with ``Retry-After``, before the work queues
+  behind the backlog, so the requests it accepts keep a bounded latency. A refusal keeps its
+  connection open while the replica is ready (a closed one costs the replica an accept per
+  refusal, 0.57-0.72 of serving) and closes it once it is unready (Envoy's
+  ``disable_http_keepalive``), when the client's next connection goes to another replica. One
+  late sample is a stall that has passed (a pause of the machine, a long collection), not a
+  queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
   from flapping at the bound).
+- **admit**: at most ``max_in_flight`` API requests in flight (Envoy's circuit breaker
+  ``max_requests``; 0: no bound). A request counts from the moment the server has read its
+  headers until its app returns, so the count includes the requests queued in the event loop
+  behind the backlog, not only those running: the queue the lag is a symptom of, seen at once.
+  Event streams are admitted like any request but do not count once open (they last hours;
+  GATEWAY_EVENTS_MAX_SUBSCRIBERS bounds them).
 - **unready**: shedding for ``unready_after`` seconds in a row turns readiness false, so that
   Kubernetes routes around a replica that cannot keep up; it turns true when shedding stops.
+  A replica at its in-flight bound stays ready: the bound is met in bursts, and the requests it
+  holds may be waiting for budget slots the whole fleet shares, which another replica would not
+  get sooner.
 
-Tencent's callbacks, health, readiness and metrics are never shed (the edge decides: ``api``).
+Both refusals are the server's, made before the app runs (``admission``): only API work
+(``/v1/tenants/...``) is refused; Tencent's callbacks, health, readiness and metrics never are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from typing import Literal
 
 log = logging.getLogger("gateway.overload")
 
+Refusal = Literal["lag", "in_flight"]  # why a request was refused: the shed counter's label values
+_API = "/v1/tenants/"
+_STREAM = re.compile(r"/v1/tenants/[^/]+/events")
+
 
 class Overload:
-    """The event loop's lag and what the replica does about it (``shed_at`` 0: never sheds)."""
+    """The event loop's lag, the API requests in flight, and what the replica does about them
+    (``shed_at`` 0: never sheds for lag; ``max_in_flight`` 0: no bound)."""
 
-    def __init__(self, *, shed_at: float, unready_after: float, every: float = 0.05, over: int = 2) -> None:
+    def __init__(
+        self, *, shed_at: float, unready_after: float, max_in_flight: int = 0, every: float = 0.05, over: int = 2
+    ) -> None:
         self._shed_at = shed_at
+        self._max_in_flight = max_in_flight
         self._unready_after = unready_after
         self._every = every
         self._over = over
         self._late = 0  # samples in a row past shed_at
         self.lag = 0.0  # the latest sample, in seconds
         self.shedding = False
-        self.shed = 0  # requests answered 503 overloaded
+        self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0}  # requests answered 503 overloaded, by why
+        self.in_flight = 0  # API requests admitted and not finished (``counted``)
         self._since = 0.0  # when shedding began (loop time)
+
+    def refusal(self, path: str) -> Refusal | None:
+        """Why a new request for ``path`` is refused now, or None: it is admitted."""
+        if not path.startswith(_API):
+            return None
+        if self.shedding:
+            reason: Refusal = "lag"
+        elif 0 < self._max_in_flight <= self.in_flight:
+            reason = "in_flight"
+        else:
+            return None
+        self.shed[reason] += 1
+        return reason
+
+    @staticmethod
+    def counted(path: str) -> bool:
+        """Whether an admitted request for ``path`` counts in flight until it finishes."""
+        return path.startswith(_API) and _STREAM.fullmatch(path) is None
 
     def sample(self, lag: float, now: float) -> None:
         """One measurement of the loop's lag, taken at ``now`` (the loop's clock)."""

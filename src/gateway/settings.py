@@ -64,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # overload (overload.py): shed new API work past this event-loop lag (0: never), unready after shedding this long
     overload_lag: float = 0.25
     overload_unready_after: float = 5.0
+    max_in_flight: int = 1024  # API requests in flight a replica admits (0: no bound); past it, 503 overloaded
     # Idempotency-Key (SPEC §10)
     idempotency_ttl: float = 86_400.0  # a key's answer is kept this long
     idempotency_max_keys: int = 100_000  # keys a replica keeps in process (embedded, and through Redis outages)
@@ -107,6 +108,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("events_hold", self.events_hold >= 0, "≥ 0"),
             ("overload_lag", self.overload_lag >= 0, "≥ 0 (0: never shed)"),
             ("overload_unready_after", self.overload_unready_after > 0, "> 0"),
+            ("max_in_flight", self.max_in_flight >= 0, "≥ 0 (0: no bound)"),
             ("idempotency_ttl", self.idempotency_ttl >= 1, "≥ 1"),
             ("idempotency_max_keys", self.idempotency_max_keys >= 1, "≥ 1"),
         ]

@@ -75,6 +75,16 @@ async def _tencent(request: web.Request) -> web.StreamResponse:
     return web.Response(body=json.dumps(reply).encode(), content_type="application/json")
 
 
+async def _watch_stalls(emu: Emulator, every: float = 0.02) -> None:
+    """Record when this event loop ran late (``Emulator.stall``): arrivals are stamped on it, so a
+    stall of the process (the machine, a collection) bunches the stamps of the calls that came
+    meanwhile, and a sliding second can count more than were sent in one."""
+    while True:
+        start = emu.clock()
+        await asyncio.sleep(every)
+        emu.stall(start + every, emu.clock() - start - every)
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[EMULATOR].stats())
 
@@ -127,9 +137,11 @@ def create_emulator_app(emulator: Emulator) -> web.Application:
     app[PENDING] = set()
 
     async def session(app: web.Application) -> AsyncIterator[None]:
+        watch = asyncio.create_task(_watch_stalls(emulator))
         async with aiohttp.ClientSession() as client:
             app[SESSION] = client
             yield
+            watch.cancel()
             pending: set[asyncio.Task[None]] = app[PENDING]
             for task in pending.copy():
                 task.cancel()

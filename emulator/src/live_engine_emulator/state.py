@@ -58,6 +58,8 @@ HTTP_502 = 0  # fault: answer HTTP 502
 DROP = -1  # fault: close the connection before doing anything
 APPLY_THEN_DROP = -2  # fault: do the call, then close the connection (the reply is lost)
 PASS = -3  # no fault for this call (to script a later call's)
+STALL = 0.01  # seconds: the event loop running this late is recorded (Emulator.stall)
+STALLS_KEPT = 1000
 
 
 class Callback(NamedTuple):
@@ -106,6 +108,7 @@ class Emulator:
         self.outbox: list[Callback] = []  # callbacks to send (server.py sends them)
         self.callbacks_sent: Counter[str] = Counter()  # by outcome: ok, or what failed
         self._admitted: defaultdict[str, deque[float]] = defaultdict(deque)
+        self.stalls: list[tuple[float, float]] = []  # (when, seconds late): the loop ran late (server.py)
         self._seq = 0
 
     # ------------------------------------------------------------------ set-up and knobs
@@ -130,8 +133,16 @@ class Emulator:
         """The next calls to ``api`` meet these faults (ErrorCodes, HTTP_502, DROP, APPLY_THEN_DROP, PASS)."""
         self.faults.scripted.setdefault(api, deque()).extend(codes)
 
+    def stall(self, when: float, late: float) -> None:
+        """The event loop that stamps arrivals ran ``late`` seconds behind at ``when`` (the
+        clock's time); kept from ``STALL`` on, the newest ``STALLS_KEPT``."""
+        if late >= STALL:
+            self.stalls.append((when, late))
+            del self.stalls[:-STALLS_KEPT]
+
     def reset_counters(self) -> None:
         self.calls.clear()
+        self.stalls.clear()
         self.codes.clear()
         self.arrivals.clear()
         self.usersigs.clear()
@@ -155,6 +166,7 @@ class Emulator:
             },
             "usersigs": {str(k): len(v) for k, v in self.usersigs.items()},
             "callbacks_sent": dict(self.callbacks_sent),
+            "stalls": [[round(when, 4), round(late, 4)] for when, late in self.stalls],
         }
 
     # ------------------------------------------------------------------ one request

@@ -127,7 +127,8 @@ class FleetBudget:
         ``send``: the call, sent the moment its slot comes (``slots.Launch``).
 
         A caller moved from the local schedule to ask Redis (``_rejoin``) may be moved again
-        while Redis flaps, each time after a Redis timeout: past ``max_wait`` it is refused."""
+        while Redis flaps, each time after a Redis timeout, and a caller whose booking failed
+        while the breaker stays closed asks Redis again: past ``max_wait`` it is refused."""
         began = self._clock()
         until = began + max_wait
         launch = None if send is None else Launch(send, window=self._jitter * SEND_SHARE, clock=self._clock)
@@ -164,6 +165,12 @@ class FleetBudget:
                 )
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
+                if not self._breaker.degraded:
+                    # One late answer (a burst, a pause), not an outage: ask Redis again for
+                    # what is left of the wait. On the local schedule, it would have waited for
+                    # the others to notice a silence that never was (``Fleet.unseen_for``, ~1 s),
+                    # and been refused: a quiet caller's 429 beside a noisy one.
+                    return Moved()
             else:  # (a success only if Redis answered: ``Answered``)
                 return await self._hold(got, began, shared=True, launch=launch)
         if key not in self._local_only:

@@ -1,0 +1,122 @@
+"""Admission: the server's say on a request, before the app runs (``overload``'s refusals).
+
+A replica starved of CPU queues its requests in the server, not in the app: uvicorn parses each
+one and starts a task for it, and those tasks wait their turn in the event loop before any
+middleware runs. A refusal made there, by Litestar middleware, came after that wait and still
+cost most of a request's CPU (BENCHMARKS.md, "Overload"). So the refusal is made where uvicorn
+starts a request's task: ``Admitting`` is uvicorn's httptools protocol, asking ``Overload``
+first. A refused request gets a prebuilt 503 problem+json (code ``overloaded``, ``Retry-After``)
+written straight to its socket, as uvicorn answers a request it cannot parse (its
+``send_400_response``): no task, no ASGI messages, no app. The connection stays open while the
+replica is ready, and the next request on it is read as any other: closed, a refusal cost two
+thirds of a served request (the accept and TCP set-up of the client's next one), kept alive
+0.11-0.26 (BENCHMARKS.md, "Overload: refusals kept alive"), and a replica at four times its
+capacity cannot keep up with refusals that cost a quarter of a request. Once the replica is
+unready, a refusal says ``Connection: close`` and closes: the Service no longer sends this
+replica new connections, so the client's next one goes to another. An admitted API request
+counts in flight until its app returns.
+
+uvicorn's own ``limit_concurrency`` makes the same check at the same place, but it is not ours:
+it counts open connections (idle keep-alive ones, and hours-long event streams) as well as tasks
+(health and metrics among them), so a replica with many idle clients refuses everything; its
+503 is plain text without ``Retry-After``; it logs a warning per refusal (a log line per request
+at the moment the replica has least CPU for it); and it refuses ``/readyz`` and Tencent's callbacks.
+
+A refusal is counted (``gateway_overload_shed_total{reason}``) but gets no access-log line and no
+request id: the app, which does both, never sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from gateway import errors
+from gateway.api import problem_response
+from gateway.overload import Overload, Refusal
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+
+DETAILS: dict[Refusal, str] = {
+    "lag": "this replica's event loop is overloaded; retry, another replica may answer",
+    "in_flight": "this replica has its maximum of requests in flight (GATEWAY_MAX_IN_FLIGHT); retry, "
+    "another replica may answer",
+}
+
+
+def refusal_bytes(reason: Refusal, *, close: bool = True) -> bytes:
+    """The whole HTTP/1.1 response refusing a request, as the one problem+json mapping builds it
+    (``close``: with ``Connection: close``)."""
+    reply = problem_response(errors.Overloaded(DETAILS[reason], retry_after=1), None)
+    body = reply.content or b""
+    headers = {
+        **reply.headers,
+        "content-type": str(reply.media_type),
+        "content-length": str(len(body)),
+        **({"connection": "close"} if close else {}),
+    }
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body
+
+
+class InFlight:
+    """An admitted API request's app: it leaves the in-flight count when the app returns."""
+
+    __slots__ = ("_app", "_overload")
+
+    def __init__(self, app: ASGI3Application, overload: Overload) -> None:
+        self._app = app
+        self._overload = overload
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._overload.in_flight -= 1
+
+
+class Admitting(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing what ``overload`` refuses before starting its task."""
+
+    overload: ClassVar[Overload]
+    refusals: ClassVar[dict[tuple[Refusal, bool], bytes]]  # by (why, whether the connection closes)
+    keep_alive: ClassVar[bool]
+
+    # uvicorn calls this for each request it has read the headers of (a pipelined one once the
+    # request before it is answered), right where it would start the app's task.
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        path = cycle.scope["path"]
+        refused = self.overload.refusal(path)
+        if refused is not None:
+            cycle.response_complete = True  # (the parser drops the rest of it, body included)
+            if not self.transport.is_closing():  # (a pipelined request after a refusal: dropped)
+                self._refuse(refused, cycle)
+        elif self.overload.counted(path):
+            self.overload.in_flight += 1
+            super()._start_asgi_task(cycle, InFlight(app, self.overload))
+        else:
+            super()._start_asgi_task(cycle, app)
+
+    def _refuse(self, reason: Refusal, cycle: RequestResponseCycle) -> None:
+        # Kept alive, a refusal costs 0.11-0.26 of a served request, closed 0.57-0.72 (the accept
+        # and the TCP set-up of the client's next request): a replica at 4x its capacity cannot
+        # even keep up with its refusals. Closed once unready: the Service no longer sends this
+        # replica new connections, so the client's next one goes to another.
+        close = not (self.keep_alive and cycle.keep_alive and self.overload.ready(self.loop.time()))
+        self.transport.write(self.refusals[reason, close])
+        if close:
+            self.transport.close()
+        else:
+            self.on_response_complete()  # (reads on: the client's next request, pipelined or not)
+
+
+def protocol(overload: Overload, *, keep_alive: bool = True) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``) for a replica's ``overload``."""
+    if not hasattr(HttpToolsProtocol, "_start_asgi_task"):  # (older uvicorns started tasks inline)
+        raise RuntimeError("admission needs uvicorn's HttpToolsProtocol._start_asgi_task (uvicorn>=0.55)")
+    refusals = {(reason, close): refusal_bytes(reason, close=close) for reason in DETAILS for close in (False, True)}
+    attributes = {"overload": overload, "refusals": refusals, "keep_alive": keep_alive}
+    return type("Admitting", (Admitting,), attributes)
