@@ -33,8 +33,7 @@ from gateway.health import StoreUnavailable
 DEPTH = 8  # bookings of one (scope, API) in flight at once from one replica (BENCHMARKS.md: 2 to 16 tried)
 SLACK = 0.002  # a waiter's cap is kept to this closely: the store's clock is ours within half a round trip
 IDLE_GAP = 0.001  # after a booking that granted nothing, the next waits at least this long
-LATE_KEPT = 64  # the lead is taken from this many of the latest answers ...
-LATE_SHARE = 0.9  # ... as the lateness this share of them kept within (Dispatcher's docstring)
+LATE_DECAY = 0.95  # per booking: how fast the lead forgets a late answer (Dispatcher's docstring)
 
 
 class BudgetStore(Protocol):
@@ -227,16 +226,12 @@ class Dispatcher:
         busy), and a slot booked for "now" has passed by then; past its send window, its call
         could not leave (a missed slot, a booking more). Bookings therefore ask for no slot
         before the store's now plus how late answers have come lately, less half the window: a
-        waiter gets its slot when it has just begun. "How late" is what 90% of the latest 64
-        answers kept within, not their maximum: every slot waits out the lead (the call leaves
-        that much later), and under load one answer in tens comes tens of milliseconds late; a
-        lead sized for those cost every call the wait (measured: a lead of 12 ms at the median
-        against answers 1.3 ms late). The rare later answer's slots are missed and rebooked. An
-        in-process store (``own_clock``) answers at once: its bookings have no lead."""
+        waiter gets its slot when it has just begun. An in-process store (``own_clock``) answers
+        at once: its bookings have no lead."""
         self._store = store
         self._in_process = own_clock  # its answers come at once: no lead
         self._window = window
-        self._lates: deque[float] = deque(maxlen=LATE_KEPT)  # how late bookings' answers came lately
+        self._late = 0.0  # how late bookings' answers came lately (a decaying maximum)
         self._horizon = horizon
         self._borrow = borrow
         self._active = active
@@ -299,7 +294,7 @@ class Dispatcher:
         """One store call for every waiter not in another; then whatever is left is timed."""
         now = self._clock()
         queue.expire(now)
-        lead = 0.0 if self._in_process else min(max(0.0, self._late() - self._window / 2), self._horizon / 2)
+        lead = 0.0 if self._in_process else min(max(0.0, self._late - self._window / 2), self._horizon / 2)
         wants, asked = queue.ask(now, self._horizon, lead)
         if not wants:
             return
@@ -323,18 +318,13 @@ class Dispatcher:
             queue.answer_all(booked)
             return
         self.sync.sample(now, self._clock(), booked.at)
-        self._lates.append(self._clock() - self.sync.local(booked.at))
+        self._late = max(self._clock() - self.sync.local(booked.at), self._late * LATE_DECAY)
         self._hand_out(queue, booked, asked, lead)
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
         if booked.next_at is not None:  # none of these can have a slot before then
             queue.refuse_before(self.sync.local(booked.next_at), short)
         self._next(scope, api, queue, booked)
-
-    def _late(self) -> float:
-        """How late answers come: LATE_SHARE of the latest LATE_KEPT came within it."""
-        lates = sorted(self._lates)
-        return lates[int(LATE_SHARE * (len(lates) - 1))] if lates else 0.0
 
     def _hand_out(self, queue: _Queue, booked: Booked, asked: dict[str, list[_Waiter]], lead: float) -> None:
         for caller, starts in booked.slots.items():
