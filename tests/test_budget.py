@@ -170,6 +170,21 @@ async def test_a_slot_says_when_its_call_must_leave() -> None:
     assert t.now > late.send_by
 
 
+async def test_a_sleep_that_ends_early_still_holds_the_slot_until_its_moment() -> None:
+    """A sleep that ends before its time (uvloop rounds timers to the millisecond) is slept
+    again: a caller never holds its slot, and so never sends, before the slot's moment."""
+    t = FakeTime()
+
+    async def early(seconds: float) -> None:  # uvloop's: whole milliseconds, a loop turn (0.1 ms) at least
+        await t.sleep(max(round(seconds * 1000) / 1000 - 0.001, 0.0001))
+
+    paced = EmbeddedBudget(store=MemoryBudgetStore(clock=t.clock), jitter=0.015, clock=t.clock, sleep=early)
+    await slot(paced, qps=10, max_wait=10)
+    second = await slot(paced, qps=10, max_wait=10)
+    assert t.now >= 1000.0 + budget.interval_for(10, 0.015)
+    assert second.waited >= budget.interval_for(10, 0.015)
+
+
 def test_the_spacing_is_the_best_any_schedule_can_do() -> None:
     """(1 + J) / limit apart: the default 17 ms uses 98.3% of the limit, and a microsecond more
     than the exact spacing, so rounding to Redis's microseconds never shortens it."""
@@ -600,6 +615,10 @@ class NeverOnTime(PooledTransport):
     ) -> Reply:
         await asyncio.sleep(0.03)
         return await super().post(origin, target, body, on_time, proxy=proxy)
+
+    def launch(self, origin: str, target: str, body: bytes, *, proxy: Proxy | None = None) -> None:
+        """Never a socket ready to write at once (every write waits 30 ms first)."""
+        return
 
 
 @pytest.mark.slow

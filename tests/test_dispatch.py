@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from gateway.budget import dispatch
 from gateway.budget.dispatch import DEPTH, Dispatcher, Granted, Moved
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
+from gateway.budget.slots import Launch
 from gateway.health import StoreUnavailable
 from gateway.stores.memory import MemoryBudgetStore
 
@@ -226,3 +227,94 @@ async def test_bookings_lead_by_how_late_their_answers_come() -> None:
     assert late[0] > window  # the first answer: booked for the store's now, 10 ms before it came
     assert sum(1 for x in late[5:] if x > window) <= 2, late
     assert max(late[5:]) > -0.005, late  # and not booked needlessly far ahead either
+
+
+class Sends:
+    """A call's ``send`` (``budget.slots.Launch``): records when it was asked, and its send-by."""
+
+    def __init__(self, *, ready: bool = True) -> None:
+        self.ready = ready  # a socket to write on: else nothing is written (the caller sends it later)
+        self.at: list[tuple[float, float]] = []
+        self.done = asyncio.Event()
+        self.then: Callable[[], object] = lambda: None  # what else happens as it is sent
+
+    def __call__(self, send_by: float) -> bool:
+        self.at.append((time.monotonic(), send_by))
+        self.done.set()
+        self.then()
+        return self.ready
+
+
+async def test_a_slot_whose_moment_has_come_is_sent_in_the_booking_s_own_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers booked together by one booking: each one's call is sent as the booking hands the
+    slots out, before the loop resumes any of their tasks, and within the slot's send window."""
+    monkeypatch.setattr(dispatch, "DEPTH", 1)
+    store = Remote(rtt=0.004)  # (its answers come 2 ms after its now: within the send window)
+    paced = Dispatcher(store=store, horizon=0.06, borrow=0.02, clock=time.monotonic, own_clock=True)  # (no lead)
+    interval = interval_for(100_000, 0.017)
+    sends = [Sends() for _ in range(5)]
+    resumed: dict[int, int] = {}
+
+    async def one(n: int) -> Granted | Refusal | Paused | Moved:
+        launch = Launch(sends[n], window=0.006, clock=time.monotonic)
+        got = await paced.acquire("1400", "api", A, interval=interval, max_wait=1.0, on_grant=launch)
+        resumed[n] = sum(len(s.at) for s in sends[1:])  # the batch's calls sent by the time this task runs
+        return got
+
+    first = asyncio.create_task(one(0))
+    await asyncio.sleep(0.001)  # its booking is in flight: the next four wait for the next booking
+    got = await asyncio.gather(first, *(one(n) for n in range(1, 5)))
+    assert store.calls == 2
+    assert [resumed[n] for n in range(1, 5)] == [4] * 4
+    for granted, send in zip(got, sends, strict=True):
+        assert isinstance(granted, Granted)
+        ((sent, send_by),) = send.at
+        assert granted.slot <= sent <= send_by == pytest.approx(granted.slot + 0.006)
+
+
+async def test_a_launch_sends_at_the_slot_never_before_it_and_never_past_its_window() -> None:
+    """A slot still to come is sent by a timer at its moment (uvloop's may fire early: it is set
+    again); one whose send window has passed is not sent (the caller's own try then finds it too
+    late and books again); a cancelled launch sends nothing."""
+    now = time.monotonic()
+    later, past, cancelled = Sends(), Sends(), Sends()
+    Launch(later, window=0.006, clock=time.monotonic).granted(Granted(now + 0.02, Booking(0, 1)))
+    Launch(past, window=0.006, clock=time.monotonic).granted(Granted(now - 0.01, Booking(0, 1)))
+    dropped = Launch(cancelled, window=0.006, clock=time.monotonic)
+    dropped.granted(Granted(now + 0.02, Booking(0, 1)))
+    dropped.cancel()
+    assert later.at == []
+    await asyncio.sleep(0.05)
+    ((sent, _),) = later.at
+    assert sent >= now + 0.02
+    assert past.at == []
+    assert cancelled.at == []
+
+
+async def test_a_cancelled_waiter_whose_call_was_sent_does_not_hand_its_slot_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that goes away after its call left (sent by another caller's booking, before its
+    task ran again) has spent its slot: it is not handed back (undone, the next caller could take
+    the same moment: two calls on one slot). One that goes away before is handed back."""
+    monkeypatch.setattr(dispatch, "DEPTH", 1)
+    store = Remote(rtt=0.004)
+    paced = Dispatcher(store=store, horizon=0.06, borrow=0.02, clock=time.monotonic, own_clock=True)
+    interval = interval_for(100_000, 0.017)
+
+    async def goes_away(*, sent: bool) -> None:
+        sends = Sends(ready=sent)
+        launch = Launch(sends, window=0.006, clock=time.monotonic)
+        first = asyncio.create_task(paced.acquire("1400", "api", A, interval=interval, max_wait=5.0))
+        await asyncio.sleep(0.001)  # its booking is in flight: the next caller waits for the next one
+        gone = asyncio.create_task(paced.acquire("1400", "api", B, interval=interval, max_wait=5.0, on_grant=launch))
+        sends.then = gone.cancel  # it goes away as its slot is handed out, before its task runs again
+        assert isinstance(await first, Granted)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert launch.sent is sent
+
+    await goes_away(sent=True)
+    assert paced._queues["1400", "api"].unbook == []  # (what the next booking would undo)
+    await goes_away(sent=False)
+    assert len(paced._queues["1400", "api"].unbook) == 1

@@ -475,7 +475,7 @@ def test_a_closed_connection_writes_nothing() -> None:
             conn = await pool.acquire()
             conn.close()
             with pytest.raises(httpx.RemoteProtocolError, match="connection closed"):
-                await conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
+                conn.send(b"POST / HTTP/1.1\r\n\r\n")
             pool.release(conn, reuse=False)
             with pytest.raises(ValueError, match="not an http"):
                 await transport.post("ftp://127.0.0.1", "/", b"{}")

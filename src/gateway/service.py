@@ -8,6 +8,7 @@ schedule; a 70050 lock-out (or rejected credentials) pauses the tenant's calls a
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -15,7 +16,7 @@ from typing import TypeVar
 import msgspec
 
 from gateway import errors
-from gateway.budget import Budget, Paused, Share, Slot
+from gateway.budget import Budget, Paused, SendNow, Share, Slot
 from gateway.cache import Filled, RoomCache, room_key
 from gateway.catalogue import Args, Operation, Split, our_reply, tencent_request
 from gateway.idempotency import Answer, Keyed, Keys
@@ -30,7 +31,7 @@ from gateway.models import (
 )
 from gateway.signing import Signer
 from gateway.tenants import Tenant
-from gateway.transport import TooLate
+from gateway.transport import LaunchedCall, TooLate
 from gateway.upstream import LIVE, Api, Upstream
 
 R = TypeVar("R", bound=Envelope)
@@ -332,8 +333,21 @@ class RoomService:
         m = self._metrics
         until = min(deadline, self._clock() + self._policy.max_wait)  # the wait cap spans re-bookings
         slot: Slot | None = None
+        launched: list[LaunchedCall] = []
+
+        def send(send_by: float) -> bool:  # the moment the slot comes (``budget.slots.Launch``)
+            call = self._upstream.launch(tenant, api, body=body, usersig=usersig, service=service)
+            if call is not None:
+                launched.append(call)
+            return call is not None
+
         while True:
-            slot = await self._slot(tenant, share, api, qps=qps, until=until, last=last, forfeit=slot)
+            try:
+                slot = await self._slot(tenant, share, api, qps=qps, until=until, last=last, forfeit=slot, send=send)
+            except asyncio.CancelledError:
+                for call in launched:  # (sent while this caller went away: nobody reads its reply)
+                    call.abandon()
+                raise
             timeout = min(self._policy.upstream_timeout, deadline - self._clock())
             try:
                 return await self._upstream.call(
@@ -346,6 +360,7 @@ class RoomService:
                     send_by=slot.send_by,
                     service=service,
                     attempt=attempt,
+                    launched=launched.pop() if slot.sent else None,
                 )
             except TooLate as late:
                 m.child(m.budget_missed, tenant.name, api).inc()
@@ -364,13 +379,14 @@ class RoomService:
         until: float,
         last: errors.GatewayError | None,
         forfeit: Slot | None,
+        send: SendNow | None = None,
     ) -> Slot:
         """Wait for a budget slot, at most until ``until``. Past that: the last attempt's error if
         there was one (the caller learns why it failed, not merely that the retry found no slot)."""
         m = self._metrics
         wait = max(0.0, until - self._clock())
         got = await self._budget.acquire(
-            str(tenant.sdkappid), api, qps=qps, max_wait=wait, share=share, forfeit=forfeit
+            str(tenant.sdkappid), api, qps=qps, max_wait=wait, share=share, forfeit=forfeit, send=send
         )
         if isinstance(got, Slot):
             m.child(m.budget_wait, tenant.name, api).observe(got.waited)

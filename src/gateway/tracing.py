@@ -39,13 +39,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from gateway import errors
-from gateway.budget import Budget, Paused, Refusal, Share, Slot
+from gateway.budget import Budget, Paused, Refusal, SendNow, Share, Slot
 from gateway.cache import CacheResult, Filled, RoomCache
 from gateway.callbacks import Callback, Receiver
 from gateway.events import EventLog, Page
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import OnTime, Reply, TooLate
+from gateway.transport import LaunchedCall, OnTime, Reply, TooLate
 from gateway.upstream import LIVE, Api, Upstream
 from gateway.upstream import Send as UpstreamSend
 
@@ -245,13 +245,24 @@ class TracedBudget:
         self._clock = clock
 
     async def acquire(
-        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+        self,
+        scope: str,
+        api: str,
+        *,
+        qps: int,
+        max_wait: float,
+        share: Share,
+        forfeit: Slot | None = None,
+        send: SendNow | None = None,
     ) -> Slot | Refusal | Paused:
+        acquire = functools.partial(
+            self._budget.acquire, scope, api, qps=qps, max_wait=max_wait, share=share, forfeit=forfeit, send=send
+        )
         if _unrecorded():
-            return await self._budget.acquire(scope, api, qps=qps, max_wait=max_wait, share=share, forfeit=forfeit)
+            return await acquire()
         with self._tracer.start_as_current_span("budget wait", record_exception=False) as span:
             began = self._clock()
-            got = await self._budget.acquire(scope, api, qps=qps, max_wait=max_wait, share=share, forfeit=forfeit)
+            got = await acquire()
             outcome = "granted" if isinstance(got, Slot) else "paused" if isinstance(got, Paused) else "refused"
             span.set_attributes(
                 {
@@ -293,6 +304,21 @@ class TracedRoomCache(RoomCache):
             return result
 
 
+class _RecordedLaunch:
+    """A call the budget sent already (``Upstream.launch``): its reply's status goes on the span."""
+
+    def __init__(self, call: LaunchedCall) -> None:
+        self._call = call
+
+    async def reply(self) -> Reply:
+        reply = await self._call.reply()
+        trace.get_current_span().set_attribute("http.response.status_code", reply[0])
+        return reply
+
+    def abandon(self) -> None:
+        self._call.abandon()
+
+
 class TracedUpstream(Upstream):
     """The upstream, each attempt a CLIENT span named by Tencent's command: its ErrorCode,
     RequestId, HTTP status and attempt number; an error status when it failed. Never the URL:
@@ -324,6 +350,7 @@ class TracedUpstream(Upstream):
         send_by: float | None = None,
         service: str = LIVE,
         attempt: int = 1,
+        launched: LaunchedCall | None = None,
     ) -> R:
         attempted = functools.partial(
             super().call,
@@ -336,6 +363,7 @@ class TracedUpstream(Upstream):
             send_by=send_by,
             service=service,
             attempt=attempt,
+            launched=None if launched is None else _RecordedLaunch(launched),
         )
         if _unrecorded():
             return await attempted()

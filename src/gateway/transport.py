@@ -123,6 +123,20 @@ class Reply(NamedTuple):
     content: bytes
 
 
+class Launcher(Protocol):
+    """A ``Sender`` that can also write a request with nothing awaited (``PooledTransport``)."""
+
+    def launch(self, origin: str, target: str, body: bytes, *, proxy: Proxy | None = None) -> LaunchedCall | None:
+        """The request written now on a ready socket, or None (nothing written)."""
+        ...
+
+
+class LaunchedCall(Protocol):
+    async def reply(self) -> Reply: ...
+
+    def abandon(self) -> None: ...
+
+
 class Sender(Protocol):
     """What ``Upstream`` needs of the network: POST a JSON body, get the reply."""
 
@@ -260,13 +274,17 @@ class _Connection(asyncio.Protocol):
         self._complete()
 
     # exchanges
-    async def exchange(self, request: bytes) -> Reply:
+    def send(self, request: bytes) -> asyncio.Future[Reply]:
+        """Write ``request`` now (nothing awaited); its reply, once parsed."""
         if self.closed or self.transport is None:
             raise httpx.RemoteProtocolError("connection closed")
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
+        return self._waiter
+
+    async def reply(self, sent: asyncio.Future[Reply]) -> Reply:
         try:
-            return await self._waiter
+            return await sent
         finally:
             self._waiter = None
 
@@ -487,9 +505,37 @@ class PooledTransport:
         if on_time is not None and not on_time():
             pool.release(conn, reuse=True)
             raise TooLate
+        return await Launched(pool, conn, conn.send(request), proxy).reply()
+
+    def launch(self, origin: str, target: str, body: bytes, *, proxy: Proxy | None = None) -> Launched | None:
+        """Write the POST now on an idle socket, with nothing awaited, from whatever code runs
+        (a budget grant's callback: ``budget.slots.Launch``); None, nothing written, when no idle
+        socket is ready (the caller then ``post``s it, which may connect)."""
+        pool = self._pool(origin, proxy)
+        conn = pool.take()
+        return None if conn is None else Launched(pool, conn, conn.send(pool.request(target, body)), proxy)
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class Launched:
+    """A request written on a pooled socket, its reply still to come (``PooledTransport.launch``)."""
+
+    __slots__ = ("_conn", "_pool", "_proxy", "_sent")
+
+    def __init__(self, pool: _Pool, conn: _Connection, sent: asyncio.Future[Reply], proxy: Proxy | None) -> None:
+        self._pool, self._conn, self._sent, self._proxy = pool, conn, sent, proxy
+
+    async def reply(self) -> Reply:
+        """The reply (as ``post`` returns it); the socket goes back to the pool, or is closed
+        when the exchange did not end cleanly (a timeout's cancellation included)."""
+        pool, conn, proxy = self._pool, self._conn, self._proxy
         reuse = refused = False
         try:
-            reply = await conn.exchange(request)
+            reply = await conn.reply(self._sent)
             refused = pool.absolute and reply.status in _REFUSALS  # (Tencent answers its errors with HTTP 200)
             reuse = conn.keep_alive and not refused  # (squid keeps a socket it refused us on: we do not)
         finally:
@@ -498,10 +544,10 @@ class PooledTransport:
             raise ProxyRefused(proxy, reply.status)
         return _decoded(reply)
 
-    async def aclose(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+    def abandon(self) -> None:
+        """Nobody will read the reply (its caller went away): the socket is closed."""
+        self._sent.cancel()
+        self._pool.release(self._conn, reuse=False)
 
 
 def _decoded(reply: Reply) -> Reply:

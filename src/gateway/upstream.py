@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -23,11 +23,22 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.models import Envelope
 from gateway.tenants import Tenant
-from gateway.transport import OnTime, Proxy, ProxyRefused, Reply, Sender, TooLate, proxy_from_url
+from gateway.transport import (
+    LaunchedCall,
+    Launcher,
+    OnTime,
+    Proxy,
+    ProxyRefused,
+    Reply,
+    Sender,
+    TooLate,
+    proxy_from_url,
+)
 
 Api = str  # a Tencent command (catalogue.operations.DOCUMENTED), e.g. "get_room_info"
 R = TypeVar("R", bound=Envelope)
 Send = Callable[[str, bytes, OnTime | None], Awaitable[Reply]]  # (path and query, body, on_time) -> the reply
+Launch = Callable[[str, bytes], LaunchedCall | None]  # (path and query, body) -> written now, or None
 
 LIVE = "live_engine_http_srv"
 
@@ -68,6 +79,7 @@ class Upstream:
         self._clock = clock
         self._transports: dict[str, Sender] = {}
         self._senders: dict[tuple[str, str | None], Send] = {}
+        self._launchers: dict[tuple[str, str | None], Launch | None] = {}
         self._queries: dict[tuple[int, str, str], str] = {}
         self._decoders: dict[type[Envelope], msgspec.json.Decoder[Envelope]] = {}
 
@@ -84,6 +96,35 @@ class Upstream:
                 transport.post, tenant.base_url, proxy=proxy
             )
         return send
+
+    def _launcher(self, tenant: Tenant) -> Launch | None:
+        """The tenant's way to write a call with nothing awaited, if its transport has one
+        (``PooledTransport`` has; the tests' scripted Tencent has not: its calls are ``post``ed)."""
+        proxy_url = None if tenant.proxy_url is None else tenant.proxy_url.reveal()
+        key = (tenant.base_url, proxy_url)
+        if key not in self._launchers:
+            self._sender(tenant)
+            transport = self._transports[tenant.base_url]
+            proxy: Proxy | None = None if proxy_url is None else proxy_from_url(proxy_url)
+            launch = getattr(transport, "launch", None)  # (``Launcher``: decided once per transport)
+            self._launchers[key] = (
+                None
+                if launch is None
+                else functools.partial(cast(Launcher, transport).launch, tenant.base_url, proxy=proxy)
+            )
+        return self._launchers[key]
+
+    def launch(
+        self, tenant: Tenant, api: Api, *, body: bytes, usersig: str, service: str = LIVE
+    ) -> LaunchedCall | None:
+        """Write the call now if a socket is ready, with nothing awaited (the budget calls this
+        the moment a slot comes: ``budget.slots.Launch``); None, nothing written, if not. Its
+        reply is awaited by ``call(launched=...)``."""
+        launch = self._launcher(tenant)
+        return None if launch is None else launch(self._target(tenant, api, usersig, service), body)
+
+    def _target(self, tenant: Tenant, api: Api, usersig: str, service: str) -> str:
+        return f"/v4/{service}/{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
 
     def _query(self, tenant: Tenant, usersig: str) -> str:
         """The signed part of the query string, quoted once per UserSig (a UserSig lives for days)."""
@@ -116,10 +157,12 @@ class Upstream:
         send_by: float | None = None,
         service: str = LIVE,
         attempt: int = 1,
+        launched: LaunchedCall | None = None,
     ) -> R:
         """POST ``body`` to ``api``; the decoded reply on ErrorCode 0, else a GatewayError.
         ``TooLate`` (nothing sent) if the request could not be written by ``send_by``.
         ``attempt``: the service's attempt number, which traces record (``tracing``).
+        ``launched``: the call, already written by ``launch``: only its reply is awaited.
 
         A failure after the request's first byte was written (a timeout, a lost connection, a
         non-200 status, an unreadable reply, Tencent's "internal error" codes) is marked
@@ -128,8 +171,7 @@ class Upstream:
         clock = self._clock
         started = clock()
         outcome: str | None = "0"
-        target = f"/v4/{service}/{api}?{self._query(tenant, usersig)}&random={self._random32()}&contenttype=json"
-        written = False
+        written = launched is not None
 
         def on_time() -> bool:
             nonlocal written
@@ -139,7 +181,11 @@ class Upstream:
         try:
             try:
                 async with asyncio.timeout(within):
-                    status, _, content = await self._sender(tenant)(target, body, on_time)
+                    if launched is not None:
+                        status, _, content = await launched.reply()
+                    else:
+                        target = self._target(tenant, api, usersig, service)
+                        status, _, content = await self._sender(tenant)(target, body, on_time)
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise errors.UpstreamTimeout(f"Tencent {api}: no answer within {within:.3g} s") from exc
             except ProxyRefused as exc:  # its message names the proxy, never its credentials

@@ -7,7 +7,8 @@ Glossary (the modules, bottom up):
   second at Tencent holds more than the limit (``schedule``).
 - *slot*: the moment a call may leave; its *send window* ends a third of J later (``send_by``),
   checked right before the first byte is written. A call that misses it *forfeits* the slot,
-  hands it back (undone while nobody booked after it) and books again.
+  hands it back (undone while nobody booked after it) and books again. A *launch* sends the call
+  from the code that hands the slot out (or a timer at the slot), not the caller's task (``slots``).
 - *TAT*: a schedule's theoretical arrival time, its next free slot (GCRA with no burst).
 - *caller*, *weight*, *share*: a configured service asking; its share of a contended budget is
   its weight over the weights of the callers *active* (asked within the last second), fleet-wide.
@@ -37,7 +38,7 @@ from typing import Protocol
 from gateway.budget.dispatch import BudgetStore, Dispatcher, Moved
 from gateway.budget.fleet import BEAT_EVERY, FORGET_AFTER, LAPSE_AFTER, Fleet, Members
 from gateway.budget.schedule import Booking, Grant, Paused, Refusal, Share, interval_for
-from gateway.budget.slots import SEND_SHARE, Slot, handed_back, slot_for
+from gateway.budget.slots import SEND_SHARE, Launch, SendNow, Slot, handed_back, slot_for
 
 HORIZON = 0.06  # seconds: how far ahead a caller within its share books (callers wait in the replica)
 BORROW = 0.008  # seconds: how far ahead a free slot may be taken by a caller over its share
@@ -56,9 +57,11 @@ __all__ = [
     "EmbeddedBudget",
     "Fleet",
     "Grant",
+    "Launch",
     "Members",
     "Paused",
     "Refusal",
+    "SendNow",
     "Share",
     "Slot",
     "interval_for",
@@ -69,10 +72,19 @@ class Budget(Protocol):
     """What the service needs of a budget, embedded or fleet."""
 
     async def acquire(
-        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+        self,
+        scope: str,
+        api: str,
+        *,
+        qps: int,
+        max_wait: float,
+        share: Share,
+        forfeit: Slot | None = None,
+        send: SendNow | None = None,
     ) -> Slot | Refusal | Paused:
         """Wait for a slot (at most ``max_wait``); ``forfeit``: this caller's previous slot,
-        which its call could not use."""
+        which its call could not use; ``send``: writes the call, nothing awaited, the moment the
+        slot comes (``slots.Launch``; the slot then says ``sent``)."""
         ...
 
     async def defer(self, scope: str, api: str, pause: float) -> None: ...
@@ -102,15 +114,28 @@ class EmbeddedBudget:
         self._sleep = sleep
 
     async def acquire(
-        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+        self,
+        scope: str,
+        api: str,
+        *,
+        qps: int,
+        max_wait: float,
+        share: Share,
+        forfeit: Slot | None = None,
+        send: SendNow | None = None,
     ) -> Slot | Refusal | Paused:
         began = self._clock()
         unbook = handed_back(forfeit, shared=False)
         interval = interval_for(qps, self._jitter)
-        got = await self.dispatcher.acquire(scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook)
+        launch = None if send is None else Launch(send, window=self._jitter * SEND_SHARE, clock=self._clock)
+        got = await self.dispatcher.acquire(
+            scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook, on_grant=launch
+        )
         if isinstance(got, Moved):  # (an embedded schedule is never given up)
             return Refusal(retry_after=1.0)
-        return await slot_for(got, began, shared=False, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
+        return await slot_for(
+            got, began, shared=False, jitter=self._jitter, clock=self._clock, sleep=self._sleep, launch=launch
+        )
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
         await self._store.defer(scope, api, pause)

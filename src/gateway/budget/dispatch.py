@@ -61,11 +61,22 @@ class Moved(NamedTuple):
     """The waiter was sent away unbooked (``Dispatcher.evict``): ask again, elsewhere."""
 
 
-class _Waiter:
-    __slots__ = ("asked", "caller", "deadline", "future", "weight")
+class OnGrant(Protocol):
+    """What a waiter's slot sets off the moment it is handed out (``slots.Launch``): its call
+    is sent from the booking's own step, not after the loop gets round to the waiter's task."""
 
-    def __init__(self, caller: str, weight: int, deadline: float) -> None:
-        self.caller, self.weight, self.deadline = caller, weight, deadline
+    sent: bool  # the call has left: its slot is spent, never handed back
+
+    def granted(self, got: Granted) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class _Waiter:
+    __slots__ = ("asked", "caller", "deadline", "future", "on_grant", "weight")
+
+    def __init__(self, caller: str, weight: int, deadline: float, on_grant: OnGrant | None = None) -> None:
+        self.caller, self.weight, self.deadline, self.on_grant = caller, weight, deadline, on_grant
         self.asked = False  # in a booking now in flight
         self.future: asyncio.Future[Granted | Refusal | Paused | Moved] = asyncio.get_running_loop().create_future()
 
@@ -185,6 +196,8 @@ class _Queue:
 def _answer(waiter: _Waiter, answer: Granted | Refusal | Paused | Moved) -> None:
     if not waiter.future.done():
         waiter.future.set_result(answer)
+        if waiter.on_grant is not None and isinstance(answer, Granted):
+            waiter.on_grant.granted(answer)
 
 
 class Dispatcher:
@@ -238,17 +251,19 @@ class Dispatcher:
         max_wait: float,
         unbook: Booking | None = None,
         unit: float = 0.0,
+        on_grant: OnGrant | None = None,
     ) -> Granted | Refusal | Paused | Moved:
         """A slot for ``share`` within ``max_wait``, a Refusal (nothing booked), Paused, or
         Moved (``evict``). StoreUnavailable if the store failed while this caller waited.
-        ``unit``: the slot spacing at the full limit, when ``interval`` is wider (``Terms``)."""
+        ``unit``: the slot spacing at the full limit, when ``interval`` is wider (``Terms``).
+        ``on_grant``: told of the slot as it is handed out (``OnGrant``)."""
         queue = self._queues.setdefault((scope, api), _Queue())
         if unbook is not None:
             queue.unbook.append(unbook)
         ahead = len(queue.callers.get(share.name, ()))
         if ahead and ahead * interval > max_wait:  # even the whole budget could not serve it in time
             return Refusal(retry_after=ahead * interval - max_wait)
-        waiter = _Waiter(share.name, share.weight, self._clock() + max_wait)
+        waiter = _Waiter(share.name, share.weight, self._clock() + max_wait, on_grant)
         queue.add(waiter, interval, unit)
         try:
             if queue.in_flight < DEPTH and share.name not in queue.short:
@@ -256,9 +271,11 @@ class Dispatcher:
             return await waiter.future
         except asyncio.CancelledError:
             queue.drop(waiter)
+            if on_grant is not None:
+                on_grant.cancel()
             if waiter.future.done() and not waiter.future.cancelled():
                 got = waiter.future.result()
-                if isinstance(got, Granted):
+                if isinstance(got, Granted) and not (on_grant is not None and on_grant.sent):
                     queue.unbook.append(got.booking)
             raise
 

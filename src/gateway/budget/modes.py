@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted, Moved
 from gateway.budget.fleet import FORGET_AFTER, Fleet
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
-from gateway.budget.slots import Slot, handed_back, slot_for
+from gateway.budget.slots import SEND_SHARE, Launch, SendNow, Slot, handed_back, slot_for
 from gateway.health import Breaker, StoreUnavailable
 
 
@@ -113,17 +113,27 @@ class FleetBudget:
         return Mode.SHARED
 
     async def acquire(
-        self, scope: str, api: str, *, qps: int, max_wait: float, share: Share, forfeit: Slot | None = None
+        self,
+        scope: str,
+        api: str,
+        *,
+        qps: int,
+        max_wait: float,
+        share: Share,
+        forfeit: Slot | None = None,
+        send: SendNow | None = None,
     ) -> Slot | Refusal | Paused:
         """Wait for a slot, at most ``max_wait`` (plus one Redis timeout if Redis fails meanwhile).
+        ``send``: the call, sent the moment its slot comes (``slots.Launch``).
 
         A caller moved from the local schedule to ask Redis (``_rejoin``) may be moved again
         while Redis flaps, each time after a Redis timeout, and a caller whose booking failed
         while the breaker stays closed asks Redis again: past ``max_wait`` it is refused."""
         began = self._clock()
         until = began + max_wait
+        launch = None if send is None else Launch(send, window=self._jitter * SEND_SHARE, clock=self._clock)
         while True:
-            got = await self._acquire(scope, api, qps=qps, until=until, share=share, forfeit=forfeit)
+            got = await self._acquire(scope, api, qps=qps, until=until, share=share, forfeit=forfeit, launch=launch)
             if not isinstance(got, Moved):
                 return got if isinstance(got, Refusal | Paused) else got._replace(waited=self._clock() - began)
             if self._clock() >= until:
@@ -131,7 +141,7 @@ class FleetBudget:
             forfeit = None  # (evicted from the local schedule, unbooked: Redis is back, ask it)
 
     async def _acquire(
-        self, scope: str, api: str, *, qps: int, until: float, share: Share, forfeit: Slot | None
+        self, scope: str, api: str, *, qps: int, until: float, share: Share, forfeit: Slot | None, launch: Launch | None
     ) -> Slot | Refusal | Paused | Moved:
         began = self._clock()
         key = (scope, api)
@@ -144,7 +154,14 @@ class FleetBudget:
                     await self._rejoin(key)
                 unbook = handed_back(forfeit, shared=True)
                 got = await self._shared.acquire(
-                    scope, api, share, interval=interval, max_wait=max_wait, unbook=unbook, unit=self._unit(qps)
+                    scope,
+                    api,
+                    share,
+                    interval=interval,
+                    max_wait=max_wait,
+                    unbook=unbook,
+                    unit=self._unit(qps),
+                    on_grant=launch,
                 )
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
@@ -155,7 +172,7 @@ class FleetBudget:
                     # and been refused: a quiet caller's 429 beside a noisy one.
                     return Moved()
             else:  # (a success only if Redis answered: ``Answered``)
-                return await self._hold(got, began, shared=True)
+                return await self._hold(got, began, shared=True, launch=launch)
         if key not in self._local_only:
             # The first local booking of a degraded period: start after the shared slots still
             # out, and after the others have noticed this replica fell silent.
@@ -170,16 +187,19 @@ class FleetBudget:
             max_wait=max(0.0, until - self._clock()),
             unbook=handed_back(forfeit, shared=False),
             unit=self._unit(qps),
+            on_grant=launch,
         )
-        return await self._hold(got, began, shared=False)
+        return await self._hold(got, began, shared=False, launch=launch)
 
     async def _hold(
-        self, got: Granted | Refusal | Paused | Moved, began: float, *, shared: bool
+        self, got: Granted | Refusal | Paused | Moved, began: float, *, shared: bool, launch: Launch | None
     ) -> Slot | Refusal | Paused | Moved:
         """Hold a granted slot until its moment (``slots.slot_for``); a Moved caller asks again."""
         if isinstance(got, Moved):
             return got
-        return await slot_for(got, began, shared=shared, jitter=self._jitter, clock=self._clock, sleep=self._sleep)
+        return await slot_for(
+            got, began, shared=shared, jitter=self._jitter, clock=self._clock, sleep=self._sleep, launch=launch
+        )
 
     def _unit(self, qps: int) -> float:
         """The slot spacing at the full limit: what a slot costs its caller's fair TAT, whatever
