@@ -60,6 +60,8 @@ class Breaker:
         self.failures += 1
         now = self._clock()
         if self._open_until is not None:  # already degraded: a failed retry extends it
+            if now >= self._open_until:  # (a trial after the cool-off, not a call already under way)
+                log.warning("redis still unavailable, a trial after the cool-off failed: %s", reason)
             self._open_until = now + self._cool_off
             return
         self._recent.append(now)
@@ -70,11 +72,12 @@ class Breaker:
             self._open_until = now + self._cool_off
             log.warning("redis unavailable, using in-process stores (degraded mode): %s", reason)
 
-    def succeeded(self) -> bool:
-        """Record a good call; True when this call ended a degraded period."""
+    def succeeded(self, *, by: str = "a call") -> bool:
+        """Record a good call (``by``: what answered, for the log); True when this call ended a
+        degraded period."""
         if self._open_until is None:
             return False
         self._open_until = None
         self.recovered_at = self._clock()
-        log.warning("redis reachable again, shared state resumed")
+        log.warning("redis reachable again (%s answered), shared state resumed", by)
         return True

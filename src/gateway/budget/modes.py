@@ -21,6 +21,7 @@ room for it.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.budget.dispatch import BudgetStore, Dispatcher, Granted, Moved
@@ -28,6 +29,8 @@ from gateway.budget.fleet import FORGET_AFTER, Fleet
 from gateway.budget.schedule import Booked, Booking, Paused, Refusal, Share, Terms, Want, interval_for
 from gateway.budget.slots import SEND_SHARE, Launch, SendNow, Slot, handed_back, slot_for
 from gateway.health import Breaker, StoreUnavailable
+
+log = logging.getLogger("gateway.budget")
 
 
 class Answered:
@@ -47,16 +50,16 @@ class Answered:
         self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
     ) -> Booked | Paused:
         booked = await self._store.book(scope, api, wants, terms, unbook)
-        self._breaker.succeeded()
+        self._breaker.succeeded(by="a budget booking")
         return booked
 
     async def defer(self, scope: str, api: str, pause: float) -> None:
         await self._store.defer(scope, api, pause)
-        self._breaker.succeeded()
+        self._breaker.succeeded(by="a schedule's push")
 
     async def pause(self, scope: str, seconds: float, code: int, reason: str) -> None:
         await self._store.pause(scope, seconds, code, reason)
-        self._breaker.succeeded()
+        self._breaker.succeeded(by="a tenant's pause")
 
 
 class Mode(enum.Enum):
@@ -101,8 +104,18 @@ class FleetBudget:
         # the last local slot granted (the local dispatcher knows when that ends).
         self._local_only: set[tuple[str, str]] = set()
         self._grace_waived_for: float | None = None  # the recovery whose grace the heartbeats made needless
+        self._last_mode = Mode.SHARED
 
     def mode(self) -> Mode:
+        """The mode now (a change is logged: outages are rare, and their transitions are what
+        explains a replica's pace around one)."""
+        mode = self._mode()
+        if mode is not self._last_mode:
+            log.warning("budget mode %s -> %s", self._last_mode.value, mode.value)
+            self._last_mode = mode
+        return mode
+
+    def _mode(self) -> Mode:
         if self._breaker.degraded:
             if self._breaker.allows():
                 return Mode.GRACE  # trying Redis again: at the share's rate
@@ -228,7 +241,7 @@ class FleetBudget:
         except StoreUnavailable as exc:
             self._breaker.failed(exc)
             return
-        self._breaker.succeeded()
+        self._breaker.succeeded(by="a heartbeat")
         recovered = self._breaker.recovered_at
         if self.fleet.kept_for >= FORGET_AFTER and recovered is not None:
             # Every replica still pacing alone is in the record, counted as lapsed: the grace

@@ -29,14 +29,16 @@ T = TypeVar("T")
 REVOKED_KEPT = 1024  # UserSigs Tencent rejected that a replica remembers (rare: a few per key rotation)
 
 
-async def _either(breaker: Breaker, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+async def _either(
+    breaker: Breaker, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]], *, by: str
+) -> T:
     if breaker.allows():
         try:
             result = await shared()
         except StoreUnavailable as exc:
             breaker.failed(exc)
         else:
-            breaker.succeeded()
+            breaker.succeeded(by=by)
             return result
     return await local()
 
@@ -64,7 +66,7 @@ class FailoverRoomStore:
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
             else:
-                self._breaker.succeeded()
+                self._breaker.succeeded(by="the room store")
                 if found.body is not None:
                     self._local.keep(key, found.body, found.age, found.stored_at, fence)
                 else:
@@ -80,7 +82,7 @@ class FailoverRoomStore:
             except StoreUnavailable as exc:
                 self._breaker.failed(exc)
             else:
-                self._breaker.succeeded()
+                self._breaker.succeeded(by="the room store")
                 if stored:
                     self._local.keep(key, body, 0.0, None, fence)
                 return stored
@@ -88,7 +90,7 @@ class FailoverRoomStore:
 
     async def invalidate(self, key: str) -> None:
         await self._local.invalidate(key)
-        await _either(self._breaker, lambda: self._shared.invalidate(key), _nothing)
+        await _either(self._breaker, lambda: self._shared.invalidate(key), _nothing, by="the room store")
 
     async def lock(self, key: str, ttl: float) -> str | None:
         """The fleet's fill lock. If Redis missed this one call but is not down, another replica
@@ -102,12 +104,12 @@ class FailoverRoomStore:
                 if not self._breaker.degraded:
                     return None
             else:
-                self._breaker.succeeded()
+                self._breaker.succeeded(by="the room store")
                 return token
         return await self._local.lock(key, ttl)
 
     async def unlock(self, key: str, token: str) -> None:
-        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
+        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing, by="the room store")
 
 
 class FailoverSeenStore:
@@ -121,7 +123,12 @@ class FailoverSeenStore:
 
     async def first(self, key: str, ttl: float) -> bool:
         here = await self._local.first(key, ttl)
-        return await _either(self._breaker, lambda: self._shared.first(key, ttl), lambda: _value(here))
+        return await _either(
+            self._breaker,
+            lambda: self._shared.first(key, ttl),
+            lambda: _value(here),
+            by="the callbacks' duplicate check",
+        )
 
 
 class FailoverKeyStore:
@@ -149,6 +156,7 @@ class FailoverKeyStore:
             self._breaker,
             lambda: self._shared.claim(key, fingerprint, owner, lease=lease, ttl=ttl, repeatable=repeatable),
             lambda: _value(here),
+            by="the idempotency keys",
         )
         if fleet.state != "claimed":  # another replica has it: not ours to hold here
             await self._local.keep(key, owner, None, ttl)
@@ -173,25 +181,32 @@ class FailoverSignatureStore:
 
     async def get(self, key: str) -> Signature | None:
         """The current sig, never one this replica saw rejected (whatever Redis still holds)."""
-        sig = await _either(self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key))
+        sig = await _either(
+            self._breaker, lambda: self._shared.get(key), lambda: self._local.get(key), by="the UserSig store"
+        )
         return None if sig is None or sig.value in self._revoked else sig
 
     async def put(self, key: str, sig: Signature, ttl: float) -> None:
         await self._local.put(key, sig, ttl)
-        await _either(self._breaker, lambda: self._shared.put(key, sig, ttl), _nothing)
+        await _either(self._breaker, lambda: self._shared.put(key, sig, ttl), _nothing, by="the UserSig store")
 
     async def drop(self, key: str, value: str) -> None:
         self._revoked[value] = None
         while len(self._revoked) > REVOKED_KEPT:
             self._revoked.popitem(last=False)
         await self._local.drop(key, value)
-        await _either(self._breaker, lambda: self._shared.drop(key, value), _nothing)
+        await _either(self._breaker, lambda: self._shared.drop(key, value), _nothing, by="the UserSig store")
 
     async def lock(self, key: str, ttl: float) -> str | None:
-        return await _either(self._breaker, lambda: self._shared.lock(key, ttl), lambda: self._local.lock(key, ttl))
+        return await _either(
+            self._breaker,
+            lambda: self._shared.lock(key, ttl),
+            lambda: self._local.lock(key, ttl),
+            by="the UserSig store",
+        )
 
     async def unlock(self, key: str, token: str) -> None:
-        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing)
+        await _either(self._breaker, lambda: self._shared.unlock(key, token), _nothing, by="the UserSig store")
 
 
 class FailoverEventLog:
@@ -217,6 +232,7 @@ class FailoverEventLog:
             self._breaker,
             lambda: self._shared.publish(scope, command, data),
             lambda: self._hold(scope, command, data),
+            by="the event log",
         )
 
     async def _hold(self, scope: str, command: str, data: bytes) -> str | None:
@@ -238,7 +254,7 @@ class FailoverEventLog:
                 except StoreUnavailable as exc:
                     self._breaker.failed(exc)
                     return
-                self._breaker.succeeded()
+                self._breaker.succeeded(by="the event log")
                 self.held.popleft()
 
     async def tail(self, scope: str) -> str:
