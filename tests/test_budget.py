@@ -362,6 +362,59 @@ async def test_back_from_a_cut_before_any_local_slot_the_shared_schedule_is_not_
     assert (await slot(paced, qps=200, max_wait=1.0)).waited == 0.0
 
 
+async def test_callers_queued_for_local_slots_while_the_push_was_under_way_ask_redis_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial pushes the shared schedule past the local slots (``_rejoin``); while that push is
+    under way the breaker opens again (another call of the trial failed) and callers queue for
+    local slots anew. When the push is answered (Redis is back), they too are sent to ask Redis,
+    and the slot granted meanwhile is pushed past: left queued, they went on at the local pace
+    beside the shared slots (after a Redis stall, two replicas did, 260 calls a second at Tencent)."""
+    t, local_gate = FakeTime(), asyncio.Event()
+
+    async def gated_sleep(seconds: float) -> None:  # the clock moves; the sleeper wakes when the test says
+        t.now += seconds
+        await local_gate.wait()
+
+    t.sleep = gated_sleep  # type: ignore[method-assign]
+    breaker = Breaker(cool_off=1.0, clock=t.clock)
+    paced, _, shared = fleet_budget(t, None, breaker)  # degraded share 4: local slots 1.015 s apart
+    for _ in range(3):
+        breaker.failed("redis down")
+    await slot(paced, qps=4, max_wait=10)  # a local slot now
+    t.now += 1.0  # the cool-off: the next caller tries Redis, and first pushes past that slot
+    push_gate, defer = asyncio.Event(), shared.defer
+
+    async def gated_defer(*args: Any, **kwargs: Any) -> None:  # Redis answers when the test says
+        await push_gate.wait()
+        await defer(*args, **kwargs)
+
+    monkeypatch.setattr(shared, "defer", gated_defer)
+
+    def ask() -> asyncio.Task[Slot | Refusal | Paused]:
+        return asyncio.create_task(paced.acquire("app", "api", qps=4, max_wait=10.0, share=ME))
+
+    trial = ask()
+    for _ in range(3):
+        await asyncio.sleep(0)  # its push is under way
+    breaker.failed("redis down")  # the trial's other call times out: degraded again
+    assert paced.mode() is Mode.DEGRADED
+    granted, queued = ask(), ask()  # the next local slot (15 ms on), and one queued behind it
+    for _ in range(5):
+        await asyncio.sleep(0)
+    push_gate.set()  # Redis answers the push: it is back
+    for _ in range(10):
+        await asyncio.sleep(0)
+    local_gate.set()
+    got = await asyncio.gather(trial, granted, queued)
+    assert all(isinstance(g, Slot) for g in got), got
+    assert [g.shared for g in got if isinstance(g, Slot)] == [True, False, True], (
+        "only the slot granted meanwhile is local"
+    )
+    assert not breaker.degraded
+    assert shared.ahead("app", "api") >= paced._local.ahead("app", "api") - 1e-9, "pushed past the local slots"
+
+
 async def test_back_from_a_cut_callers_still_waiting_for_a_local_slot_ask_redis() -> None:
     """Callers queued for a local slot when Redis returns are sent to the shared schedule: a
     local slot granted after the rejoin pushed the shared schedule would not be covered by it."""
