@@ -36,17 +36,25 @@ ME = Share("checkout")
 
 
 class FakeTime:
-    """A clock that only moves when someone sleeps (optionally oversleeping)."""
+    """A clock that only moves when someone sleeps (optionally oversleeping, or ``gated``)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
         self.overshoot = 0.0
+        self.gate: asyncio.Event | None = None
 
     def clock(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.now += seconds + self.overshoot
+        if self.gate is not None:
+            await self.gate.wait()
+
+    def gated(self) -> asyncio.Event:
+        """From now on the clock moves as sleepers sleep, but they wake when the event is set."""
+        self.gate = asyncio.Event()
+        return self.gate
 
 
 @pytest.mark.parametrize("limit", [1, 10, 200, 1000])
@@ -370,13 +378,8 @@ async def test_callers_queued_for_local_slots_while_the_push_was_under_way_ask_r
     local slots anew. When the push is answered (Redis is back), they too are sent to ask Redis,
     and the slot granted meanwhile is pushed past: left queued, they went on at the local pace
     beside the shared slots (after a Redis stall, two replicas did, 260 calls a second at Tencent)."""
-    t, local_gate = FakeTime(), asyncio.Event()
-
-    async def gated_sleep(seconds: float) -> None:  # the clock moves; the sleeper wakes when the test says
-        t.now += seconds
-        await local_gate.wait()
-
-    t.sleep = gated_sleep  # type: ignore[method-assign]
+    t = FakeTime()
+    local_gate = t.gated()
     breaker = Breaker(cool_off=1.0, clock=t.clock)
     paced, _, shared = fleet_budget(t, None, breaker)  # degraded share 4: local slots 1.015 s apart
     for _ in range(3):
@@ -418,13 +421,8 @@ async def test_callers_queued_for_local_slots_while_the_push_was_under_way_ask_r
 async def test_back_from_a_cut_callers_still_waiting_for_a_local_slot_ask_redis() -> None:
     """Callers queued for a local slot when Redis returns are sent to the shared schedule: a
     local slot granted after the rejoin pushed the shared schedule would not be covered by it."""
-    t, gate = FakeTime(), asyncio.Event()
-
-    async def gated(seconds: float) -> None:  # the clock moves; the sleeper wakes when the test says
-        t.now += seconds
-        await gate.wait()
-
-    t.sleep = gated  # type: ignore[method-assign]
+    t = FakeTime()
+    gate = t.gated()
     breaker = Breaker(cool_off=0.5, clock=t.clock)
     paced, local, shared = fleet_budget(t, None, breaker)  # never beat: no hold
     for _ in range(3):

@@ -5,8 +5,10 @@ server before the app runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 from gateway.overload import Overload
 from live_engine_emulator import Emulator
 from tests.fleet import behind_slow_tencent
-from tests.support import TOKENS, start_gateway
+from tests.support import TOKENS, Gateway, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 
@@ -103,6 +105,19 @@ async def test_the_monitor_sees_a_blocked_loop() -> None:
     assert not overload.shedding
 
 
+@contextlib.asynccontextmanager
+async def shedding_by_hand(upstream_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
+    """A gateway that sheds past 0.25 s of lag (unready after 0.2 s of it), whose lag samples
+    are the test's (``Overload.sample``): its monitor never runs."""
+
+    async def by_hand(self: Overload) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Overload, "run", by_hand)
+    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
+        yield gw
+
+
 async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
     upstream_url: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,11 +127,7 @@ async def test_an_overloaded_replica_sheds_api_work_but_not_health_or_callbacks(
     the lag falls, requests are served again and the replica is ready. (The samples are the
     test's: the monitor itself is ``test_the_monitor_sees_a_blocked_loop``'s.)"""
 
-    async def by_hand(self: Overload) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(Overload, "run", by_hand)
-    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
+    async with shedding_by_hand(upstream_url, monkeypatch) as gw:
         overload: Overload = gw.app.state.gateway.overload
         loop = asyncio.get_running_loop()
         overload.sample(1.0, loop.time())
@@ -184,11 +195,7 @@ async def test_a_refusal_keeps_its_connection_while_ready_and_closes_it_once_unr
     falls; once shedding has lasted ``overload_unready_after``, a refusal says ``Connection:
     close`` and the server closes the socket. A client asking to close is closed."""
 
-    async def by_hand(self: Overload) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(Overload, "run", by_hand)
-    async with start_gateway(upstream_url, overload_lag=0.25, overload_unready_after=0.2) as gw:
+    async with shedding_by_hand(upstream_url, monkeypatch) as gw:
         overload: Overload = gw.app.state.gateway.overload
         loop = asyncio.get_running_loop()
         await gw.client.get(ROOM)  # (the room cached)
