@@ -38,7 +38,7 @@ ALL_ON: dict[str, Any] = {
     "imagePullSecrets": [{"name": "registry"}],
     "tracing": {
         "endpoint": "http://otel-collector.monitoring:4318",
-        "resourceAttributes": {"deployment.environment": "production"},
+        "resourceAttributes": {"deployment.environment": "production", "team name": "live rooms+ops"},
         "env": {"OTEL_BSP_SCHEDULE_DELAY": "2000"},
     },
 }
@@ -194,7 +194,8 @@ def test_tracing_values_become_the_otel_variables_the_gateway_reads() -> None:
     assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
     assert variables["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
     assert variables["OTEL_RESOURCE_ATTRIBUTES"] == (
-        "k8s.namespace.name=live,k8s.pod.name=$(POD_NAME),deployment.environment=production"
+        "k8s.namespace.name=live,k8s.pod.name=$(POD_NAME),deployment.environment=production,"
+        "team%20name=live%20rooms%2Bops"
     )
     assert variables["OTEL_BSP_SCHEDULE_DELAY"] == "2000"
     from gateway import tracing
@@ -203,8 +204,15 @@ def test_tracing_values_become_the_otel_variables_the_gateway_reads() -> None:
     provider = tracing.provider_from_env(plain)
     assert provider is not None
     assert provider.resource.attributes["deployment.environment"] == "production"
+    assert provider.resource.attributes["team name"] == "live rooms+ops"
     provider.shutdown()
     assert not [k for k in env(render()) if k.startswith("OTEL_")]
+    traces_only = env(
+        render({"tracing": {"env": {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}}})
+    )
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in traces_only
+    assert traces_only["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert tracing.endpoint(traces_only) == "http://collector:4318/v1/traces"
 
 
 def test_schema_settings_are_exactly_the_services() -> None:
@@ -223,6 +231,7 @@ def test_schema_settings_are_exactly_the_services() -> None:
         {"settings": {"log_level": "loud"}},
         {"tracing": {"sampler": "sometimes"}},
         {"tracing": {"env": {"GATEWAY_CACHE_TTL": "1"}}},
+        {"tracing": {"env": {"OTEL_SERVICE_NAME": "twice"}}},
     ],
 )
 def test_schema_rejects_typos(typo: dict[str, Any]) -> None:

@@ -159,9 +159,36 @@ async def test_no_span_carries_a_secret(
     texts = [str(v) for span in received.spans for v in attributes(span).values()]
     texts += [str(v) for resource in received.resources for v in resource.values()]
     texts += [span.name for span in received.spans]
+    texts += [span.status.message for span in received.spans]
     leaked = {secret for secret in secrets for text in texts if secret.lower() in text.lower()}
     assert not leaked
     assert not any(span.events for span in received.spans)
+
+
+async def test_a_repeated_traceparent_starts_a_new_trace_and_a_failure_is_recorded_by_its_code(
+    upstream_url: str, emulator: Emulator
+) -> None:
+    """Two ``traceparent`` headers are invalid (W3C Trace Context): a new trace, not either one.
+    A failed cache fill and its attempts end with an error status holding the problem's code,
+    never the exception's message (which quotes Tencent)."""
+    other = "0af7651916cd43dd8448eb211c80319c"
+    headers = [
+        ("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),
+        ("traceparent", f"00-{other}-{PARENT_ID}-01"),
+        ("tracestate", "vendor=opaque"),
+    ]
+    with receiver() as (url, received):
+        async with start_gateway(upstream_url, app_env=otel_env(url)) as gateway:
+            emulator.fail_next("get_room_info", 70001, 70001)  # (retried once with a new UserSig)
+            failed = await gateway.client.get(ROOM, headers=headers)
+    assert failed.status_code == 503
+    code = failed.json()["code"]
+    root = server_span(received)
+    assert root.parent_span_id == b""
+    assert root.trace_id.hex() not in (TRACE_ID, other)
+    errored = {s.name: s.status.message for s in received.spans if s.status.code == Status.STATUS_CODE_ERROR}
+    assert errored == {root.name: "", "cache room": code, "get_room_info": code}
+    assert all(attributes(s).get("error.type", code) == code for s in received.spans)
 
 
 async def test_without_an_endpoint_tracing_is_off(upstream_url: str) -> None:

@@ -22,9 +22,10 @@ request starts no inner spans.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
@@ -160,6 +161,28 @@ _CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _FROM_STATE = (("tenant", "gateway.tenant"), ("caller", "gateway.caller"), ("request_id", "gateway.request_id"))
 
 
+def _carrier(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The trace-context headers, as W3C Trace Context reads repeated ones: two ``traceparent``
+    headers are invalid (a new trace, and the ``tracestate`` goes with it); repeated
+    ``tracestate`` or ``baggage`` headers are one list, joined by commas."""
+    carrier: dict[str, str] = {}
+    repeated_parent = False
+    for key, value in headers:
+        if key not in _CONTEXT_HEADERS:
+            continue
+        name, text = key.decode("latin-1"), value.decode("latin-1")
+        if name not in carrier:
+            carrier[name] = text
+        elif name == "traceparent":
+            repeated_parent = True
+        else:
+            carrier[name] = f"{carrier[name]},{text}"
+    if repeated_parent:
+        del carrier["traceparent"]
+        carrier.pop("tracestate", None)
+    return carrier
+
+
 class ServerSpans(ASGIMiddleware):
     """The SERVER span of every routed request, as Litestar middleware (outside the edge): its
     parent is the caller's ``traceparent``/``tracestate`` (the global propagator: W3C Trace
@@ -184,7 +207,7 @@ class ServerSpans(ASGIMiddleware):
         return name
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _CONTEXT_HEADERS}
+        carrier = _carrier(scope["headers"])
         parent = propagate.extract(carrier) if carrier else None
         method = str(scope.get("method", ""))
         name = self._name(method, str(scope.get("path_template", "")))
@@ -236,6 +259,22 @@ def _failed(span: trace.Span, exc: errors.GatewayError) -> None:
     span.set_attribute("error.type", exc.code)
 
 
+@contextlib.contextmanager
+def _span(tracer: Tracer, name: str, **options: Any) -> Iterator[trace.Span]:
+    """A current span whose failure is recorded by the problem's code, or the exception's type:
+    never its message or stack (the SDK's default puts ``str(exc)`` in the status)."""
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False, **options) as span:
+        try:
+            yield span
+        except errors.GatewayError as exc:
+            _failed(span, exc)
+            raise
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
+
+
 class TracedBudget:
     """The budget, each wait a ``budget wait`` span: the API, seconds waited, and the outcome."""
 
@@ -260,7 +299,7 @@ class TracedBudget:
         )
         if _unrecorded():
             return await acquire()
-        with self._tracer.start_as_current_span("budget wait", record_exception=False) as span:
+        with _span(self._tracer, "budget wait") as span:
             began = self._clock()
             got = await acquire()
             outcome = "granted" if isinstance(got, Slot) else "paused" if isinstance(got, Paused) else "refused"
@@ -293,7 +332,7 @@ class TracedRoomCache(RoomCache):
     async def read(self, key: str, fetch: Callable[[], Awaitable[Filled]], *, bypass: bool = False) -> CacheResult:
         if _unrecorded():
             return await super().read(key, fetch, bypass=bypass)
-        with self._tracer.start_as_current_span(self._span_name, record_exception=False) as span:
+        with _span(self._tracer, self._span_name) as span:
             result = await super().read(key, fetch, bypass=bypass)
             span.set_attributes(
                 {
@@ -372,9 +411,7 @@ class TracedUpstream(Upstream):
             "gateway.tenant": tenant.name,
             "tencent.service": service,
         }
-        with self._tracer.start_as_current_span(
-            api, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
-        ) as span:
+        with _span(self._tracer, api, kind=SpanKind.CLIENT, attributes=attributes) as span:
             try:
                 decoded = await attempted()
             except errors.GatewayError as exc:
@@ -382,7 +419,6 @@ class TracedUpstream(Upstream):
                     span.set_attribute("tencent.error_code", exc.upstream_code)
                 if exc.upstream_request_id:
                     span.set_attribute("tencent.request_id", exc.upstream_request_id)
-                _failed(span, exc)
                 raise
             except TooLate:
                 span.set_attribute("gateway.sent", False)  # the slot's send window passed: nothing left
@@ -401,7 +437,7 @@ class TracedEventLog:
     async def publish(self, scope: str, command: str, data: bytes) -> str | None:
         if _unrecorded():
             return await self._log.publish(scope, command, data)
-        with self._tracer.start_as_current_span("publish event", record_exception=False) as span:
+        with _span(self._tracer, "publish event") as span:
             entry = await self._log.publish(scope, command, data)
             span.set_attributes({"gateway.event.command": command, "gateway.event.held": entry is None})
             if entry is not None:
@@ -429,7 +465,7 @@ class TracedReceiver(Receiver):
     async def accept(self, callback: Callback) -> bool:
         if _unrecorded():
             return await super().accept(callback)
-        with self._tracer.start_as_current_span("callback", record_exception=False) as span:
+        with _span(self._tracer, "callback") as span:
             span.set_attributes({"gateway.tenant": callback.tenant.name, "tencent.callback.command": callback.command})
             if callback.room_id is not None:
                 span.set_attribute("gateway.room_id", callback.room_id)
