@@ -13,7 +13,7 @@ import pytest
 
 from gateway.catalogue.operations import CATALOGUE, DOCUMENTED
 from live_engine_emulator import Emulator
-from live_engine_emulator.state import _HANDLERS, APPLY_THEN_DROP, PASS
+from live_engine_emulator.state import _HANDLERS, APPLY_THEN_DROP, DROP, PASS
 from tests.support import APP_ID, TOKENS, Gateway, start_gateway
 
 BASE = "/v1/tenants/acme"
@@ -58,6 +58,24 @@ async def test_a_retried_create_that_finds_its_room_and_a_retried_destroy_that_f
         emulator.fail_next("destroy_room", APPLY_THEN_DROP)
         assert (await gateway.client.delete(BASE + "/rooms/retried")).status_code == 204
         assert emulator.calls["destroy_room"] == 2
+
+
+async def test_a_retried_seat_take_that_finds_the_member_on_the_seat_succeeds_and_one_that_finds_another_is_400(
+    upstream_url: str, emulator: Emulator
+) -> None:
+    """The first take applies and its reply is lost: the retry is refused (the seat is taken), and
+    the seat list shows the member on it, so the take answers 204. A seat another member took is
+    still the refusal, marked may_have_applied."""
+    emulator.add_members(APP_ID, "room-1", ["alice", "bob"])
+    async with start_gateway(upstream_url) as gateway:
+        emulator.fail_next("pick_user_on_seat", APPLY_THEN_DROP)
+        took = await gateway.client.post(ROOM + "/seats/members", json={"account": "alice", "index": 2})
+        assert took.status_code == 204, took.text
+        assert (emulator.calls["pick_user_on_seat"], emulator.calls["get_seat_list"]) == (2, 1)
+        emulator.fail_next("pick_user_on_seat", DROP)  # (dropped unapplied; the retry meets alice)
+        refused = await gateway.client.post(ROOM + "/seats/members", json={"account": "bob", "index": 2})
+        assert (refused.status_code, refused.json()["upstream_code"]) == (400, 100002)
+        assert refused.json()["may_have_applied"] is True
 
 
 async def test_a_retried_create_that_finds_someone_elses_room_is_409(upstream_url: str, emulator: Emulator) -> None:

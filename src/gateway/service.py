@@ -18,7 +18,8 @@ import msgspec
 from gateway import errors
 from gateway.budget import Budget, Paused, SendNow, Share, Slot
 from gateway.cache import Filled, RoomCache, room_key
-from gateway.catalogue import Args, Operation, Split, our_reply, tencent_request
+from gateway.catalogue import Args, Confirm, Operation, Split, our_reply, tencent_request
+from gateway.catalogue.operations import BY_ID
 from gateway.idempotency import Answer, Keyed, Keys
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -26,8 +27,6 @@ from gateway.models import (
     CallbackSettingsReply,
     CallbackTokenRequest,
     Envelope,
-    RoomIdRequest,
-    RoomInfoReply,
 )
 from gateway.signing import Signer
 from gateway.tenants import Tenant
@@ -37,7 +36,6 @@ from gateway.upstream import LIVE, Api, Upstream
 R = TypeVar("R", bound=Envelope)
 Applied = Callable[[errors.GatewayError], Awaitable[bool]]  # after a maybe-applied attempt: does this error mean done?
 LOCKOUT_CODE = 70050
-ROOM_TAKEN = 100003
 
 _encode = msgspec.json.Encoder().encode
 
@@ -148,7 +146,10 @@ class RoomService:
         async def applied(exc: errors.GatewayError) -> bool:
             if exc.upstream_code in op.applied_if_retried:
                 return True
-            return op.owned_if_exists and exc.upstream_code == ROOM_TAKEN and await self._ours(tenant, args, share)
+            confirm = op.confirm
+            if confirm is None or exc.status >= 500 or (confirm.when and exc.upstream_code not in confirm.when):
+                return False
+            return await self._confirmed(confirm, tenant, args, share)
 
         for n, request in enumerate(requests):
             try:
@@ -174,16 +175,16 @@ class RoomService:
             return None, None
         return our_reply(op, args, replies[-1]), replies[-1].RequestId or None
 
-    async def _ours(self, tenant: Tenant, args: Args, share: Share) -> bool:
-        """Whether the room a retried create found taken is the one it made: owned by the owner
-        it asked for (by default the tenant's admin)."""
-        owner = getattr(args.body, "owner_account", msgspec.UNSET)
-        wanted = tenant.identifier if owner is msgspec.UNSET else owner
+    async def _confirmed(self, confirm: Confirm, tenant: Tenant, args: Args, share: Share) -> bool:
+        """Whether a write Tencent refused on a retry was applied by an earlier attempt after all,
+        as the catalogue's read ``confirm.read`` shows (a create finds its room taken: by us?)."""
+        read = BY_ID[confirm.read]
+        api, request = tencent_request(read, args)
         try:
-            reply = await self._call(tenant, share, "get_room_info", RoomIdRequest(room_id=args.room_id), RoomInfoReply)
+            reply = await self._call(tenant, share, api, request, read.wire, service=read.service, documented=read.qps)
         except errors.GatewayError:
             return False
-        return reply.Response is not None and str(reply.Response.RoomInfo.owner_account) == wanted
+        return confirm.done(args, our_reply(read, args, reply), tenant.identifier)
 
     # ------------------------------------------------------------------ the tenant's callback settings
 

@@ -139,6 +139,18 @@ def _room(args: Args) -> None:
     validation.room_id(args.room_id)
 
 
+@dataclass(frozen=True)
+class Confirm:
+    """How a write that Tencent refused on a retry, after an attempt that may have applied, is
+    found done after all: by the catalogue's read ``read`` (an operation id, called with the
+    write's arguments), whose reply, shaped as ours, ``done`` judges from the write's arguments
+    and the tenant's admin account. ``when``: the ErrorCodes it checks (empty: any caller error)."""
+
+    read: str
+    done: Callable[[Args, Any, str], bool]
+    when: frozenset[int] = frozenset()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Operation:
     id: str  # the OpenAPI operationId, e.g. createRoom
@@ -165,7 +177,7 @@ class Operation:
     # only when an attempt certainly did not reach Tencent; otherwise its error says may_have_applied.
     repeatable: bool = True
     applied_if_retried: frozenset[int] = frozenset()  # codes meaning "done" once an attempt may have applied
-    owned_if_exists: bool = False  # create: a retried 100003 for a room the tenant's admin owns is done
+    confirm: Confirm | None = None  # a refusal on a retry checked by a read (create: the room's owner)
     errors: Mapping[int, type[GatewayError]] = field(default_factory=dict)  # overrides of upstream.ERROR_CODES
     validate: Callable[[Args], None] = _room  # Tencent's documented limits, before any budget is spent
 

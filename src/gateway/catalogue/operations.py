@@ -15,7 +15,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from msgspec.structs import asdict
 
 from gateway import errors, validation
-from gateway.catalogue import Args, Operation, Query, Split, Variant, tencent, tencent_reply
+from gateway.catalogue import Args, Confirm, Operation, Query, Split, Variant, tencent, tencent_reply
 from gateway.models import (
     ACCOUNT_MAX,
     METADATA_KEY_MAX,
@@ -630,6 +630,19 @@ class _RobotsRequest(Struct, kw_only=True, rename=tencent(accounts="RobotList_Ac
 # ---------------------------------------------------------------------- the catalogue
 
 _ROOM = "/rooms/{room_id}"
+
+
+def _owner(args: Args, admin: str) -> str:
+    """The owner a create asked for (by default the tenant's admin account)."""
+    owner = getattr(args.body, "owner_account", UNSET)
+    return admin if owner is UNSET else str(owner)
+
+
+def _seated(body: SeatTake, seats: Seats) -> bool:
+    """Whether the member is on the seat a take asked for."""
+    return any(s.index == body.index and s.account == body.account for s in seats.seats)
+
+
 _ACCOUNT_LIMITS = Meta(min_length=1, max_length=ACCOUNT_MAX, pattern=NO_CONTROL)  # (the models' Account)
 
 
@@ -740,7 +753,9 @@ CATALOGUE: tuple[Operation, ...] = (
         status=201,
         cache="invalidate",
         applied_if_retried=frozenset({100010}),
-        owned_if_exists=True,
+        confirm=Confirm(
+            "getRoom", lambda args, room, admin: room.owner_account == _owner(args, admin), frozenset({100003})
+        ),
         errors=_EXISTS,
         validate=_validate_create,
     ),
@@ -995,6 +1010,7 @@ CATALOGUE: tuple[Operation, ...] = (
         service="room_engine_http_mic",
         body=SeatTake,
         send=_MemberOnSeat,
+        confirm=Confirm("listSeats", lambda args, seats, _: _seated(args.body, seats)),  # (a seat taken: by us?)
         validate=_validate_take,
     ),
     Operation(
@@ -1031,7 +1047,9 @@ CATALOGUE: tuple[Operation, ...] = (
         service="room_engine_http_mic",
         body=SeatMove,
         build=_move,  # (if_taken's names, Tencent's Policy numbers)
-        repeatable=False,  # a second swap moves the two members back (one rule for every if_taken)
+        # Between two attempts others may move: a second force or swap acts on whoever holds the
+        # seat then, and Tencent does not say that moving a member to their own seat is a no-op.
+        repeatable=False,
         validate=_validate_take,
     ),
     Operation(
