@@ -5,13 +5,18 @@ across real processes)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from gateway import errors, idempotency
 from gateway.catalogue.operations import CATALOGUE
+from gateway.metrics import Metrics
+from gateway.stores.memory import MemoryKeyStore
 from gateway.transport import OnTime, PooledTransport, Proxy, Reply, Sender
 from live_engine_emulator import Emulator
 from live_engine_emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
@@ -70,7 +75,8 @@ def test_two_keys_are_refused() -> None:
 
 def test_every_write_is_declared_and_only_visible_repeats_are_not_repeatable() -> None:
     """The catalogue says which writes are not repeatable: messages (a viewer sees both) and
-    seat moves (a second swap moves the members back); every other write repeats harmlessly."""
+    seat moves (a second force or swap acts on whoever holds the seat by then); every other
+    write repeats harmlessly."""
     not_repeatable = {op.id for op in CATALOGUE if not op.repeatable}
     assert not_repeatable == {"sendMessage", "moveSeat"}
     assert all(op.repeatable for op in CATALOGUE if op.method == "GET")
@@ -308,3 +314,75 @@ async def test_one_key_never_sends_twice_through_a_replica_while_redis_is_unreac
     assert first.status_code == again.status_code == 204
     assert again.headers["idempotent-replayed"] == "true"
     assert messages(emulator) == ["hello"]
+
+
+# ---------------------------------------------------------------------- claims: their lease and the in-process bound
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _keys(store: MemoryKeyStore, clock: _Clock, *, lease: float = 1.0) -> idempotency.Keys:
+    return idempotency.Keys(
+        store=store,
+        ttl=60.0,
+        lease=lease,
+        wait=0.0,
+        metrics=Metrics(CollectorRegistry()),
+        clock=clock,
+        sleep=asyncio.sleep,
+    )
+
+
+async def test_a_claim_holds_for_every_call_of_the_write_and_one_more() -> None:
+    """A write of three Tencent calls holds its key for four leases (one call's deadline each):
+    a repeat meanwhile is 409, not a second run; after them, a repeatable write's key is
+    claimed again, and the first's end leaves the second's claim alone."""
+    clock = _Clock()
+    store = MemoryKeyStore(clock=clock)
+    keys = _keys(store, clock)
+    keyed = idempotency.Keyed(key="k", fingerprint="f", tenant="acme")
+    release_first, release_second = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    def work(name: str, release: asyncio.Event) -> Callable[[], Any]:
+        async def run() -> idempotency.Answer:
+            runs.append(name)
+            await release.wait()
+            return idempotency.Answer(status=204)
+
+        return run
+
+    first = asyncio.create_task(keys.run(keyed, repeatable=True, work=work("first", release_first), calls=3))
+    await asyncio.sleep(0)
+    clock.now = 3.9
+    with pytest.raises(errors.IdempotencyKeyInUse):
+        await keys.run(keyed, repeatable=True, work=work("early", release_second))
+    clock.now = 4.1
+    second = asyncio.create_task(keys.run(keyed, repeatable=True, work=work("second", release_second)))
+    await asyncio.sleep(0)
+    release_first.set()
+    assert await first == (idempotency.Answer(status=204), False)
+    release_second.set()
+    assert (await second)[1] is False
+    assert runs == ["first", "second"]
+
+
+async def test_the_in_process_bound_never_evicts_a_claim_still_running() -> None:
+    """Past ``max_keys`` the oldest answers go first; a claim still running stays (the store is
+    over its bound until it ends), so its key cannot run twice here meanwhile."""
+    clock = _Clock()
+    store = MemoryKeyStore(clock=clock, max_keys=2)
+    claim = functools.partial(store.claim, lease=10.0, ttl=60.0, repeatable=False)
+    assert (await claim("running", "f", "o1")).state == "claimed"
+    assert (await claim("answered", "f", "o2")).state == "claimed"
+    await store.keep("answered", "o2", b"kept", 60.0)
+    assert (await claim("newer", "f", "o3")).state == "claimed"  # evicts "answered", not "running"
+    assert (await claim("running", "f", "o4")).state == "running"
+    assert (await claim("answered", "f", "o5")).state == "claimed"  # (gone: claimed afresh)
+    assert (await claim("running", "f", "o6")).state == "running"

@@ -272,7 +272,7 @@ def create_app(
     keys = Keys(
         store=stores.keys,
         ttl=settings.idempotency_ttl,
-        lease=2 * settings.deadline,  # a request's calls end by their deadline; then its claim is abandoned
+        lease=settings.deadline,  # a call ends by its deadline; a claim lapses after its calls' (and one more)
         wait=settings.budget_max_wait,
         metrics=metrics,
         clock=clock,

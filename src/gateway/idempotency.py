@@ -185,7 +185,9 @@ class Keys:
     """Runs keyed writes: the first of a key runs, its answer is kept, repeats get it back.
 
     ``wait``: how long a repeat waits for a first that is still running (the wait cap);
-    ``lease``: how long a claim holds before it counts as abandoned (longer than any request)."""
+    ``lease``: how long one Tencent call may take (its deadline). A claim holds ``calls + 1``
+    leases before it counts as abandoned: every call of the write (a long list of accounts is
+    several) and one read that may confirm a refused retry (``catalogue.Confirm``)."""
 
     def __init__(
         self,
@@ -210,12 +212,13 @@ class Keys:
         self._running: dict[str, asyncio.Future[None]] = {}  # keys this replica runs: repeats here wait on them
 
     async def run(
-        self, keyed: Keyed, *, repeatable: bool, work: Callable[[], Awaitable[Answer]]
+        self, keyed: Keyed, *, repeatable: bool, work: Callable[[], Awaitable[Answer]], calls: int = 1
     ) -> tuple[Answer, bool]:
         """``work``'s answer (and False), or the key's kept answer (and True); a kept problem is
-        raised again. ``work`` runs at most once per key, fleet-wide while the store is shared."""
+        raised again. ``work`` (``calls`` Tencent calls) runs at most once per key, fleet-wide
+        while the store is shared."""
         owner = self._token()
-        earlier = await self._claim(keyed, owner, repeatable)
+        earlier = await self._claim(keyed, owner, repeatable, lease=(calls + 1) * self._lease)
         if earlier is not None:
             if earlier.code:
                 raise replayed_error(earlier)
@@ -235,17 +238,18 @@ class Keys:
             await self._keep(keyed, owner, answer, repeatable=repeatable)
             return answer, False
         finally:
-            del self._running[keyed.key]
+            if self._running.get(keyed.key) is finished:  # (a claim taken over after a lapsed lease is not ours)
+                del self._running[keyed.key]
             finished.set_result(None)
 
-    async def _claim(self, keyed: Keyed, owner: str, repeatable: bool) -> Answer | None:
+    async def _claim(self, keyed: Keyed, owner: str, repeatable: bool, *, lease: float) -> Answer | None:
         """Hold the key (None), waiting within the wait cap while another request holds it; or
         the answer the key already has."""
         until = self._clock() + self._wait
         pause = _POLL_FIRST
         while True:
             claim = await self._store.claim(
-                keyed.key, keyed.fingerprint, owner, lease=self._lease, ttl=self._ttl, repeatable=repeatable
+                keyed.key, keyed.fingerprint, owner, lease=lease, ttl=self._ttl, repeatable=repeatable
             )
             if claim.state == "claimed":
                 return None

@@ -111,7 +111,7 @@ class RoomService:
             done = await self._run(op, tenant, args, share)
             return Answer(status=op.status, body=done.body, upstream_request_id=done.upstream_request_id)
 
-        answer, replayed = await self._keys.run(key, repeatable=op.repeatable, work=work)
+        answer, replayed = await self._keys.run(key, repeatable=op.repeatable, work=work, calls=_calls(op, args))
         return Done(body=answer.body, upstream_request_id=answer.upstream_request_id, replayed=replayed)
 
     async def _run(self, op: Operation, tenant: Tenant, args: Args, share: Share) -> Done:
@@ -412,6 +412,14 @@ class RoomService:
             await self._budget.pause(str(tenant.sdkappid), seconds, code, reason)
         if exc is not None:
             exc.retry_after = seconds
+
+
+def _calls(op: Operation, args: Args) -> int:
+    """How many Tencent calls the operation makes for ``args`` (a long list of accounts: several)."""
+    if op.split is None:
+        return 1
+    _, request = tencent_request(op, args)
+    return max(1, math.ceil(len(getattr(request, op.split.field)) / op.split.most))
 
 
 def _split(request: msgspec.Struct, split: Split | None) -> list[msgspec.Struct]:

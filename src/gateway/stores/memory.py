@@ -87,7 +87,9 @@ class _Held:
 
 class MemoryKeyStore:
     """Idempotency keys (``idempotency.KeyStore``) until they expire, at most ``max_keys`` (past
-    that, the oldest go); atomic because the event loop runs one coroutine at a time."""
+    that, the oldest answers and lapsed claims go; a claim still running never does, so a key
+    never runs twice here while it runs); atomic because the event loop runs one coroutine at a
+    time."""
 
     def __init__(self, *, clock: Callable[[], float], max_keys: int = 100_000) -> None:
         self._clock = clock
@@ -102,8 +104,7 @@ class MemoryKeyStore:
         if held is None or held.expires <= now:
             self._keys.pop(key, None)
             self._keys[key] = _Held(fingerprint, owner, now + lease, repeatable, now + ttl)
-            while len(self._keys) > self._max:
-                del self._keys[next(iter(self._keys))]
+            self._evict(now)
             return Claim("claimed")
         if held.answer is not None:
             return Claim("kept", held.fingerprint, held.answer)
@@ -113,6 +114,15 @@ class MemoryKeyStore:
             held.owner, held.lease_until = owner, now + lease
             return Claim("claimed")
         return Claim("abandoned", held.fingerprint)
+
+    def _evict(self, now: float) -> None:
+        """Down to ``max_keys``, the oldest first, passing over claims still running (over the
+        bound while every key is one: they end within their lease)."""
+        while len(self._keys) > self._max:
+            oldest = next((k for k, h in self._keys.items() if h.answer is not None or h.lease_until <= now), None)
+            if oldest is None:
+                return
+            del self._keys[oldest]
 
     async def keep(self, key: str, owner: str, answer: bytes | None, ttl: float) -> None:
         held = self._keys.get(key)
