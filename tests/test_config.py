@@ -205,6 +205,14 @@ BROKEN_SETTINGS = {
     "GATEWAY_MAX_IN_FLIGHT": ("-1", "GATEWAY_MAX_IN_FLIGHT=-1 must be ≥ 0 (0: no bound)"),
     "GATEWAY_IDEMPOTENCY_TTL": ("0.5", "GATEWAY_IDEMPOTENCY_TTL=0.5 must be ≥ 1"),
     "GATEWAY_IDEMPOTENCY_MAX_KEYS": ("0", "GATEWAY_IDEMPOTENCY_MAX_KEYS=0 must be ≥ 1"),
+    "GATEWAY_CACHE_MAX_ROOMS": ("-1", "GATEWAY_CACHE_MAX_ROOMS=-1 must be ≥ 1"),
+    "GATEWAY_RETRY_BACKOFF": ("-0.1", "GATEWAY_RETRY_BACKOFF=-0.1 must be ≥ 0"),
+    "GATEWAY_RETRY_BACKOFF_MAX": ("0.05", "GATEWAY_RETRY_BACKOFF_MAX=0.05 must be ≥ GATEWAY_RETRY_BACKOFF (0.1)"),
+    "GATEWAY_LOCKOUT_SECONDS": ("-1", "GATEWAY_LOCKOUT_SECONDS=-1 must be ≥ 0"),
+    "GATEWAY_RATE_LIMIT_PAUSE": ("-1", "GATEWAY_RATE_LIMIT_PAUSE=-1 must be ≥ 0"),
+    "GATEWAY_MISCONFIG_COOLDOWN": ("-1", "GATEWAY_MISCONFIG_COOLDOWN=-1 must be ≥ 0"),
+    "GATEWAY_DRAIN_SECONDS": ("-1", "GATEWAY_DRAIN_SECONDS=-1 must be ≥ 0"),
+    "GATEWAY_CONFIG_RELOAD_INTERVAL": ("-1", "GATEWAY_CONFIG_RELOAD_INTERVAL=-1 must be ≥ 0 (0: never)"),
 }
 
 
@@ -216,6 +224,34 @@ def test_a_setting_breaking_its_rule_names_the_rule_and_the_value(variable: str,
         settings_from_env({variable: value})
     assert str(error.value).startswith(message)
     assert str(error.value).endswith(" (see README: Configuration)")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GATEWAY_CACHE_TTL", "abc", "GATEWAY_CACHE_TTL=abc must be a number"),
+        ("GATEWAY_PORT", "8.5", "GATEWAY_PORT=8.5 must be a whole number"),
+        ("GATEWAY_LOG_LEVEL", "loud", "GATEWAY_LOG_LEVEL=loud must be one of debug, info, warning, error"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_names_the_value_and_the_type(variable: str, value: str, message: str) -> None:
+    """A value that is not even of the setting's type is refused the same way: the variable,
+    the value and what it must be."""
+    with pytest.raises(ConfigError) as error:
+        settings_from_env({variable: value})
+    assert str(error.value) == f"{message} (see README: Configuration)"
+
+
+def test_every_rule_is_stated_in_the_readme_table() -> None:
+    """The README's settings table states each constrained setting's rule (its Rule column is
+    not empty), and the table is one table (no paragraph splits it)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `GATEWAY_")]
+    table = readme[readme.index(rows[0]) : readme.index(rows[-1])]
+    assert all(line.startswith("|") for line in table.splitlines())
+    for name, _, _ in Settings().rules():
+        row = next(line for line in rows if f"`GATEWAY_{name.upper()}`" in line)
+        assert row.split("|")[3].strip(), row
 
 
 def test_every_constrained_setting_is_covered_by_the_table_above() -> None:

@@ -207,6 +207,14 @@ FRAMINGS = {
     "odd-header-case-and-spacing": Framing(
         b"HTTP/1.1 200 OK\r\ncontent-LENGTH:   2  \r\nX-Empty:\r\nSERVER:\tx\r\n\r\n{}", b"{}"
     ),
+    "obs-fold": Framing(b"HTTP/1.1 200 OK\r\nX-Folded: one,\r\n two\r\nContent-Length: 2\r\n\r\n{}", b"{}"),
+    "transfer-coding-gzip-chunked": Framing(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(_GZ), _GZ),
+        b'{"z": 1}',
+    ),
+    "transfer-coding-gzip-close-delimited": Framing(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n%s" % _GZ, b'{"z": 1}', True
+    ),
 }
 
 
@@ -517,7 +525,7 @@ def test_deflate_bodies_are_decoded(loop_kind: str) -> None:
     [
         (_gzip_reply(b"0" * (MAX_REPLY_BYTES + 1)), "inflates past"),
         (_gzip_reply(b'{"a": 1}', cut=6), "truncated gzip"),
-        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", "unsupported content-encoding br"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", "unsupported coding br"),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}", "bad gzip body"),
     ],
     ids=["gzip-bomb", "truncated", "unknown-encoding", "not-gzip"],

@@ -7,7 +7,7 @@ the Helm chart use these same names.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args, get_type_hints
 
 import msgspec
 
@@ -111,6 +111,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("max_in_flight", self.max_in_flight >= 0, "≥ 0 (0: no bound)"),
             ("idempotency_ttl", self.idempotency_ttl >= 1, "≥ 1"),
             ("idempotency_max_keys", self.idempotency_max_keys >= 1, "≥ 1"),
+            ("cache_max_rooms", self.cache_max_rooms >= 1, "≥ 1"),
+            ("retry_backoff", self.retry_backoff >= 0, "≥ 0"),
+            (
+                "retry_backoff_max",
+                self.retry_backoff_max >= self.retry_backoff,
+                f"≥ GATEWAY_RETRY_BACKOFF ({_shown(self.retry_backoff)})",
+            ),
+            ("lockout_seconds", self.lockout_seconds >= 0, "≥ 0"),
+            ("rate_limit_pause", self.rate_limit_pause >= 0, "≥ 0"),
+            ("misconfig_cooldown", self.misconfig_cooldown >= 0, "≥ 0"),
+            ("drain_seconds", self.drain_seconds >= 0, "≥ 0"),
+            ("config_reload_interval", self.config_reload_interval >= 0, "≥ 0 (0: never)"),
         ]
 
 
@@ -137,10 +149,23 @@ def settings_from_env(env: Mapping[str, str], **overrides: object) -> Settings:
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid setting: {_env_name(str(exc))}") from exc
+        raise ConfigError(_invalid(str(exc), raw)) from exc
 
 
-def _env_name(message: str) -> str:
-    # msgspec says "... - at `$.cache_ttl`"; name the variable the operator actually sets.
+def _invalid(message: str, raw: Mapping[str, object]) -> str:
+    """msgspec's "Expected `float`, got `str` - at `$.cache_ttl`" as the variable the operator
+    sets, its value and the type it must have."""
     head, sep, path = message.partition(" - at `$.")
-    return f"{head} - GATEWAY_{path.rstrip('`').upper()}" if sep else message
+    if not sep:
+        return f"invalid setting: {message}"
+    name = path.rstrip("`")
+    wanted = {"float": "a number", "int": "a whole number", "bool": "true or false"}
+    choices = get_args(get_type_hints(Settings).get(name))
+    if head.startswith("Invalid enum value") and choices:
+        rule = f"must be one of {', '.join(map(str, choices))}"
+    elif head.startswith("Expected `"):
+        kind = head.removeprefix("Expected `").partition("`")[0]
+        rule = f"must be {wanted.get(kind, kind)}"
+    else:
+        rule = f"is invalid: {head}"
+    return f"{_env(name)}={raw.get(name)!s} {rule} (see README: Configuration)"

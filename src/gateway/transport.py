@@ -3,7 +3,7 @@ httptools (llhttp, Node.js's parser) reading the replies.
 
 Why not a library's pool: httpx's own (httpcore) collapses as calls in flight grow; aiohttp's
 client costs 2.5-3.5x this one's CPU a call and, on Python 3.11, writes a request from a task the
-loop runs later, after the send window's "yes" (README, "How it is built"; BENCHMARKS.md,
+loop runs later, after the send window's "yes" (docs/design.md, "How it is built"; BENCHMARKS.md,
 "Upstream transport"). Calls to Tencent are one shape only (a POST with a small JSON body, a JSON
 reply), so the client needs little: write the request in one piece, parse the reply with llhttp
 (every framing RFC 9112 allows), keep the socket.
@@ -47,7 +47,6 @@ import httptools
 import httpx
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _USER_AGENT = b"live-room-gateway"
 
 
@@ -208,9 +207,10 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        # RFC 9112 §7.1.1 allows whitespace (BWS) before a chunk extension's ";"; llhttp refuses
-        # it unless told (it guards servers against request smuggling; we parse replies).
-        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        # RFC 9112 §7.1.1 allows whitespace (BWS) before a chunk extension's ";", and §5.2 has a
+        # user agent unfold a header folded onto the next line (obs-fold); llhttp refuses both
+        # unless told (it guards servers against request smuggling; we parse replies).
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True, lenient_headers=True)
         self._waiter: asyncio.Future[Reply] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -252,8 +252,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        if name.lower() in _FRAMING:
-            self._framed = True
+        lowered = name.lower()
+        if lowered == b"content-length" or (lowered == b"transfer-encoding" and _codings(value)[-1:] == [b"chunked"]):
+            self._framed = True  # (other transfer codings last: the body runs to the close, RFC 9112 §6.3)
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -550,21 +551,40 @@ class Launched:
         self._pool.release(self._conn, reuse=False)
 
 
+def _codings(value: bytes) -> list[bytes]:
+    """A Content-Encoding or Transfer-Encoding list, in the order they were applied."""
+    return [c for c in (part.strip().lower() for part in value.split(b",")) if c and c != b"identity"]
+
+
+_WBITS = {b"gzip": 47, b"x-gzip": 47, b"deflate": 15}  # (47: a gzip or zlib header, read either way)
+
+
 def _decoded(reply: Reply) -> Reply:
-    """The reply with a gzip or deflate body decompressed (servers may compress regardless), to
-    at most ``MAX_REPLY_BYTES``: a few kilobytes of gzip can inflate to gigabytes."""
-    encoding = next((v.lower() for k, v in reply.headers if k.lower() == b"content-encoding"), b"identity")
-    if encoding in (b"identity", b""):
+    """The reply with its body's codings undone, last applied first: transfer codings other than
+    chunked (llhttp undid that), then content codings (servers may compress regardless); gzip
+    and deflate, to at most ``MAX_REPLY_BYTES``: a few kilobytes of gzip inflate to gigabytes."""
+    codings = [c for k, v in reply.headers if k.lower() == b"content-encoding" for c in _codings(v)]
+    codings += [c for k, v in reply.headers if k.lower() == b"transfer-encoding" for c in _codings(v)]
+    codings = [c for c in codings if c != b"chunked"]
+    if not codings:
         return reply
-    if encoding not in (b"gzip", b"deflate"):
-        raise httpx.RemoteProtocolError(f"unsupported content-encoding {encoding.decode('latin-1')}")
-    inflate = zlib.decompressobj(47 if encoding == b"gzip" else 15)
-    try:
-        content = inflate.decompress(reply.content, MAX_REPLY_BYTES)
-    except zlib.error as exc:
-        raise httpx.RemoteProtocolError(f"bad {encoding.decode()} body") from exc
-    if inflate.unconsumed_tail:
-        raise httpx.RemoteProtocolError(f"{encoding.decode()} body inflates past {MAX_REPLY_BYTES} bytes")
-    if not inflate.eof:
-        raise httpx.RemoteProtocolError(f"truncated {encoding.decode()} body")
+    content = reply.content
+    for coding in reversed(codings):
+        content = _inflated(content, coding)
     return reply._replace(content=content)
+
+
+def _inflated(content: bytes, coding: bytes) -> bytes:
+    name = coding.decode("latin-1")
+    if coding not in _WBITS:
+        raise httpx.RemoteProtocolError(f"unsupported coding {name}")
+    inflate = zlib.decompressobj(_WBITS[coding])
+    try:
+        out = inflate.decompress(content, MAX_REPLY_BYTES)
+    except zlib.error as exc:
+        raise httpx.RemoteProtocolError(f"bad {name} body") from exc
+    if inflate.unconsumed_tail:
+        raise httpx.RemoteProtocolError(f"{name} body inflates past {MAX_REPLY_BYTES} bytes")
+    if not inflate.eof:
+        raise httpx.RemoteProtocolError(f"truncated {name} body")
+    return out
