@@ -1105,6 +1105,8 @@ export interface operations {
             /** @description Create a room (create_room); a retry that finds its own room answers 201 */
             201: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1359,6 +1361,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1488,6 +1492,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1741,6 +1747,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1869,6 +1877,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -2127,6 +2137,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -2255,6 +2267,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -2638,6 +2652,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -2893,6 +2909,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -3022,6 +3040,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -3275,6 +3295,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -3403,6 +3425,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -3656,6 +3680,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -3784,6 +3810,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -4037,6 +4065,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -4166,6 +4196,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -4296,6 +4328,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -4425,6 +4459,8 @@ export interface operations {
             /** @description Request fulfilled, nothing follows */
             204: {
                 headers: {
+                    /** @description true when this is the kept answer of an earlier request with the same Idempotency-Key (Tencent was not called again); absent otherwise */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content?: never;

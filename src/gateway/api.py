@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, TypeVar, cast
@@ -31,6 +31,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPI,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -450,11 +451,15 @@ def _component(annotation: Any, name: str) -> Reference:
 
 
 def _documented(
-    body: type[msgspec.Struct] | None = None, *parameters: Parameter, stream: Any = None
+    body: type[msgspec.Struct] | None = None,
+    *parameters: Parameter,
+    stream: Any = None,
+    headers: Mapping[str, OpenAPIHeader] | None = None,
 ) -> type[Operation]:
     """An Operation documenting what the handler reads itself: ``body`` as the JSON request
     body, ``parameters`` (header or query parameters), path parameters in the path's order with
-    their limits (``_PATH_PARAMETERS``), and ``stream`` as one event of a 200 text/event-stream.
+    their limits (``_PATH_PARAMETERS``), and ``stream`` as one event of a 200 text/event-stream;
+    and ``headers`` on its success answer (a write's ``Idempotent-Replayed``).
 
     Handlers take only the request (each parameter Litestar injects costs CPU on every call) and
     decode bodies themselves (``_decode``):
@@ -479,6 +484,9 @@ def _documented(
             response = (self.responses or {}).get("200")
             if event is not None and isinstance(response, OpenAPIResponse) and response.content:
                 response.content["text/event-stream"].schema = event
+            for code, answer in (self.responses or {}).items():
+                if headers and code.startswith("2") and isinstance(answer, OpenAPIResponse):
+                    answer.headers = {**(answer.headers or {}), **headers}
             params = [*(self.parameters or []), *parameters]
             self.parameters = sorted(params, key=lambda p: _PATH_ORDER.get(getattr(p, "name", ""), 2))
 
@@ -755,6 +763,11 @@ _IDEMPOTENCY_KEY = _parameter(
     schema=Schema(type=OpenAPIType.STRING, pattern=r'^(?:[!#-~][ -~]{0,254}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$'),
     header=True,
 )
+_REPLAYED = OpenAPIHeader(
+    description="true when this is the kept answer of an earlier request with the same Idempotency-Key "
+    "(Tencent was not called again); absent otherwise",
+    schema=Schema(type=OpenAPIType.STRING, enum=["true"]),
+)
 _REPEATABLE = (
     "Repeatable: applying it twice leaves Tencent as applying it once, so the gateway retries it after a "
     "transient failure."
@@ -826,7 +839,10 @@ def catalogue_route(op: catalogue.Operation) -> HTTPRouteHandler:
         tags=[op.path.split("/")[3] if op.path.count("/") > 2 else "rooms"],
         operation_id=op.id,
         operation_class=_documented(
-            op.body, *(_query_parameter(q) for q in op.query), *(() if op.method == "GET" else (_IDEMPOTENCY_KEY,))
+            op.body,
+            *(_query_parameter(q) for q in op.query),
+            *(() if op.method == "GET" else (_IDEMPOTENCY_KEY,)),
+            headers=None if op.method == "GET" else {"Idempotent-Replayed": _REPLAYED},
         ),
     )(handler)
 
