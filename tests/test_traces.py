@@ -4,6 +4,7 @@ endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -17,8 +18,9 @@ from gateway.callbacks import Receiver
 from gateway.errors import ConfigError
 from gateway.upstream import Upstream
 from live_engine_emulator import Emulator
+from live_engine_emulator.state import HTTP_502
 from tests.otlp import CLIENT, SERVER, Received, attributes, receiver
-from tests.support import CALLBACK_TOKEN, KEY, OTHER_KEY, TOKENS, start_gateway
+from tests.support import CALLBACK_TOKEN, KEY, OTHER_KEY, TOKENS, SkipClock, start_gateway
 from tests.test_callbacks import signed, update_body
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -189,6 +191,27 @@ async def test_a_repeated_traceparent_starts_a_new_trace_and_a_failure_is_record
     errored = {s.name: s.status.message for s in received.spans if s.status.code == Status.STATUS_CODE_ERROR}
     assert errored == {root.name: "", "cache room": code, "get_room_info": code}
     assert all(attributes(s).get("error.type", code) == code for s in received.spans)
+
+
+async def test_the_cache_span_says_hit_stale_or_coalesced(upstream_url: str, emulator: Emulator) -> None:
+    """A read served from the cache is a ``hit``, one served past its TTL because Tencent failed
+    is ``stale``, and a read that waited for another's fill is ``coalesced``."""
+    clock = SkipClock()
+    with receiver() as (url, received):
+        async with start_gateway(
+            upstream_url, app_env=otel_env(url), cache_ttl=0.1, stale_ttl=5.0, retry_attempts=2, clock=clock
+        ) as gateway:
+            await gateway.client.get(ROOM)  # miss
+            await gateway.client.get(ROOM)  # hit
+            clock.skip(0.15)
+            emulator.fail_next("get_room_info", HTTP_502, HTTP_502)
+            assert (await gateway.client.get(ROOM)).headers["x-cache"] == "stale"
+            emulator.faults.latency = 0.2
+            together = await asyncio.gather(*(gateway.client.get("/v1/tenants/acme/rooms/room-2") for _ in range(2)))
+            emulator.faults.latency = 0.0
+            assert all(r.status_code == 200 for r in together)
+    results = [attributes(s)["gateway.cache.result"] for s in received.spans if s.name == "cache room"]
+    assert sorted(results) == ["coalesced", "hit", "miss", "miss", "stale"]
 
 
 async def test_without_an_endpoint_tracing_is_off(upstream_url: str) -> None:
