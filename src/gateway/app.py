@@ -64,6 +64,7 @@ from gateway.stores.memory import (
     MemorySignatureStore,
 )
 from gateway.stores.redis import (
+    Batch,
     Redis,
     RedisBudgetStore,
     RedisEventLog,
@@ -124,10 +125,11 @@ def build_stores(
         raise ConfigError(str(exc)) from exc
     redis = Redis(client, prefix=settings.redis_prefix, timeout=settings.redis_timeout)
     budget = RedisBudgetStore(redis)
+    writes = Batch(redis)  # one pipeline a loop turn for keyed writes' claims and rooms' invalidations
     return Stores(
         signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
         seen=FailoverSeenStore(shared=RedisSeenStore(redis), local=MemorySeenStore(clock=clock), breaker=breaker),
-        rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep), local=rooms, breaker=breaker),
+        rooms=FailoverRoomStore(shared=RedisRoomStore(redis, keep=keep, batch=writes), local=rooms, breaker=breaker),
         events=FailoverEventLog(
             shared=RedisEventLog(
                 redis, keep=settings.events_keep, keep_seconds=settings.events_keep_seconds, wall_clock=wall_clock
@@ -135,7 +137,7 @@ def build_stores(
             breaker=breaker,
             hold=settings.events_hold,
         ),
-        keys=FailoverKeyStore(shared=RedisKeyStore(redis), local=keys, breaker=breaker),
+        keys=FailoverKeyStore(shared=RedisKeyStore(redis, batch=writes), local=keys, breaker=breaker),
         budget=budget,
         members=budget,
         redis=redis,

@@ -222,9 +222,9 @@ class RedisKeyStore:
     Claims made in one event-loop turn go to Redis as one pipeline; an answer is kept in the
     background, riding with the next claims (``Batch``)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, batch: Batch | None = None) -> None:
         self._r = redis
-        self._batch = Batch(redis)
+        self._batch = batch or Batch(redis)
 
     def _key(self, key: str) -> list[str]:
         return [f"{self._r.prefix}idem:{key}"]
@@ -504,13 +504,16 @@ class Reads:
 
 
 class RedisRoomStore:
-    """Rooms as hashes (store time, body) with a generation per room and a fill lock."""
+    """Rooms as hashes (store time, body) with a generation per room and a fill lock. Reads of
+    one event-loop turn share a pipeline (``Reads``), and so do invalidations (``Batch``: the
+    writes answered in one turn invalidate in one round trip, not one each)."""
 
-    def __init__(self, redis: Redis, *, keep: float, fence: float = 120.0) -> None:
+    def __init__(self, redis: Redis, *, keep: float, fence: float = 120.0, batch: Batch | None = None) -> None:
         self._r = redis
         self._keep_ms = max(1, round(keep * 1000))
         self._fence_ms = round(fence * 1000)
         self._get = Reads(redis, "room_get")
+        self._batch = batch or Batch(redis)
 
     def _keys(self, key: str) -> list[str]:
         p = self._r.prefix
@@ -528,7 +531,7 @@ class RedisRoomStore:
         return bool(await self._r.script("room_put", self._keys(key), [body, generation, self._keep_ms]))
 
     async def invalidate(self, key: str) -> None:
-        await self._r.script("room_invalidate", self._keys(key), [self._fence_ms])
+        await self._batch.call("room_invalidate", self._keys(key), [self._fence_ms])
 
     async def lock(self, key: str, ttl: float) -> str | None:
         return await self._r.lock(f"{self._r.prefix}fill:{{{key}}}", ttl)
