@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import httpx
 from TLSSigAPIv2 import TLSSigAPIv2
+from yarl import URL
 
 from bench._harness import GATEWAY, free_port, median, process
-from gateway.transport import PooledTransport, TooLate
+from gateway.transport import OnTime, PooledTransport, Proxy, Reply, TooLate
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -97,6 +98,48 @@ def _send_window_trace() -> aiohttp.TraceConfig:
     trace.on_connection_reuseconn.append(ask)
     trace.on_connection_create_end.append(ask)
     return trace
+
+
+class AiohttpSender:
+    """The gateway's ``Sender`` (``gateway.transport``) on aiohttp's client, for bench.forwarding
+    (``BENCH_SENDER=aiohttp`` in bench.apps): one ``ClientSession`` per origin, keep-alive, at
+    most ``connections`` sockets, the send window asked by ``_send_window_trace``. Direct origins
+    only; no ``launch`` (aiohttp cannot write with nothing awaited), so every call is ``post``ed."""
+
+    def __init__(self, *, connections: int) -> None:
+        self._connections = connections
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
+        assert proxy is None, "bench sender: direct origins only"
+        session = self._sessions.get(origin)
+        if session is None:
+            session = self._sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None),  # (the caller's asyncio.timeout, as for the transport)
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[_send_window_trace()],
+            )
+        try:
+            async with session.post(
+                URL(origin + target, encoded=True),
+                data=body,
+                headers=HEADERS,
+                trace_request_ctx=on_time,
+                allow_redirects=False,
+            ) as response:
+                return Reply(response.status, list(response.raw_headers), await response.read())
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 async def _httpx(client: httpx.AsyncClient, url: str, inflight: int, seconds: float) -> Rate:
