@@ -11,6 +11,11 @@ ratios are printed beside it.
 
 SERVERS=uvicorn,granian runs the gateway on each server (uvicorn, as `gateway serve` runs it;
 granian's embedded server, the candidate of 2026-12-07), a process each, in the same rounds.
+SENDERS=transport,aiohttp does the same for the gateway's upstream client (its transport; aiohttp's
+``ClientSession`` with the send window asked in its client tracing, bench.upstream_transport's
+``AiohttpSender``: issue 24) and prints each sender's throughput ratio and added p50 against the
+first; with more than one sender, a cache-hit row first (GET of room-4, never written here, so
+never reaching the sender: the control, ≈1.0).
 """
 
 from __future__ import annotations
@@ -40,13 +45,14 @@ def direct_url(emulator: str) -> str:
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
     servers = os.environ.get("SERVERS", "uvicorn").split(",")
+    senders = os.environ.get("SENDERS", "transport").split(",")
     emu_port = free_port()
     emulator = f"http://127.0.0.1:{emu_port}"
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": "100000", "GATEWAY_LOG_LEVEL": "info"}
     generators = ["wrk", "aiohttp"] if shutil.which("wrk") else ["aiohttp"]
     with (
         process(
-            [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--latency-ms", "20"],
+            [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--latency-ms", "20", "--rooms", "4"],
             port=emu_port,
             env=env,
         ),
@@ -56,12 +62,27 @@ def main() -> None:
         direct_body = json.dumps({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
         gateways: dict[str, list[str]] = {}
         for server in servers:
-            gw_port = free_port()
-            args = [sys.executable, "-m", "bench.apps", str(gw_port)]
-            stack.enter_context(process(args, port=gw_port, env={**env, "BENCH_SERVER": server}))
-            via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
-            load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
-            gateways[f"gateway/{server}" if len(servers) > 1 else "gateway"] = via
+            for sender in senders:
+                gw_port = free_port()
+                args = [sys.executable, "-m", "bench.apps", str(gw_port)]
+                variant = {"BENCH_SERVER": server, "BENCH_SENDER": sender}
+                stack.enter_context(process(args, port=gw_port, env={**env, **variant}))
+                via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
+                load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
+                parts = [p for p, many in ((server, len(servers) > 1), (sender, len(senders) > 1)) if many]
+                gateways["/".join(["gateway", *parts])] = via
+        if len(senders) > 1:
+            hits: dict[str, list[dict[str, object]]] = {}
+            with Steal() as steal:
+                for _ in range(rounds):
+                    for name, via_gateway in gateways.items():
+                        read = [via_gateway[0].replace("room-1", "room-4")]
+                        hits.setdefault(name, []).append(
+                            load(read, concurrency=64, seconds=seconds, headers=AUTH, generator=generators[0])
+                        )
+            print(f"cache hits (GET room-4), 64 callers, median of {rounds} interleaved rounds ({steal}):")
+            hit_rps, _ = summarise(hits, width=26)
+            compare(hit_rps, None, servers, senders, generators[:1])
         for callers in (64, 1):
             runs: dict[str, list[dict[str, object]]] = {}
             with Steal() as steal:
@@ -103,6 +124,21 @@ def main() -> None:
                         f"{rps[f'{name}/{generator}'] / rps[f'direct/{generator}']:.2f}, added p50 "
                         f"{p50[f'{name}/{generator}'] - p50[f'direct/{generator}']:+.2f} ms (bar <= 1 ms at 1 caller)"
                     )
+            compare(rps, p50, servers, senders, generators)
+
+
+def compare(
+    rps: dict[str, float], p50: dict[str, float] | None, servers: list[str], senders: list[str], generators: list[str]
+) -> None:
+    """Each sender against the first (SENDERS): the throughput ratio and the added p50, per server
+    and generator (medians, measured in the same interleaved rounds)."""
+    for server in servers:
+        names = {s: "/".join(["gateway", *([server] if len(servers) > 1 else []), s]) for s in senders}
+        for sender in senders[1:]:
+            for generator in generators:
+                ours, first = (f"{names[x]}{'' if p50 is None else '/' + generator}" for x in (sender, senders[0]))
+                added = "" if p50 is None else f", p50 {p50[ours] - p50[first]:+.2f} ms"
+                print(f"  {ours} / {first}: throughput {rps[ours] / rps[first]:.2f}{added}")
 
 
 if __name__ == "__main__":
