@@ -10,7 +10,9 @@ a bare Litestar route in the same server that returns a constant room: the ceili
 draining on SIGTERM). For granian's own worker process (``python -m granian``, not embedded),
 ``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
 ``BENCH_SENDER=aiohttp``: the gateway sends to Tencent through aiohttp's client
-(``bench.upstream_transport.AiohttpSender``) instead of its transport (issue 24).
+(``bench.upstream_transport.AiohttpSender``) instead of its transport (issue 24), the send window
+asked on aiohttp's connection signals; ``aiohttp-headers`` asks it on ``on_request_headers_sent``,
+``aiohttp-unchecked`` does not ask it (a reference, not a contract the budget can use).
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ def build(port: int) -> Litestar:
     qps, proxy = int(os.environ.get("BENCH_QPS", "200")), os.environ.get("BENCH_PROXY")
     otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}  # (tracing: bench.cache_hits traces)
     sender = None
-    if os.environ.get("BENCH_SENDER", "transport") == "aiohttp":
+    checks = {"aiohttp": "connection", "aiohttp-headers": "headers", "aiohttp-unchecked": None}
+    if (name := os.environ.get("BENCH_SENDER", "transport")) != "transport":
         from bench.upstream_transport import AiohttpSender
 
-        sender = functools.partial(AiohttpSender, connections=settings.upstream_connections)
+        sender = functools.partial(AiohttpSender, connections=settings.upstream_connections, check=checks[name])
     app = create_app(
         settings,
         env={**SECRETS, **otel},

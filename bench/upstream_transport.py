@@ -83,11 +83,15 @@ async def _drive(call: Callable[[], Awaitable[None]], inflight: int, seconds: fl
     return done / (time.perf_counter() - start), (time.process_time() - cpu) * 1e6 / max(done, 1)
 
 
-def _send_window_trace() -> aiohttp.TraceConfig:
+def _send_window_trace(on: str = "connection") -> aiohttp.TraceConfig:
     """The budget's "ask the send window once a connection is ready, right before the write" on
     aiohttp's client: its connection signals fire after a pooled or new connection is acquired,
     before ``ClientRequest.send``; a "no" raises there, so nothing is written. (On Python < 3.12
-    ``send`` writes the body from a task the loop runs later, not in the same step: see README.)"""
+    ``send`` writes the body from a task the loop runs later, not in the same step: see README.)
+    A "no" there drops the socket from the connector's books without closing or pooling it (aiohttp
+    3.14, ``_release_acquired``): it stays open, unused. ``on="headers"`` asks on
+    ``on_request_headers_sent`` instead (in ``send``, before the headers are buffered): a "no"
+    there closes the socket (the session closes the connection on any error in ``send``)."""
 
     async def ask(session: aiohttp.ClientSession, context: object, params: object) -> None:
         on_time = getattr(context, "trace_request_ctx", None)
@@ -95,19 +99,23 @@ def _send_window_trace() -> aiohttp.TraceConfig:
             raise TooLate
 
     trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(ask)
-    trace.on_connection_create_end.append(ask)
+    if on == "headers":
+        trace.on_request_headers_sent.append(ask)
+    else:
+        trace.on_connection_reuseconn.append(ask)
+        trace.on_connection_create_end.append(ask)
     return trace
 
 
 class AiohttpSender:
     """The gateway's ``Sender`` (``gateway.transport``) on aiohttp's client, for bench.forwarding
     (``BENCH_SENDER=aiohttp`` in bench.apps): one ``ClientSession`` per origin, keep-alive, at
-    most ``connections`` sockets, the send window asked by ``_send_window_trace``. Direct origins
+    most ``connections`` sockets, the send window asked by ``_send_window_trace(check)``, or not
+    asked at all with ``check=None`` (a reference: aiohttp's cost without the check). Direct origins
     only; no ``launch`` (aiohttp cannot write with nothing awaited), so every call is ``post``ed."""
 
-    def __init__(self, *, connections: int) -> None:
-        self._connections = connections
+    def __init__(self, *, connections: int, check: str | None = "connection") -> None:
+        self._connections, self._check = connections, check
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
     async def post(
@@ -120,7 +128,7 @@ class AiohttpSender:
                 connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
                 timeout=aiohttp.ClientTimeout(total=None),  # (the caller's asyncio.timeout, as for the transport)
                 cookie_jar=aiohttp.DummyCookieJar(),
-                trace_configs=[_send_window_trace()],
+                trace_configs=[] if self._check is None else [_send_window_trace(self._check)],
             )
         try:
             async with session.post(
