@@ -63,16 +63,18 @@ def main() -> None:
         gw_body = json.dumps({"activity_status": 1})
         direct_body = json.dumps({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
         gateways: dict[str, list[str]] = {}
+        pids: dict[str, int] = {}
         for server in servers:
             for sender in senders:
                 gw_port = free_port()
                 args = [sys.executable, "-m", "bench.apps", str(gw_port)]
                 variant = {"BENCH_SERVER": server, "BENCH_SENDER": sender, "BENCH_UPSTREAM": start_emulator()}
-                stack.enter_context(process(args, port=gw_port, env={**env, **variant}))
+                proc = stack.enter_context(process(args, port=gw_port, env={**env, **variant}))
                 via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
                 load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
                 parts = [p for p, many in ((server, len(servers) > 1), (sender, len(senders) > 1)) if many]
                 gateways["/".join(["gateway", *parts])] = via
+                pids["/".join(["gateway", *parts])] = proc.pid
         if len(senders) > 1:
             hits: dict[str, list[dict[str, object]]] = {}
             with Steal() as steal:
@@ -129,7 +131,8 @@ def main() -> None:
             compare(rps, p50, servers, senders, generators)
         print("slots missed (a call that could not leave within its send window: booked again), whole run:")
         for name, via_gateway in gateways.items():
-            print(f"  {name}: {missed(via_gateway[0])}")
+            fds = len(os.listdir(f"/proc/{pids[name]}/fd")) if os.path.isdir("/proc") else -1
+            print(f"  {name}: {missed(via_gateway[0])} (open file descriptors at the end: {fds})")
 
 
 def missed(url: str) -> int:
