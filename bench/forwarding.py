@@ -135,10 +135,13 @@ def main() -> None:
             print(f"  {name}: {missed(via_gateway[0])} (open file descriptors at the end: {fds})")
 
 
-def missed(url: str) -> int:
+def missed(url: str) -> int | str:
     """The gateway's gateway_budget_slots_missed_total, all series (``url``: any of its URLs)."""
-    with urllib.request.urlopen(url.split("/v1/", 1)[0] + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(url.split("/v1/", 1)[0] + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError as exc:  # (a gateway out of file descriptors cannot answer)
+        return f"unknown ({exc})"
     return round(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(MISSED)))
 
 
