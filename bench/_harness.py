@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -53,9 +54,20 @@ def median(values: list[float]) -> float:
 
 def summarise(runs: dict[str, list[dict[str, object]]], width: int = 18) -> tuple[dict[str, float], dict[str, float]]:
     """Print each column's median req/s, median p50 and total errors over its runs (``load``
-    results); return the medians (req/s, p50 ms) by column."""
-    rps = {k: median([float(r["rps"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
-    p50 = {k: median([float(r["p50_ms"]) for r in v]) for k, v in runs.items()}  # type: ignore[arg-type]
+    results); return the medians (req/s, p50 ms) by column. req/s counts the answers that were
+    not errors (all of them in a healthy run); p50 is over every answer (wrk cannot tell them
+    apart), the median of the runs that had one (NaN if none had)."""
+
+    def ok_rps(r: dict[str, object]) -> float:
+        requests, errors = int(r["requests"]), int(r["errors"])  # type: ignore[call-overload]
+        return float(r["rps"]) * max(requests - errors, 0) / requests if requests else 0.0  # type: ignore[arg-type]
+
+    def p50_of(v: list[dict[str, object]]) -> float:
+        answered = [float(r["p50_ms"]) for r in v if r["p50_ms"] is not None and int(r["requests"])]  # type: ignore[arg-type, call-overload]
+        return median(answered) if answered else math.nan
+
+    rps = {k: median([ok_rps(r) for r in v]) for k, v in runs.items()}
+    p50 = {k: p50_of(v) for k, v in runs.items()}
     errors = {k: sum(int(r["errors"]) for r in v) for k, v in runs.items()}  # type: ignore[call-overload]
     for key in runs:
         print(f"  {key:{width}s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")

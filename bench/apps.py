@@ -2,17 +2,22 @@
 a bare Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
 
     python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, BENCH_SERVER,
-                                        any GATEWAY_* setting)
+                                        BENCH_SENDER, any GATEWAY_* setting)
 
 ``bare``: a Litestar app of that one route alone, in a process of its own (the bar of issue 25).
 ``BENCH_SERVER=granian`` serves either on granian's embedded server in this event loop, set up as
 `gateway serve` would run it (the candidate of 2026-12-07, BENCHMARKS.md; commit 21c87ca had it
 draining on SIGTERM). For granian's own worker process (``python -m granian``, not embedded),
 ``bench.apps:factory`` builds either (env BENCH_APP=gateway|bare, BENCH_PORT).
+``BENCH_SENDER=aiohttp``: the gateway sends to Tencent through aiohttp's client
+(``bench.upstream_transport.AiohttpSender``) instead of its transport (issue 24), the send window
+asked on aiohttp's connection signals; ``aiohttp-headers`` asks it on ``on_request_headers_sent``,
+``aiohttp-unchecked`` does not ask it (a reference, not a contract the budget can use).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -62,7 +67,18 @@ def build(port: int) -> Litestar:
     upstream = os.environ["BENCH_UPSTREAM"]
     qps, proxy = int(os.environ.get("BENCH_QPS", "200")), os.environ.get("BENCH_PROXY")
     otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}  # (tracing: bench.cache_hits traces)
-    app = create_app(settings, env={**SECRETS, **otel}, directory=directory(upstream, qps, proxy_url=proxy))
+    sender = None
+    checks = {"aiohttp": "connection", "aiohttp-headers": "headers", "aiohttp-unchecked": None}
+    if (name := os.environ.get("BENCH_SENDER", "transport")) != "transport":
+        from bench.upstream_transport import AiohttpSender
+
+        sender = functools.partial(AiohttpSender, connections=settings.upstream_connections, check=checks[name])
+    app = create_app(
+        settings,
+        env={**SECRETS, **otel},
+        directory=directory(upstream, qps, proxy_url=proxy),
+        transport_factory=sender,
+    )
     getattr(app, "app", app).register(bare)  # (behind the edge, as the gateway's own routes; "app": older trees)
     return app
 

@@ -11,6 +11,13 @@ ratios are printed beside it.
 
 SERVERS=uvicorn,granian runs the gateway on each server (uvicorn, as `gateway serve` runs it;
 granian's embedded server, the candidate of 2026-12-07), a process each, in the same rounds.
+SENDERS=transport,aiohttp does the same for the gateway's upstream client (its transport; aiohttp's
+``ClientSession`` with the send window asked in its client tracing, bench.upstream_transport's
+``AiohttpSender``: issue 24; also aiohttp-headers, aiohttp-unchecked: bench.apps) and prints each
+sender's throughput ratio and added p50 against the first; with more than one sender, a cache-hit
+row first (GET of room-4, never written here, so never reaching the sender: the control, ≈1.0).
+Each gateway has an emulator of its own (so has the direct client): a sender that leaves sockets
+open cannot load another's upstream.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.request
 
 from tests.support import APP_ID, KEY, TOKENS
 from TLSSigAPIv2 import TLSSigAPIv2
@@ -40,28 +48,45 @@ def direct_url(emulator: str) -> str:
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
     servers = os.environ.get("SERVERS", "uvicorn").split(",")
-    emu_port = free_port()
-    emulator = f"http://127.0.0.1:{emu_port}"
-    env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": "100000", "GATEWAY_LOG_LEVEL": "info"}
+    senders = os.environ.get("SENDERS", "transport").split(",")
+    env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_QPS": "100000", "GATEWAY_LOG_LEVEL": "info"}
     generators = ["wrk", "aiohttp"] if shutil.which("wrk") else ["aiohttp"]
-    with (
-        process(
-            [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--latency-ms", "20"],
-            port=emu_port,
-            env=env,
-        ),
-        contextlib.ExitStack() as stack,
-    ):
+    with contextlib.ExitStack() as stack:
+
+        def start_emulator() -> str:  # one per gateway and one for the direct client: none shares sockets
+            port = free_port()
+            args = [*GATEWAY, "emulator", "--port", str(port), "--no-rate-limit", "--latency-ms", "20", "--rooms", "4"]
+            stack.enter_context(process(args, port=port, env=env))
+            return f"http://127.0.0.1:{port}"
+
+        emulator = start_emulator()
         gw_body = json.dumps({"activity_status": 1})
         direct_body = json.dumps({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
         gateways: dict[str, list[str]] = {}
+        pids: dict[str, int] = {}
         for server in servers:
-            gw_port = free_port()
-            args = [sys.executable, "-m", "bench.apps", str(gw_port)]
-            stack.enter_context(process(args, port=gw_port, env={**env, "BENCH_SERVER": server}))
-            via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
-            load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
-            gateways[f"gateway/{server}" if len(servers) > 1 else "gateway"] = via
+            for sender in senders:
+                gw_port = free_port()
+                args = [sys.executable, "-m", "bench.apps", str(gw_port)]
+                variant = {"BENCH_SERVER": server, "BENCH_SENDER": sender, "BENCH_UPSTREAM": start_emulator()}
+                proc = stack.enter_context(process(args, port=gw_port, env={**env, **variant}))
+                via = [f"http://127.0.0.1:{gw_port}/v1/tenants/acme/rooms/room-{n}" for n in (1, 2, 3)]
+                load(via, concurrency=8, seconds=1, method="PATCH", body=gw_body, headers=AUTH)  # warm
+                parts = [p for p, many in ((server, len(servers) > 1), (sender, len(senders) > 1)) if many]
+                gateways["/".join(["gateway", *parts])] = via
+                pids["/".join(["gateway", *parts])] = proc.pid
+        if len(senders) > 1:
+            hits: dict[str, list[dict[str, object]]] = {}
+            with Steal() as steal:
+                for _ in range(rounds):
+                    for name, via_gateway in gateways.items():
+                        read = [via_gateway[0].replace("room-1", "room-4")]
+                        hits.setdefault(name, []).append(
+                            load(read, concurrency=64, seconds=seconds, headers=AUTH, generator=generators[0])
+                        )
+            print(f"cache hits (GET room-4), 64 callers, median of {rounds} interleaved rounds ({steal}):")
+            hit_rps, _ = summarise(hits, width=max(26, *(len(k) + 1 for k in hits)))
+            compare(hit_rps, None, servers, senders, generators[:1])
         for callers in (64, 1):
             runs: dict[str, list[dict[str, object]]] = {}
             with Steal() as steal:
@@ -90,7 +115,7 @@ def main() -> None:
                             )
                         )
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
-            rps, p50 = summarise(runs, width=26)
+            rps, p50 = summarise(runs, width=max(26, *(len(k) + 1 for k in runs)))
             first = generators[0]
             for name in gateways:
                 print(
@@ -103,6 +128,38 @@ def main() -> None:
                         f"{rps[f'{name}/{generator}'] / rps[f'direct/{generator}']:.2f}, added p50 "
                         f"{p50[f'{name}/{generator}'] - p50[f'direct/{generator}']:+.2f} ms (bar <= 1 ms at 1 caller)"
                     )
+            compare(rps, p50, servers, senders, generators)
+        print("slots missed (a call that could not leave within its send window: booked again), whole run:")
+        for name, via_gateway in gateways.items():
+            fds = len(os.listdir(f"/proc/{pids[name]}/fd")) if os.path.isdir("/proc") else -1
+            print(f"  {name}: {missed(via_gateway[0])} (open file descriptors at the end: {fds})")
+
+
+def missed(url: str) -> int | str:
+    """The gateway's gateway_budget_slots_missed_total, all series (``url``: any of its URLs)."""
+    try:
+        with urllib.request.urlopen(url.split("/v1/", 1)[0] + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError as exc:  # (a gateway out of file descriptors cannot answer)
+        return f"unknown ({exc})"
+    return round(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(MISSED)))
+
+
+MISSED = "gateway_budget_slots_missed_total{"
+
+
+def compare(
+    rps: dict[str, float], p50: dict[str, float] | None, servers: list[str], senders: list[str], generators: list[str]
+) -> None:
+    """Each sender against the first (SENDERS): the throughput ratio and the added p50, per server
+    and generator (medians, measured in the same interleaved rounds)."""
+    for server in servers:
+        names = {s: "/".join(["gateway", *([server] if len(servers) > 1 else []), s]) for s in senders}
+        for sender in senders[1:]:
+            for generator in generators:
+                ours, first = (f"{names[x]}{'' if p50 is None else '/' + generator}" for x in (sender, senders[0]))
+                added = "" if p50 is None else f", p50 {p50[ours] - p50[first]:+.2f} ms"
+                print(f"  {ours} / {first}: throughput {rps[ours] / rps[first]:.2f}{added}")
 
 
 if __name__ == "__main__":

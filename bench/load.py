@@ -35,8 +35,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 url = urls[i % len(urls)]
                 i += args.concurrency
                 began = time.perf_counter()
-                async with session.request(args.method, url, data=body, headers=headers) as response:
-                    await response.read()
+                try:
+                    async with session.request(args.method, url, data=body, headers=headers) as response:
+                        await response.read()
+                except aiohttp.ClientError:  # (a refused or dropped connection: counted, as wrk counts it)
+                    statuses[0] += 1
+                    continue
                 latencies.append(time.perf_counter() - began)
                 statuses[response.status] += 1
 

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import httpx
 from TLSSigAPIv2 import TLSSigAPIv2
+from yarl import URL
 
 from bench._harness import GATEWAY, free_port, median, process
-from gateway.transport import PooledTransport, TooLate
+from gateway.transport import OnTime, PooledTransport, Proxy, Reply, TooLate
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -82,11 +83,15 @@ async def _drive(call: Callable[[], Awaitable[None]], inflight: int, seconds: fl
     return done / (time.perf_counter() - start), (time.process_time() - cpu) * 1e6 / max(done, 1)
 
 
-def _send_window_trace() -> aiohttp.TraceConfig:
+def _send_window_trace(on: str = "connection") -> aiohttp.TraceConfig:
     """The budget's "ask the send window once a connection is ready, right before the write" on
     aiohttp's client: its connection signals fire after a pooled or new connection is acquired,
     before ``ClientRequest.send``; a "no" raises there, so nothing is written. (On Python < 3.12
-    ``send`` writes the body from a task the loop runs later, not in the same step: see README.)"""
+    ``send`` writes the body from a task the loop runs later, not in the same step: see README.)
+    A "no" there drops the socket from the connector's books without closing or pooling it (aiohttp
+    3.14, ``_release_acquired``): it stays open, unused. ``on="headers"`` asks on
+    ``on_request_headers_sent`` instead (in ``send``, before the headers are buffered): a "no"
+    there closes the socket (the session closes the connection on any error in ``send``)."""
 
     async def ask(session: aiohttp.ClientSession, context: object, params: object) -> None:
         on_time = getattr(context, "trace_request_ctx", None)
@@ -94,9 +99,55 @@ def _send_window_trace() -> aiohttp.TraceConfig:
             raise TooLate
 
     trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(ask)
-    trace.on_connection_create_end.append(ask)
+    if on == "headers":
+        trace.on_request_headers_sent.append(ask)
+    else:
+        trace.on_connection_reuseconn.append(ask)
+        trace.on_connection_create_end.append(ask)
     return trace
+
+
+class AiohttpSender:
+    """The gateway's ``Sender`` (``gateway.transport``) on aiohttp's client, for bench.forwarding
+    (``BENCH_SENDER=aiohttp`` in bench.apps): one ``ClientSession`` per origin, keep-alive, at
+    most ``connections`` sockets, the send window asked by ``_send_window_trace(check)``, or not
+    asked at all with ``check=None`` (a reference: aiohttp's cost without the check). Direct origins
+    only; no ``launch`` (aiohttp cannot write with nothing awaited), so every call is ``post``ed."""
+
+    def __init__(self, *, connections: int, check: str | None = "connection") -> None:
+        self._connections, self._check = connections, check
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def post(
+        self, origin: str, target: str, body: bytes, on_time: OnTime | None = None, *, proxy: Proxy | None = None
+    ) -> Reply:
+        assert proxy is None, "bench sender: direct origins only"
+        session = self._sessions.get(origin)
+        if session is None:
+            session = self._sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None),  # (the caller's asyncio.timeout, as for the transport)
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[] if self._check is None else [_send_window_trace(self._check)],
+            )
+        try:
+            async with session.post(
+                URL(origin + target, encoded=True),
+                data=body,
+                headers=HEADERS,
+                trace_request_ctx=on_time,
+                allow_redirects=False,
+            ) as response:
+                return Reply(response.status, list(response.raw_headers), await response.read())
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 async def _httpx(client: httpx.AsyncClient, url: str, inflight: int, seconds: float) -> Rate:
