@@ -74,6 +74,16 @@ def summarise(runs: dict[str, list[dict[str, object]]], width: int = 18) -> tupl
     return rps, p50
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far, from /proc (0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_ticks() -> tuple[int, int] | None:
     """(stolen, all) CPU ticks of this machine so far, from /proc/stat (None elsewhere)."""
     try:

@@ -6,7 +6,9 @@ to every call; the budget is set high enough not to bind. Rounds alternate betwe
 drift on the machine hits both alike. Issue bars (issue 13): throughput at 64 in flight in Redis
 mode >= 0.9 of embedded; p50 at one caller within +0.3 ms of embedded; slots missed (a call that
 could not leave within its send window) <= 1% of grants. Also printed: budget store calls per
-grant (bookings batch the calls that arrive together: below 1 means batching happened).
+grant (bookings batch the calls that arrive together: below 1 means batching happened), and each
+gateway's CPU: how busy its process was (100% = one core, all it can use) and its CPU a request.
+A side well under 100% at 64 in flight is bound by waiting, not by CPU.
 
     python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000)
 
@@ -26,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.redis_servers import standalone
 from tests.support import KEY, TOKENS
 
-from bench._harness import GATEWAY, ROOT, Steal, free_port, load, process, summarise
+from bench._harness import GATEWAY, ROOT, Steal, free_port, load, process, process_cpu, summarise
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 COUNTERS = ("gateway_budget_grants_total", "gateway_budget_slots_missed_total", "gateway_budget_bookings_total")
@@ -61,6 +63,7 @@ def main() -> None:
         contextlib.ExitStack() as gateways,
     ):
         sides: dict[str, str] = {}
+        pids: dict[str, int] = {}
         for name, source, redis_url in (
             ("embedded", None, None),
             ("redis", None, redis.url),
@@ -73,8 +76,8 @@ def main() -> None:
             own = {**env, **({"GATEWAY_REDIS_URL": redis_url} if redis_url else {})}
             if source:
                 own["PYTHONPATH"] = os.pathsep.join([source, str(ROOT)])
-            gateways.enter_context(process([sys.executable, "-m", "bench.apps", str(port)], port=port, env=own))
-            sides[name] = f"http://127.0.0.1:{port}"
+            proc = gateways.enter_context(process([sys.executable, "-m", "bench.apps", str(port)], port=port, env=own))
+            sides[name], pids[name] = f"http://127.0.0.1:{port}", proc.pid
         paths = {
             name: [f"{url}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3)] for name, url in sides.items()
         }
@@ -82,13 +85,16 @@ def main() -> None:
             load(urls, concurrency=8, seconds=1, method="PATCH", body=body, headers=AUTH)  # warm
         for callers in (64, 1):
             runs: dict[str, list[dict[str, object]]] = {}
+            busy = dict.fromkeys(sides, 0.0)  # CPU seconds each gateway used while loaded
             before = {name: counters(url) for name, url in sides.items()}
             with Steal() as steal:
                 for _ in range(rounds):
                     for name, urls in paths.items():
+                        used = process_cpu(pids[name])
                         runs.setdefault(name, []).append(
                             load(urls, concurrency=callers, seconds=seconds, method="PATCH", body=body, headers=AUTH)
                         )
+                        busy[name] += process_cpu(pids[name]) - used
             after = {name: counters(url) for name, url in sides.items()}
             print(f"{callers} caller(s), median of {rounds} interleaved rounds of {seconds:g} s ({steal}):")
             rps, p50 = summarise(runs)
@@ -101,9 +107,12 @@ def main() -> None:
                 )
             for name in sides:
                 grants, missed, bookings = (after[name][c] - before[name][c] for c in COUNTERS)
+                answered = sum(int(r["requests"]) for r in runs[name])  # type: ignore[call-overload]
+                share, per_request = busy[name] / (rounds * seconds), 1e6 * busy[name] / max(answered, 1)
                 print(
                     f"  {name:13s} slots missed {missed:.0f} of {grants:.0f} grants ({missed / max(grants, 1):.2%}, "
-                    f"bar <= 1%), {bookings / max(grants, 1):.3f} budget store calls per grant"
+                    f"bar <= 1%), {bookings / max(grants, 1):.3f} budget store calls per grant; "
+                    f"CPU busy {share:.0%}, {per_request:.0f} µs a request"
                 )
 
 
