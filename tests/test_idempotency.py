@@ -21,7 +21,7 @@ from gateway.transport import OnTime, PooledTransport, Proxy, Reply, Sender
 from live_engine_emulator import Emulator
 from live_engine_emulator.state import APPLY_THEN_DROP, DROP, HTTP_502
 from tests.redis_servers import free_port
-from tests.support import APP_ID, TOKENS, Gateway, start_gateway
+from tests.support import APP_ID, TOKENS, Gateway, SkipClock, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 MESSAGES = ROOM + "/messages"
@@ -319,33 +319,16 @@ async def test_one_key_never_sends_twice_through_a_replica_while_redis_is_unreac
 # ---------------------------------------------------------------------- claims: their lease and the in-process bound
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _keys(store: MemoryKeyStore, clock: _Clock, *, lease: float = 1.0) -> idempotency.Keys:
-    return idempotency.Keys(
-        store=store,
-        ttl=60.0,
-        lease=lease,
-        wait=0.0,
-        metrics=Metrics(CollectorRegistry()),
-        clock=clock,
-        sleep=asyncio.sleep,
-    )
-
-
 async def test_a_claim_holds_for_every_call_of_the_write_and_one_more() -> None:
     """A write of three Tencent calls holds its key for four leases (one call's deadline each):
     a repeat meanwhile is 409, not a second run; after them, a repeatable write's key is
     claimed again, and the first's end leaves the second's claim alone."""
-    clock = _Clock()
+    clock = SkipClock()
     store = MemoryKeyStore(clock=clock)
-    keys = _keys(store, clock)
+    metrics = Metrics(CollectorRegistry())
+    keys = idempotency.Keys(
+        store=store, ttl=60.0, lease=1.0, wait=0.0, metrics=metrics, clock=clock, sleep=asyncio.sleep
+    )
     keyed = idempotency.Keyed(key="k", fingerprint="f", tenant="acme")
     release_first, release_second = asyncio.Event(), asyncio.Event()
     runs: list[str] = []
@@ -360,10 +343,10 @@ async def test_a_claim_holds_for_every_call_of_the_write_and_one_more() -> None:
 
     first = asyncio.create_task(keys.run(keyed, repeatable=True, work=work("first", release_first), calls=3))
     await asyncio.sleep(0)
-    clock.now = 3.9
+    clock.skip(3.9)
     with pytest.raises(errors.IdempotencyKeyInUse):
         await keys.run(keyed, repeatable=True, work=work("early", release_second))
-    clock.now = 4.1
+    clock.skip(0.2)
     second = asyncio.create_task(keys.run(keyed, repeatable=True, work=work("second", release_second)))
     await asyncio.sleep(0)
     release_first.set()
@@ -376,8 +359,7 @@ async def test_a_claim_holds_for_every_call_of_the_write_and_one_more() -> None:
 async def test_the_in_process_bound_never_evicts_a_claim_still_running() -> None:
     """Past ``max_keys`` the oldest answers go first; a claim still running stays (the store is
     over its bound until it ends), so its key cannot run twice here meanwhile."""
-    clock = _Clock()
-    store = MemoryKeyStore(clock=clock, max_keys=2)
+    store = MemoryKeyStore(clock=SkipClock(), max_keys=2)
     claim = functools.partial(store.claim, lease=10.0, ttl=60.0, repeatable=False)
     assert (await claim("running", "f", "o1")).state == "claimed"
     assert (await claim("answered", "f", "o2")).state == "claimed"

@@ -23,7 +23,7 @@ from tests.fleet import Fleet, emulator_process, emulator_stats
 from tests.proxies import DEBIAN_PROXIES, PASSWORD, DebianProxy, EgressProxy, debian_proxy, egress_proxy
 from tests.redis_servers import free_port
 from tests.support import APP_ID, SECRETS, TOKENS, blast, config_yaml, drive, start_gateway
-from tests.test_transport import FRAMINGS, OK, Framing, Server, listen, run
+from tests.test_transport import FRAMINGS, OK, Server, listen, run
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
 PROXY_JITTER = 0.05  # GATEWAY_BUDGET_JITTER for a path through proxy.py on this machine (see the budget tests)
@@ -475,9 +475,9 @@ _SQUID_REFUSES = frozenset({"transfer-coding-gzip-chunked", "transfer-coding-gzi
     [(False, False), (True, False), (True, True)],
     ids=["absolute-form", "connect-tunnel", "connect-tunnel-dribbled"],
 )
-@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+@pytest.mark.parametrize("name", FRAMINGS)
 def test_every_framing_crosses_tinyproxy_and_squid(
-    debian: DebianProxy, framing: Framing, tunnel: bool, dribble: bool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+    debian: DebianProxy, name: str, tunnel: bool, dribble: bool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     """Each reply framing the transport reads direct also arrives whole through the proxy, as an
     absolute-form request (the proxy may re-frame it) and inside a CONNECT tunnel (it may not),
@@ -485,7 +485,7 @@ def test_every_framing_crosses_tinyproxy_and_squid(
     absolute-form: its 502 arrives whole instead."""
     server_tls, client_tls = tls
     via = proxy_from_url(debian.url())
-    name = next(k for k, v in FRAMINGS.items() if v is framing)
+    framing = FRAMINGS[name]
     refused = debian.name == "squid" and not tunnel and name in _SQUID_REFUSES
 
     async def main() -> None:
