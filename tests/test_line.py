@@ -1,0 +1,129 @@
+"""The budget's own connection to Redis (``stores.line``) against a real Redis: pipelined on one
+socket, in order whatever its callers do, and every failure a StoreUnavailable it recovers from."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from gateway.budget.schedule import Booked, Terms, Want
+from gateway.health import StoreUnavailable
+from gateway.stores.line import NAME, Line
+from gateway.stores.redis import Redis, RedisBudgetStore, connect
+from tests.redis_servers import RedisServer, free_port
+
+TERMS = Terms(interval=0.001, horizon=0.06, borrow=0.02, active=1.0)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[tuple[Redis, RedisBudgetStore]]:
+    shared = Redis(connect(redis_url, timeout=1.0), prefix=f"l{uuid.uuid4().hex[:8]}:", timeout=1.0)
+    try:
+        yield shared, RedisBudgetStore(shared)
+    finally:
+        await shared.aclose()
+
+
+def _ours(redis_url: str) -> list[dict[str, str]]:
+    return [c for c in redis.Redis.from_url(redis_url).client_list() if c["name"] == NAME]
+
+
+async def test_concurrent_bookings_share_one_connection_in_order(
+    store: tuple[Redis, RedisBudgetStore], redis_url: str
+) -> None:
+    """Fifty bookings at once go out on the one connection, each answered with its own slots."""
+    shared, budget = store
+    assert shared.line is not None
+    booked = await asyncio.gather(
+        *(budget.book("1400", f"api{n % 5}", [Want(f"c{n}", 1, 1, 0.06)], TERMS) for n in range(50))
+    )
+    assert all(isinstance(b, Booked) and list(b.slots) == [f"c{n}"] for n, b in enumerate(booked))
+    assert len(_ours(redis_url)) == 1
+
+
+async def test_a_flushed_script_is_sent_again(store: tuple[Redis, RedisBudgetStore], redis_url: str) -> None:
+    """After SCRIPT FLUSH (or a Redis restart) the booking still runs: by its text, which loads it."""
+    _, budget = store
+    assert isinstance(await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS), Booked)
+    redis.Redis.from_url(redis_url).script_flush()
+    assert isinstance(await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS), Booked)
+
+
+async def test_a_caller_that_goes_away_leaves_the_replies_in_order(store: tuple[Redis, RedisBudgetStore]) -> None:
+    """A cancelled call's reply still comes, and goes to nobody: the next call gets its own."""
+    shared, _ = store
+    assert shared.line is not None
+    blocked = asyncio.ensure_future(shared.line.call(["BLPOP", f"nothing-{uuid.uuid4().hex}", "0.3"]))
+    await asyncio.sleep(0.05)
+    blocked.cancel()
+    assert await shared.line.call(["ECHO", "mine"]) == b"mine"
+
+
+async def test_a_slow_answer_fails_every_call_in_flight_and_the_next_connects_again(redis_url: str) -> None:
+    """Past the timeout the call is StoreUnavailable, so are the calls pipelined behind it (their
+    replies could not be matched any more), and the next call works on a new connection."""
+    line = Line.of(connect(redis_url, timeout=0.2), timeout=0.2)
+    assert line is not None
+    try:
+        slow = asyncio.ensure_future(line.call(["BLPOP", f"nothing-{uuid.uuid4().hex}", "1"]))
+        await asyncio.sleep(0.01)
+        behind = asyncio.ensure_future(line.call(["ECHO", "behind"]))
+        for call in (slow, behind):
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0\.2 s"):
+                await call
+        assert await line.call(["ECHO", "again"]) == b"again"
+    finally:
+        await line.aclose()
+
+
+async def test_a_killed_connection_fails_its_calls_and_the_next_connects_again(redis_url: str) -> None:
+    line = Line.of(connect(redis_url, timeout=2.0), timeout=2.0)
+    assert line is not None
+    try:
+        assert await line.call(["ECHO", "first"]) == b"first"
+        waiting = asyncio.ensure_future(line.call(["BLPOP", f"nothing-{uuid.uuid4().hex}", "1"]))
+        await asyncio.sleep(0.05)
+        for client in _ours(redis_url):
+            redis.Redis.from_url(redis_url).client_kill_filter(_id=client["id"])
+        with pytest.raises(StoreUnavailable, match="connection was lost"):
+            await waiting
+        assert await line.call(["ECHO", "again"]) == b"again"
+    finally:
+        await line.aclose()
+
+
+async def test_credentials_and_database_are_the_url_s_and_a_refusal_never_shows_them() -> None:
+    server = RedisServer(extra=["--requirepass", "default-pw", "--user", "gateway", "on", ">gw-pw", "~*", "+@all"])
+    server.start(
+        ready=lambda: redis.Redis(host="127.0.0.1", port=server.port, password="default-pw", socket_timeout=0.5)
+    )
+    try:
+        line = Line.of(connect(f"redis://gateway:gw-pw@127.0.0.1:{server.port}/3", timeout=1.0), timeout=1.0)
+        assert line is not None
+        await line.call(["SET", "where", "here"])
+        await line.aclose()
+        assert redis.Redis(port=server.port, password="default-pw", db=3).get("where") == b"here"
+        wrong = Line.of(connect(f"redis://gateway:secret-wrong@127.0.0.1:{server.port}", timeout=1.0), timeout=1.0)
+        assert wrong is not None
+        with pytest.raises(StoreUnavailable) as refused:
+            await wrong.call(["PING"])
+        assert "secret-wrong" not in str(refused.value)
+        assert "refused" in str(refused.value)
+        await wrong.aclose()
+    finally:
+        server.close()
+
+
+async def test_no_redis_is_store_unavailable() -> None:
+    line = Line.of(connect(f"redis://127.0.0.1:{free_port()}", timeout=1.0), timeout=1.0)
+    assert line is not None
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        await line.call(["PING"])
+
+
+def test_a_cluster_books_through_redis_py() -> None:
+    assert Line.of(connect("redis+cluster://127.0.0.1:7000", timeout=1.0), timeout=1.0) is None
