@@ -29,6 +29,8 @@ async def _works_shared(gateway: Gateway, emulator: Emulator) -> None:
     assert (await gateway.client.get(ROOM)).headers["x-cache"] == "hit"
     assert (await gateway.client.get("/readyz")).json() == {"status": "ready", "mode": "shared"}
     assert emulator.calls["get_room_info"] == 1
+    metrics = (await gateway.client.get("/metrics")).text  # (the booking's own connection spoke it too)
+    assert "gateway_redis_errors_total 0.0" in metrics, [m for m in metrics.splitlines() if "redis_errors" in m]
 
 
 async def test_standalone_with_key_prefix(upstream_url: str, emulator: Emulator, redis_url: str) -> None:
