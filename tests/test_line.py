@@ -13,7 +13,7 @@ import redis
 from gateway.budget.schedule import Booked, Terms, Want
 from gateway.health import StoreUnavailable
 from gateway.stores.line import NAME, Line
-from gateway.stores.redis import Redis, RedisBudgetStore, connect
+from gateway.stores.redis import Batch, Redis, RedisBudgetStore, connect
 from tests.redis_servers import RedisServer, free_port
 
 TERMS = Terms(interval=0.001, horizon=0.06, borrow=0.02, active=1.0)
@@ -127,3 +127,25 @@ async def test_no_redis_is_store_unavailable() -> None:
 
 def test_a_cluster_books_through_redis_py() -> None:
     assert Line.of(connect("redis+cluster://127.0.0.1:7000", timeout=1.0), timeout=1.0) is None
+
+
+async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
+    store: tuple[Redis, RedisBudgetStore], redis_url: str
+) -> None:
+    """On a standalone Redis the shared ``Batch`` writes on the line: a call nobody waits for
+    (``later``) runs before the calls written after it, and one that finds its script flushed
+    is sent again by its text."""
+    shared, _ = store
+    batch = Batch(shared)
+    keys = [f"{shared.prefix}room:{{1:r}}", f"{shared.prefix}gen:{{1:r}}"]
+    assert await batch.call("room_get", keys, []) == [0]
+    batch.later("room_invalidate", keys, [60_000])
+    assert await batch.call("room_get", keys, []) == [1]  # the invalidation ran first
+    redis.Redis.from_url(redis_url).script_flush()
+    batch.later("room_invalidate", keys, [60_000])
+    await batch.flush()
+    for _ in range(50):  # (sent again by its text: a reply later)
+        if await batch.call("room_get", keys, []) == [2]:
+            break
+        await asyncio.sleep(0.01)
+    assert await batch.call("room_get", keys, []) == [2]

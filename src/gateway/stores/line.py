@@ -46,6 +46,12 @@ def _pack(args: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join(parts)
 
 
+def unawaited(done: asyncio.Future[Any]) -> None:
+    """A reply nobody waits for: its failure is not an unretrieved exception."""
+    if not done.cancelled():
+        done.exception()
+
+
 class _Protocol(asyncio.Protocol):
     """Replies matched to the commands in the order they were written."""
 
@@ -103,7 +109,10 @@ class Line:
         db: int = 0,
         tls: ssl.SSLContext | None = None,
         timeout: float,
+        scripts: tuple[str | bytes, ...] = (),
     ) -> None:
+        """``scripts``: loaded on every new connection before anything else is written, so that
+        a call nobody waits for (``later``) does not meet NOSCRIPT and run after later ones."""
         self._host, self._port, self._path = host, port, path
         self._tls = tls
         self._timeout = timeout
@@ -113,11 +122,12 @@ class Line:
         if db:
             self._hello.append(_pack(["SELECT", db]))
         self._hello.append(_pack(["CLIENT", "SETNAME", NAME]))
+        self._hello += [_pack(["SCRIPT", "LOAD", script]) for script in scripts]
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
     @classmethod
-    def of(cls, client: Any, *, timeout: float) -> Line | None:
+    def of(cls, client: Any, *, timeout: float, scripts: tuple[str | bytes, ...] = ()) -> Line | None:
         """A line to the Redis ``client`` reaches, or None where it cannot be one of ours: a
         cluster, or a pool with settings this line does not speak (a credential provider)."""
         if not isinstance(client, aioredis.Redis):
@@ -139,6 +149,7 @@ class Line:
             db=int(options.get("db") or 0),
             tls=tls,
             timeout=timeout,
+            scripts=scripts,
         )
 
     async def evalsha(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
@@ -150,6 +161,30 @@ class Line:
         if isinstance(reply, hiredis.ReplyError):
             raise StoreUnavailable(f"Redis (the budget's connection): {str(reply)[:200]}")
         return reply
+
+    def later(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any] | None:
+        """Write a script's call now, when connected, and nobody waits for its reply: the future
+        of its reply, or None (not connected: the caller sends it some other way). The calls
+        written after it are run after it. A reply of NOSCRIPT (the scripts are loaded on every
+        new connection, so only after a SCRIPT FLUSH) sends it again by its text, behind them."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            return None
+        future = protocol.send(_pack(["EVALSHA", script.sha, len(keys), *keys, *args]))
+
+        def again(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                reply = done.result()
+                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                    self.later_text(script, keys, args)
+
+        future.add_done_callback(again)
+        return future
+
+    def later_text(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
+            protocol.send(_pack(["EVAL", script.script, len(keys), *keys, *args])).add_done_callback(unawaited)
 
     async def call(self, command: list[Any]) -> Any:
         """Write one command now, on the caller's own step, and wait for its reply (an error
@@ -186,11 +221,16 @@ class Line:
                 _, protocol = await loop.create_connection(
                     _Protocol, self._host, self._port, ssl=self._tls, server_hostname=host
                 )
-            for hello in self._hello:  # AUTH, SELECT, the name: their errors never carry the credentials
-                reply = await protocol.send(hello)
-                if isinstance(reply, hiredis.ReplyError):
-                    protocol.fail("refused")
-                    raise StoreUnavailable(f"Redis (the budget's connection): {str(reply).split(' ')[0]} refused")
+            try:  # AUTH, SELECT, the name, the scripts: in one round trip
+                replies = await asyncio.gather(*(protocol.send(hello) for hello in self._hello))
+            except BaseException:  # too slow, or closed meanwhile: no socket is left open
+                protocol.fail("not set up")
+                raise
+        refused = next((reply for reply in replies if isinstance(reply, hiredis.ReplyError)), None)
+        if refused is not None:  # (the first error: an AUTH refused makes the rest NOAUTH)
+            protocol.fail("refused")
+            why = str(refused).split(" ")[0]  # the error's code alone: never the credentials
+            raise StoreUnavailable(f"Redis (the budget's connection): {why} refused")
         self._protocol = protocol
         return protocol
 

@@ -36,7 +36,7 @@ from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
 from gateway.idempotency import MAX_ANSWER, Claim
 from gateway.signing import Signature
-from gateway.stores.line import Line
+from gateway.stores.line import Line, unawaited
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
@@ -92,7 +92,8 @@ class Redis:
                 "idempotency_keep",
             )
         }
-        self.line = Line.of(client, timeout=timeout)  # the budget's own connection (None: a cluster)
+        scripts = tuple(_lua(f"{name}.lua") for name in self.scripts)
+        self.line = Line.of(client, timeout=timeout, scripts=scripts)  # the budget's own connection (None: a cluster)
         self.round_trips = 0
 
     @property
@@ -128,8 +129,9 @@ class Redis:
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
 
-    async def booking(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """A script on the budget's own connection (``line``), else as any other."""
+    async def on_line(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """A script written now on the budget's own connection (``line``: pipelined behind the
+        calls before it), else as any other call."""
         if self.line is None:
             return await self.script(name, keys, args)
         self.round_trips += 1
@@ -184,7 +186,7 @@ class RedisBudgetStore:
             args += [round(handed.start * _US), round(handed.end * _US)]
         for want in wants:
             args += [want.caller, want.weight, want.wanted, round(want.within * _US)]
-        reply = await self._r.booking("book", self._keys(scope, api), args)
+        reply = await self._r.on_line("book", self._keys(scope, api), args)
         if int(reply[0]) == 2:
             code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
             return Paused(left=int(reply[1]) / 1000, code=int(code), reason=reason)
@@ -268,7 +270,9 @@ class Batch:
     ``linger`` seconds. Under load a keyed write's claim and an earlier write's answer share a
     round trip. A Redis Cluster client sends a batch's calls one by one, in order (its pipelines
     group commands by node). A ``later`` call that fails is dropped (its caller chose not to wait
-    for it)."""
+    for it). On a standalone Redis the calls go on the budget's own connection instead
+    (``Redis.line``): each is written at once, pipelined behind every call written before it, so
+    the order holds with no wait for the turn's end."""
 
     def __init__(self, redis: Redis, *, linger: float = 0.002) -> None:
         self._r = redis
@@ -278,14 +282,25 @@ class Batch:
         self._soon = False  # a send at the end of this turn is scheduled
         self._timer: asyncio.TimerHandle | None = None  # a send within linger is
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lines: set[asyncio.Future[Any]] = set()  # replies nobody waits for, on the line
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._r.line is not None:  # written now, pipelined behind what came before on the line
+            return await self._r.on_line(name, keys, args)
         waiter = asyncio.get_running_loop().create_future()
         self._queued.append((name, keys, args, waiter))
         self._schedule(now=True)
         return await waiter
 
     def later(self, name: str, keys: list[str], args: list[Any]) -> None:
+        if self._r.line is not None:
+            sent = self._r.line.later(self._r.scripts[name], keys, args)
+            if sent is not None:
+                self._r.round_trips += 1
+                self._lines.add(sent)
+                sent.add_done_callback(self._lines.discard)
+                sent.add_done_callback(unawaited)
+                return
         self._queued.insert(0, (name, keys, args, None))  # first: a repeat's claim behind it then finds it kept
         self._schedule(now=False)
 
@@ -340,8 +355,8 @@ class Batch:
     async def flush(self) -> None:
         """Send what is queued and wait for every batch under way (before the client closes)."""
         self._send()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        if self._tasks or self._lines:
+            await asyncio.wait(self._tasks | self._lines)
 
 
 class RedisSeenStore:
