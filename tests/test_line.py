@@ -81,6 +81,8 @@ async def test_a_slow_answer_fails_every_call_in_flight_and_the_next_connects_ag
 
 
 async def test_a_killed_connection_fails_its_calls_and_the_next_connects_again(redis_url: str) -> None:
+    """CLIENT KILL (a Redis restart, a failover) fails the call in flight as StoreUnavailable,
+    and the next call connects again."""
     line = Line.of(connect(redis_url, timeout=2.0), timeout=2.0)
     assert line is not None
     try:
@@ -97,6 +99,8 @@ async def test_a_killed_connection_fails_its_calls_and_the_next_connects_again(r
 
 
 async def test_credentials_and_database_are_the_url_s_and_a_refusal_never_shows_them() -> None:
+    """An ACL user, its password and a database in the URL are the line's too; a wrong password
+    is StoreUnavailable naming the refusal, never the password."""
     server = RedisServer(extra=["--requirepass", "default-pw", "--user", "gateway", "on", ">gw-pw", "~*", "+@all"])
     server.start(
         ready=lambda: redis.Redis(host="127.0.0.1", port=server.port, password="default-pw", socket_timeout=0.5)
@@ -119,6 +123,7 @@ async def test_credentials_and_database_are_the_url_s_and_a_refusal_never_shows_
 
 
 async def test_no_redis_is_store_unavailable() -> None:
+    """Nobody listening: StoreUnavailable, as for any Redis call (the breaker takes it from there)."""
     line = Line.of(connect(f"redis://127.0.0.1:{free_port()}", timeout=1.0), timeout=1.0)
     assert line is not None
     with pytest.raises(StoreUnavailable, match="cannot connect"):
@@ -126,6 +131,7 @@ async def test_no_redis_is_store_unavailable() -> None:
 
 
 def test_a_cluster_books_through_redis_py() -> None:
+    """A cluster client gets no line: its bookings go through redis-py, which routes by slot."""
     assert Line.of(connect("redis+cluster://127.0.0.1:7000", timeout=1.0), timeout=1.0) is None
 
 

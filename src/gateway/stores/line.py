@@ -176,12 +176,12 @@ class Line:
             if not done.cancelled() and done.exception() is None:
                 reply = done.result()
                 if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                    self.later_text(script, keys, args)
+                    self._later_text(script, keys, args)
 
         future.add_done_callback(again)
         return future
 
-    def later_text(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    def _later_text(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
             protocol.send(_pack(["EVAL", script.script, len(keys), *keys, *args])).add_done_callback(unawaited)
