@@ -139,14 +139,16 @@ async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
     store: tuple[Redis, RedisBudgetStore], redis_url: str
 ) -> None:
     """On a standalone Redis the shared ``Batch`` writes on the line: a call nobody waits for
-    (``later``) runs before the calls written after it, and one that finds its script flushed
-    is sent again by its text."""
+    (``later``) is held for the next call to carry and runs before it, and one that finds its
+    script flushed is sent again by its text."""
     shared, _ = store
     batch = Batch(shared)
     keys = [f"{shared.prefix}room:{{1:r}}", f"{shared.prefix}gen:{{1:r}}"]
     assert await batch.call("room_get", keys, []) == [0]
+    trips = shared.round_trips
     batch.later("room_invalidate", keys, [60_000])
     assert await batch.call("room_get", keys, []) == [1]  # the invalidation ran first
+    assert shared.round_trips == trips + 1  # and rode with the call, as in a pipeline
     redis.Redis.from_url(redis_url).script_flush()
     batch.later("room_invalidate", keys, [60_000])
     await batch.flush()

@@ -271,8 +271,9 @@ class Batch:
     round trip. A Redis Cluster client sends a batch's calls one by one, in order (its pipelines
     group commands by node). A ``later`` call that fails is dropped (its caller chose not to wait
     for it). On a standalone Redis the calls go on the budget's own connection instead
-    (``Redis.line``): each is written at once, pipelined behind every call written before it, so
-    the order holds with no wait for the turn's end."""
+    (``Redis.line``): a call is written at once, behind every call written before it, with the
+    ``later`` calls held until then (or ``linger``) written just ahead of it, so the order holds
+    with no wait for the turn's end."""
 
     def __init__(self, redis: Redis, *, linger: float = 0.002) -> None:
         self._r = redis
@@ -282,10 +283,13 @@ class Batch:
         self._soon = False  # a send at the end of this turn is scheduled
         self._timer: asyncio.TimerHandle | None = None  # a send within linger is
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: list[tuple[str, list[str], list[Any]]] = []  # on the line: ``later`` calls not yet written
+        self._held_timer: asyncio.TimerHandle | None = None
         self._lines: set[asyncio.Future[Any]] = set()  # replies nobody waits for, on the line
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        if self._r.line is not None:  # written now, pipelined behind what came before on the line
+        if self._r.line is not None:  # written now, behind what came before on the line
+            self._release(riding=True)
             return await self._r.on_line(name, keys, args)
         waiter = asyncio.get_running_loop().create_future()
         self._queued.append((name, keys, args, waiter))
@@ -293,16 +297,33 @@ class Batch:
         return await waiter
 
     def later(self, name: str, keys: list[str], args: list[Any]) -> None:
-        if self._r.line is not None:
-            sent = self._r.line.later(self._r.scripts[name], keys, args)
-            if sent is not None:
-                self._r.round_trips += 1
-                self._lines.add(sent)
-                sent.add_done_callback(self._lines.discard)
-                sent.add_done_callback(unawaited)
-                return
+        if self._r.line is not None:  # held for the next call to carry, or written within linger
+            self._held.append((name, keys, args))
+            if self._held_timer is None:
+                self._held_timer = asyncio.get_running_loop().call_later(self._linger, self._release)
+            return
         self._queued.insert(0, (name, keys, args, None))  # first: a repeat's claim behind it then finds it kept
         self._schedule(now=False)
+
+    def _release(self, *, riding: bool = False) -> None:
+        """Write the held calls on the line now: ahead of the call about to be written (``riding``:
+        its round trip carries them, as a pipeline's would), or on their own."""
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        held, self._held = self._held, []
+        if held and not riding:
+            self._r.round_trips += 1
+        for name, keys, args in held:
+            line = self._r.line
+            sent = None if line is None else line.later(self._r.scripts[name], keys, args)
+            if sent is None:  # not connected now: in the pipeline instead
+                self._queued.insert(0, (name, keys, args, None))
+                self._schedule(now=False)
+                continue
+            self._lines.add(sent)
+            sent.add_done_callback(self._lines.discard)
+            sent.add_done_callback(unawaited)
 
     def _schedule(self, now: bool) -> None:
         """Send at the end of this turn (a caller waits), or within ``linger`` (nobody does)."""
@@ -354,6 +375,7 @@ class Batch:
 
     async def flush(self) -> None:
         """Send what is queued and wait for every batch under way (before the client closes)."""
+        self._release()
         self._send()
         if self._tasks or self._lines:
             await asyncio.wait(self._tasks | self._lines)
