@@ -38,11 +38,12 @@ async def test_concurrent_bookings_share_one_connection_in_order(
     """Fifty bookings at once go out on the one connection, each answered with its own slots."""
     shared, budget = store
     assert shared.line is not None
+    others = len(_ours(redis_url))  # (lines of other stores on this server, if any are open)
     booked = await asyncio.gather(
         *(budget.book("1400", f"api{n % 5}", [Want(f"c{n}", 1, 1, 0.06)], TERMS) for n in range(50))
     )
     assert all(isinstance(b, Booked) and list(b.slots) == [f"c{n}"] for n, b in enumerate(booked))
-    assert len(_ours(redis_url)) == 1
+    assert len(_ours(redis_url)) == others + 1
 
 
 async def test_a_flushed_script_is_sent_again(store: tuple[Redis, RedisBudgetStore], redis_url: str) -> None:
