@@ -125,7 +125,7 @@ def build_stores(
         raise ConfigError(str(exc)) from exc
     redis = Redis(client, prefix=settings.redis_prefix, timeout=settings.redis_timeout)
     budget = RedisBudgetStore(redis)
-    writes = Batch(redis)  # one pipeline a loop turn for keyed writes' claims and rooms' invalidations
+    writes = Batch(redis)  # keyed writes' claims and answers and rooms' invalidations, in order
     return Stores(
         signatures=FailoverSignatureStore(shared=RedisSignatureStore(redis), local=signatures, breaker=breaker),
         seen=FailoverSeenStore(shared=RedisSeenStore(redis), local=MemorySeenStore(clock=clock), breaker=breaker),

@@ -47,6 +47,16 @@ def _pack(args: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _script(script: AsyncScript, keys: list[str], args: list[Any], *, text: bool = False) -> list[Any]:
+    """A registered script's call: by its SHA, or by its text (which loads it)."""
+    return ["EVAL" if text else "EVALSHA", script.script if text else script.sha, len(keys), *keys, *args]
+
+
+def _noscript(reply: Any) -> bool:
+    """Redis does not have the script (a restart or SCRIPT FLUSH since it was loaded)."""
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
 def unawaited(done: asyncio.Future[Any]) -> None:
     """A reply nobody waits for: its failure is not an unretrieved exception."""
     if not done.cancelled():
@@ -156,9 +166,9 @@ class Line:
     async def evalsha(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script: by its SHA, or by its text if Redis does not have it (a
         restart or SCRIPT FLUSH since it was loaded), which loads it again."""
-        reply = await self.call(["EVALSHA", script.sha, len(keys), *keys, *args])
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self.call(["EVAL", script.script, len(keys), *keys, *args])
+        reply = await self.call(_script(script, keys, args))
+        if _noscript(reply):
+            reply = await self.call(_script(script, keys, args, text=True))
         if isinstance(reply, hiredis.ReplyError):
             raise StoreUnavailable(f"Redis (the budget's connection): {str(reply)[:200]}")
         return reply
@@ -168,31 +178,30 @@ class Line:
         of its reply, or None (not connected: the caller sends it some other way). The calls
         written after it are run after it. A reply of NOSCRIPT (the scripts are loaded on every
         new connection, so only after a SCRIPT FLUSH) sends it again by its text, behind them."""
-        protocol = self._protocol
-        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+        protocol = self._connected()
+        if protocol is None:
             return None
-        future = protocol.send(_pack(["EVALSHA", script.sha, len(keys), *keys, *args]))
+        future = protocol.send(_pack(_script(script, keys, args)))
 
         def again(done: asyncio.Future[Any]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                reply = done.result()
-                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                    self._later_text(script, keys, args)
+            lost = not done.cancelled() and done.exception() is None and _noscript(done.result())
+            if lost and (now := self._connected()) is not None:
+                now.send(_pack(_script(script, keys, args, text=True))).add_done_callback(unawaited)
 
         future.add_done_callback(again)
         return future
 
-    def _later_text(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    def _connected(self) -> _Protocol | None:
+        """The connection, if it is open now."""
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
-            protocol.send(_pack(["EVAL", script.script, len(keys), *keys, *args])).add_done_callback(unawaited)
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            return None
+        return protocol
 
     async def call(self, command: list[Any]) -> Any:
         """Write one command now, on the caller's own step, and wait for its reply (an error
         reply is returned, not raised)."""
-        protocol = self._protocol
-        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
-            protocol = await self._connect()
+        protocol = self._connected() or await self._connect()
         future = protocol.send(_pack(command))
         try:
             async with asyncio.timeout(self._timeout):

@@ -75,8 +75,8 @@ class Redis:
         self.client = client
         self.prefix = prefix
         self._timeout = timeout
-        self.scripts = {
-            name: client.register_script(_lua(f"{name}.lua"))
+        texts = {
+            name: _lua(f"{name}.lua")
             for name in (
                 "book",
                 "defer",
@@ -92,8 +92,9 @@ class Redis:
                 "idempotency_keep",
             )
         }
-        scripts = tuple(_lua(f"{name}.lua") for name in self.scripts)
-        self.line = Line.of(client, timeout=timeout, scripts=scripts)  # the budget's own connection (None: a cluster)
+        self.scripts = {name: client.register_script(text) for name, text in texts.items()}
+        # the budget's own connection (None: a cluster), which loads every script as it connects
+        self.line = Line.of(client, timeout=timeout, scripts=tuple(texts.values()))
         self.round_trips = 0
 
     @property
@@ -264,21 +265,18 @@ Call = tuple[str, list[str], list[Any], "asyncio.Future[Any] | None"]
 
 
 class Batch:
-    """Script calls sent to Redis together. The calls made in one event-loop turn go as one
-    pipeline (one round trip and one connection for all of them), and calls whose reply nobody
-    waits for (``later``) ride along with the next such pipeline, or go on their own within
-    ``linger`` seconds. Under load a keyed write's claim and an earlier write's answer share a
-    round trip. A Redis Cluster client sends a batch's calls one by one, in order (its pipelines
-    group commands by node). A ``later`` call that fails is dropped (its caller chose not to wait
-    for it). On a standalone Redis the calls go on the budget's own connection instead
-    (``Redis.line``): a call is written at once, behind every call written before it, with the
-    ``later`` calls held until then (or ``linger``) written just ahead of it, so the order holds
-    with no wait for the turn's end."""
+    """Script calls whose order matters (a keyed write's answer before a repeat's claim; a
+    room's invalidations). On a standalone Redis they go on the budget's own connection
+    (``Redis.line``): a call is written at once, behind every call written before it, and a call
+    whose reply nobody waits for (``later``) is held until the next call carries it (written just
+    ahead of it, in its round trip) or ``linger`` seconds pass. On a Redis Cluster (no line; its
+    pipelines group commands by node), or while the line is not connected, the calls of one
+    event-loop turn are sent one by one, in order, ``later`` ones first and within ``linger``.
+    A ``later`` call that fails is dropped (its caller chose not to wait for it)."""
 
     def __init__(self, redis: Redis, *, linger: float = 0.002) -> None:
         self._r = redis
         self._linger = linger
-        self._batched = isinstance(redis.client, aioredis.Redis)
         self._queued: list[Call] = []
         self._soon = False  # a send at the end of this turn is scheduled
         self._timer: asyncio.TimerHandle | None = None  # a send within linger is
@@ -317,7 +315,7 @@ class Batch:
         for name, keys, args in held:
             line = self._r.line
             sent = None if line is None else line.later(self._r.scripts[name], keys, args)
-            if sent is None:  # not connected now: in the pipeline instead
+            if sent is None:  # not connected now: one by one instead
                 self._queued.insert(0, (name, keys, args, None))
                 self._schedule(now=False)
                 continue
@@ -344,34 +342,15 @@ class Batch:
             task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, batch: list[Call]) -> None:
-        replies: list[Any]
-        if self._batched:
-            pipe = self._r.client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.evalsha(self._r.scripts[name].sha, len(keys), *keys, *args)
-            try:
-                replies = await self._r.run(pipe.execute(raise_on_error=False))
+        for name, keys, args, waiter in batch:
+            try:  # (redis-py's script call loads the script again if Redis lost it)
+                outcome = await self._r.script(name, keys, args)
             except StoreUnavailable as exc:
-                replies = [exc] * len(batch)
-        else:
-            replies = [await self._one(name, keys, args) for name, keys, args, _ in batch]
-        for (name, keys, args, waiter), reply in zip(batch, replies, strict=True):
-            outcome = await self._one(name, keys, args) if isinstance(reply, NoScriptError) else reply
-            if isinstance(outcome, Exception) and not isinstance(outcome, StoreUnavailable):
-                outcome = StoreUnavailable(f"{type(outcome).__name__}: {outcome}"[:200])
-            if waiter is None or waiter.done():  # nobody waits for it, or its caller was cancelled
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(exc)
                 continue
-            if isinstance(outcome, Exception):
-                waiter.set_exception(outcome)
-            else:
+            if waiter is not None and not waiter.done():  # nobody waits for it, or its caller went away
                 waiter.set_result(outcome)
-
-    async def _one(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One call on its own (Redis lost the script: this loads it again)."""
-        try:
-            return await self._r.script(name, keys, args)
-        except StoreUnavailable as exc:
-            return exc
 
     async def flush(self) -> None:
         """Send what is queued and wait for every batch under way (before the client closes)."""
@@ -553,8 +532,8 @@ class Reads:
 
 class RedisRoomStore:
     """Rooms as hashes (store time, body) with a generation per room and a fill lock. Reads of
-    one event-loop turn share a pipeline (``Reads``), and so do invalidations (``Batch``: the
-    writes answered in one turn invalidate in one round trip, not one each)."""
+    one event-loop turn share a pipeline (``Reads``); invalidations go through the shared ``Batch``
+    (on a standalone Redis, written at once on the budget's connection, in order)."""
 
     def __init__(self, redis: Redis, *, keep: float, fence: float = 120.0, batch: Batch | None = None) -> None:
         self._r = redis
