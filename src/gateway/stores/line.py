@@ -8,8 +8,8 @@ task that waits on it). Here a booking is one ``transport.write`` in the caller'
 its reply resolves the caller's future from ``data_received``, the callback that reads it:
 bookings in flight together share the socket in order (RESP pipelining), with no checkout.
 
-Measured (BENCHMARKS.md, "The budget's own connection"): one booking on an idle replica 236 µs
-through redis-py, 118 µs here; at 64 requests in flight the budget's mean wait went from 4.3-5.3
+Measured (BENCHMARKS.md, "The budget's own connection"): one booking on an idle replica 265-307
+µs through redis-py, 174-184 µs here; at 64 requests in flight the budget's mean wait went from 4.3-5.3
 ms to 2.0-2.3 ms. That measurement is why this is ours and not redis-py's; replies are still
 parsed by hiredis, the parser redis-py uses. The writes' calls that must keep their order with
 each other (room invalidations, Idempotency-Key claims and answers: ``redis.Batch``) ride it too.
