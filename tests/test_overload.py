@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.overload import Overload
+from gateway.overload import ACCEPT_QUEUE, Overload
 from live_engine_emulator import Emulator
 from tests.fleet import behind_slow_tencent
 from tests.support import TOKENS, Gateway, start_gateway
@@ -75,6 +78,52 @@ def test_the_in_flight_bound_refuses_api_work_only() -> None:
     unbounded = Overload(shed_at=0.0, unready_after=1.0, max_in_flight=0)
     unbounded.in_flight = 10**6
     assert unbounded.refusal(room) is None
+
+
+def test_a_deep_accept_queue_makes_the_replica_overloaded_and_unready_but_sheds_nothing() -> None:
+    """More than ACCEPT_QUEUE connections waiting to be accepted in two samples in a row make the
+    replica overloaded (one sample does not: a burst of connections); for ``unready_after`` in a
+    row, unready; no request is shed for it (a replica that cannot accept fast enough refused
+    nearly all it read when it shed on this, measured); when the queue empties it is ready."""
+    overload = Overload(shed_at=0.25, unready_after=1.0)
+    room = "/v1/tenants/acme/rooms/room-1"
+    overload.pending = ACCEPT_QUEUE + 1
+    overload.sample(0.0, now=10.0)
+    assert not overload.overloaded
+    overload.pending = 0
+    overload.sample(0.0, now=10.05)
+    overload.pending = ACCEPT_QUEUE + 1
+    overload.sample(0.0, now=10.1)
+    overload.sample(0.0, now=10.15)
+    assert overload.overloaded
+    assert not overload.shedding
+    assert overload.refusal(room) is None
+    assert overload.ready(11.1)
+    overload.sample(0.0, now=11.2)
+    assert not overload.ready(11.2)
+    overload.pending = 3
+    overload.sample(0.0, now=11.25)
+    assert not overload.overloaded
+    assert overload.ready(11.25)
+
+
+def test_the_accept_queue_is_read_from_the_listening_socket() -> None:
+    """``pending`` is how many connections the kernel holds for the listeners, not accepted:
+    read from a real listening socket's TCP_INFO."""
+    overload = Overload(shed_at=0.25, unready_after=1.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        overload.listeners = [listener]
+        assert overload.accept_queue() == 0
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]
+        try:
+            assert overload.accept_queue() == 5
+            listener.accept()[0].close()
+            assert overload.accept_queue() == 4
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_event_streams_do_not_count_in_flight() -> None:
@@ -263,3 +312,50 @@ async def test_a_real_replica_refuses_past_its_bound_at_once_and_keeps_the_admit
             assert 'gateway_overload_shed_total{reason="in_flight"} 24.0' in metrics
             assert "gateway_requests_in_flight 0.0" in metrics
             assert (await client.get("/v1/tenants/acme/rooms/room-1")).status_code == 200
+
+
+async def test_a_real_replica_sees_the_connections_it_has_not_accepted(tmp_path: Path) -> None:
+    """`gateway serve`, paused (as a CPU limit throttles it: SIGSTOP, then SIGCONT) twice while
+    150 connections arrive each time, with one monitor sample between: both samples read the
+    listener's queue, so the replica says it is overloaded (its log line names the queue's
+    length). It accepts and serves every request on them all; none is shed for it. (The pauses
+    are timed against the monitor's 50 ms; on a busy machine a try can miss, so up to five.)"""
+    log = (tmp_path / "gateway.log").open("wb")
+    with log, behind_slow_tencent(tmp_path, latency_ms=0, drain_seconds=1, stderr=log.fileno()) as (base, gateway):
+        host, port = base.removeprefix("http://").split(":")
+        request = f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n\r\n".encode()
+
+        async def paused(then: float) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+            """Connections opened and requests sent while the replica is stopped, then ``then``
+            seconds stopped more before it runs again."""
+            os.kill(gateway.pid, signal.SIGSTOP)
+            try:
+                opened = [await asyncio.open_connection(host, int(port)) for _ in range(ACCEPT_QUEUE + 22)]
+                for _, writer in opened:
+                    writer.write(request)
+                await asyncio.sleep(then)
+            finally:
+                os.kill(gateway.pid, signal.SIGCONT)
+            return opened
+
+        def seen() -> list[int]:
+            lines = (tmp_path / "gateway.log").read_text().splitlines()
+            logged = [json.loads(line) for line in lines if line.startswith("{")]
+            return [entry["accept_queue"] for entry in logged if entry.get("msg") == "overloaded"]
+
+        for _ in range(5):
+            conns = await paused(0.0)
+            await asyncio.sleep(0.02)  # (the overdue sample runs, then the next is 50 ms away)
+            conns += await paused(0.06)
+            for reader, writer in conns:
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).startswith(b"HTTP/1.1 200")
+                writer.close()
+            if seen():
+                break
+            await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            metrics = (await client.get("/metrics")).text
+        assert 'gateway_overload_shed_total{reason="lag"} 0.0' in metrics
+        assert "\ngateway_accept_queue " in metrics
+    assert seen(), "the monitor never saw the queue in two samples"
+    assert min(seen()) > ACCEPT_QUEUE

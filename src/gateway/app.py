@@ -345,10 +345,11 @@ def create_app(
                 "gateway_events_held": len(held.held) if held else 0,
                 "gateway_events_dropped": held.dropped if held else 0,
                 "gateway_event_loop_lag_seconds": overload.lag,
-                "gateway_overloaded": 1 if overload.shedding else 0,
+                "gateway_overloaded": 1 if overload.overloaded else 0,
                 "gateway_overload_shed_lag": overload.shed["lag"],
                 "gateway_overload_shed_in_flight": overload.shed["in_flight"],
                 "gateway_requests_in_flight": overload.in_flight,
+                "gateway_accept_queue": overload.pending,
             }
         )
     )

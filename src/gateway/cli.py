@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -48,6 +49,12 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # the overload monitor reads the listeners' accept queues (TCP only: a Unix socket has no TCP_INFO)
+        overload = self._app.state.gateway.overload
+        overload.listeners = [s for server in self.servers for s in server.sockets if s.family != socket.AF_UNIX]
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._app.state.gateway.drain()

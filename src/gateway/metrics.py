@@ -244,8 +244,15 @@ class StateCollector(Collector):
             value=float(state.get("gateway_event_loop_lag_seconds", 0)),
         )
         yield GaugeMetricFamily(
+            "gateway_accept_queue",
+            "Connections the kernel holds for this replica's listener, not yet accepted, at the last sample (every "
+            "50 ms): the queue before the event loop, which its lag cannot see",
+            value=float(state.get("gateway_accept_queue", 0)),
+        )
+        yield GaugeMetricFamily(
             "gateway_overloaded",
-            "1 while the replica sheds new API work (its event loop lags past GATEWAY_OVERLOAD_LAG)",
+            "1 while the replica is overloaded: it sheds new API work (its event loop lags past "
+            "GATEWAY_OVERLOAD_LAG), or more than 128 connections wait to be accepted (gateway_accept_queue)",
             value=float(state.get("gateway_overloaded", 0)),
         )
         yield GaugeMetricFamily(

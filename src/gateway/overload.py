@@ -1,8 +1,15 @@
-"""Overload, as Envoy's overload manager sees it: a resource monitor and actions at thresholds.
+"""Overload, as Envoy's overload manager sees it: resource monitors and actions at thresholds.
 
-The resource is the event loop: every request, every budget slot's send window and every Redis
-reply on a replica waits its turn on it, so how late a timer fires (the loop's *lag*) is the
-queue all of them stand in. ``Overload.run`` samples it every ``every`` seconds.
+The resources, sampled by ``Overload.run`` every ``every`` seconds:
+
+- the event loop: every request, every budget slot's send window and every Redis reply on a
+  replica waits its turn on it, so how late a timer fires (the loop's *lag*) is the queue all
+  of them stand in once they are in the process;
+- the listener's accept queue (``pending``: TCP_INFO of the listening socket, whose
+  ``tcpi_unacked`` is the queue's length): the connections the kernel holds that the replica has
+  not accepted. A replica held to a CPU limit (a CFS quota, as Kubernetes sets) runs in slices,
+  5 ms in every 100 ms at 50m; a loop that keeps up with what it has read lags little between
+  them while connections pile up in the kernel. That is the queue the lag cannot see.
 
 The actions:
 
@@ -13,16 +20,23 @@ The actions:
   refusal, 0.57-0.72 of serving) and closes it once it is unready (Envoy's
   ``disable_http_keepalive``), when the client's next connection goes to another replica. One
   late sample is a stall that has passed (a pause of the machine, a long collection), not a
-  queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the hysteresis keeps it
-  from flapping at the bound).
+  queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the
+  hysteresis keeps it from flapping at the bound). A deep accept queue sheds nothing: measured
+  under a CPU limit, shedding on it refused 96-99% of the load while the few it admitted still
+  waited seconds, or (stopping on the lag alone) shed late and did not recover (BENCHMARKS.md,
+  "Overload under a CPU limit").
 - **admit**: at most ``max_in_flight`` API requests in flight (Envoy's circuit breaker
   ``max_requests``; 0: no bound). A request counts from the moment the server has read its
   headers until its app returns, so the count includes the requests queued in the event loop
   behind the backlog, not only those running: the queue the lag is a symptom of, seen at once.
   Event streams are admitted like any request but do not count once open (they last hours;
   GATEWAY_EVENTS_MAX_SUBSCRIBERS bounds them).
-- **unready**: shedding for ``unready_after`` seconds in a row turns readiness false, so that
-  Kubernetes routes around a replica that cannot keep up; it turns true when shedding stops.
+- **unready**: being *overloaded* (shedding; or more than ``ACCEPT_QUEUE`` connections waiting to
+  be accepted in ``over`` samples in a row) for ``unready_after`` seconds in a row turns readiness
+  false, so that Kubernetes sends new connections to other replicas; it turns true when that
+  stops. What no replica can see is the wait before the kernel holds a connection: a client whose
+  handshake found the accept queue full retransmits after 1, 3 and 7 s. Such a replica is past
+  what it can fix alone; more replicas are the remedy.
   A replica at its in-flight bound stays ready: the bound is met in bursts, and the requests it
   holds may be waiting for budget slots the whole fleet shares, which another replica would not
   get sooner.
@@ -36,11 +50,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from typing import Literal
 
 log = logging.getLogger("gateway.overload")
 
 Refusal = Literal["lag", "in_flight"]  # why a request was refused: the shed counter's label values
+ACCEPT_QUEUE = 128  # more connections than this waiting to be accepted, ``over`` samples in a row: overloaded
+_TCP_INFO_UNACKED = slice(24, 28)  # struct tcp_info's __u32 tcpi_unacked: a listener's accept queue
 _API = "/v1/tenants/"
 _STREAM = re.compile(r"/v1/tenants/[^/]+/events")
 
@@ -59,10 +76,14 @@ class Overload:
         self._over = over
         self._late = 0  # samples in a row past shed_at
         self.lag = 0.0  # the latest sample, in seconds
-        self.shedding = False
+        self.shedding = False  # for lag
+        self.overloaded = False  # shedding, or a deep accept queue: the gauge and readiness
+        self.listeners: list[socket.socket] = []  # the server's listening TCP sockets, once it listens
+        self.pending = 0  # connections waiting to be accepted at the last sample
+        self._queued = 0  # samples in a row with more than ACCEPT_QUEUE of them
         self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0}  # requests answered 503 overloaded, by why
         self.in_flight = 0  # API requests admitted and not finished (``counted``)
-        self._since = 0.0  # when shedding began (loop time)
+        self._since = 0.0  # when being overloaded began (loop time)
 
     def refusal(self, path: str) -> Refusal | None:
         """Why a new request for ``path`` is refused now, or None: it is admitted."""
@@ -85,19 +106,25 @@ class Overload:
     def sample(self, lag: float, now: float) -> None:
         """One measurement of the loop's lag, taken at ``now`` (the loop's clock)."""
         self.lag = lag
-        if self._shed_at <= 0:
-            return
-        self._late = self._late + 1 if lag > self._shed_at else 0
-        if not self.shedding and self._late >= self._over:
-            self.shedding, self._since = True, now
-            log.warning("overloaded: shedding new requests", extra={"fields": {"lag_seconds": round(lag, 3)}})
-        elif self.shedding and lag < self._shed_at / 2:
-            self.shedding = False
-            log.warning("no longer overloaded", extra={"fields": {"shed_for_seconds": round(now - self._since, 3)}})
+        if self._shed_at > 0:
+            self._late = self._late + 1 if lag > self._shed_at else 0
+            if not self.shedding and self._late >= self._over:
+                self.shedding = True
+            elif self.shedding and lag < self._shed_at / 2:
+                self.shedding = False
+        self._queued = self._queued + 1 if self.pending > ACCEPT_QUEUE else 0
+        overloaded = self.shedding or self._queued >= self._over
+        if overloaded and not self.overloaded:
+            self.overloaded, self._since = True, now
+            fields = {"lag_seconds": round(lag, 3), "accept_queue": self.pending, "shedding": self.shedding}
+            log.warning("overloaded", extra={"fields": fields})
+        elif self.overloaded and not overloaded:
+            self.overloaded = False
+            log.warning("no longer overloaded", extra={"fields": {"for_seconds": round(now - self._since, 3)}})
 
     def ready(self, now: float) -> bool:
-        """False while shedding has lasted ``unready_after`` seconds."""
-        return not (self.shedding and now - self._since >= self._unready_after)
+        """False while the replica has been overloaded for ``unready_after`` seconds."""
+        return not (self.overloaded and now - self._since >= self._unready_after)
 
     async def run(self) -> None:
         """Sample the lag until cancelled: a timer's lateness past its ``every`` seconds."""
@@ -106,4 +133,17 @@ class Overload:
             start = loop.time()
             await asyncio.sleep(self._every)
             now = loop.time()
+            self.pending = self.accept_queue()
             self.sample(max(0.0, now - start - self._every), now)
+
+    def accept_queue(self) -> int:
+        """Connections the kernel holds for the listeners, not yet accepted (one ``getsockopt``
+        each)."""
+        pending = 0
+        for sock in self.listeners:
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED.stop)
+            except OSError:  # (closed while draining)
+                continue
+            pending += int.from_bytes(info[_TCP_INFO_UNACKED], "little")
+        return pending
