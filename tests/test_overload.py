@@ -359,3 +359,40 @@ async def test_a_real_replica_sees_the_connections_it_has_not_accepted(tmp_path:
         assert "\ngateway_accept_queue " in metrics
     assert seen(), "the monitor never saw the queue in two samples"
     assert min(seen()) > ACCEPT_QUEUE
+
+
+async def test_a_request_whose_client_left_before_it_started_is_not_run(tmp_path: Path) -> None:
+    """`gateway serve`, paused while a client sends a request (one that would reach Tencent) and
+    closes its connection without waiting: once it runs again (its loop late by the pause) it
+    reads the request, sees the client gone, and does not run it (nothing reaches Tencent;
+    ``gateway_requests_abandoned_total`` counts it); a client that waits is served as usual."""
+    with behind_slow_tencent(tmp_path, latency_ms=0, drain_seconds=1) as (base, gateway):
+        host, port = base.removeprefix("http://").split(":")
+        request = (
+            f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\nCache-Control: no-cache\r\n\r\n"
+        ).encode()
+        os.kill(gateway.pid, signal.SIGSTOP)
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.2)  # (the loop lags by the pause: past LAGGING, it looks)
+        finally:
+            os.kill(gateway.pid, signal.SIGCONT)
+
+        def calls(metrics: str) -> list[str]:
+            return [line for line in metrics.splitlines() if line.startswith("gateway_upstream_calls_total{")]
+
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for _ in range(100):
+                metrics = (await client.get("/metrics")).text
+                if "gateway_requests_abandoned_total 1.0" in metrics:
+                    break
+                await asyncio.sleep(0.05)
+            assert "gateway_requests_abandoned_total 1.0" in metrics
+            assert not calls(metrics)  # (nothing reached Tencent)
+            auth = {"authorization": f"Bearer {TOKENS['rw']}"}
+            assert (await client.get(ROOM, headers=auth)).status_code == 200
+            assert calls((await client.get("/metrics")).text)

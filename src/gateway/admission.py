@@ -16,6 +16,16 @@ unready, a refusal says ``Connection: close`` and closes: the Service no longer 
 replica new connections, so the client's next one goes to another. An admitted API request
 counts in flight until its app returns.
 
+An admitted API request whose client has closed the connection by the time its task starts
+(it gave up waiting, in the kernel's queues or the loop's) is not run: no answer can reach
+anyone, and under overload such requests are the backlog that keeps a replica busy long after
+the load drops. It is looked for only while the loop lags past ``LAGGING`` (10 ms: a replica
+keeping up runs each request as it is read), in the transport's state and, since the request and
+the close are often read in two polls, the kernel's (TCP_INFO: CLOSE_WAIT, one ``getsockopt``). A
+write skipped so was never applied; its client saw no answer, so it retries (with its
+Idempotency-Key) as after any lost reply. Counted as ``gateway_requests_abandoned_total``; the
+request gets no access-log line (the app never ran).
+
 uvicorn's own ``limit_concurrency`` makes the same check at the same place, but it is not ours:
 it counts open connections (idle keep-alive ones, and hours-long event streams) as well as tasks
 (health and metrics among them), so a replica with many idle clients refuses everything; its
@@ -29,6 +39,7 @@ request id: the app, which does both, never sees it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -62,18 +73,44 @@ def refusal_bytes(reason: Refusal, *, close: bool = True) -> bytes:
     return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body
 
 
+LAGGING = 0.01  # a loop this late (s) may hold requests whose clients have left: look before running them
+_TCP_CLOSE_WAIT = 8  # struct tcp_info's tcpi_state (its first byte) once the peer has closed
+
+
+def _left(transport: asyncio.Transport) -> bool:
+    """Whether the client has closed the connection: the transport is closing, or the kernel has
+    the client's FIN that the server has not read yet (TCP_INFO's state is CLOSE_WAIT: a request
+    read in one poll, the close waiting for the next)."""
+    if transport.is_closing():
+        return True
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:  # (closed under us)
+        return True
+    return state == _TCP_CLOSE_WAIT
+
+
 class InFlight:
-    """An admitted API request's app: it leaves the in-flight count when the app returns."""
+    """An admitted API request's app: not run at all if its client has closed the connection
+    by the time its task starts (nobody waits for the answer: an abandoned request); out of the
+    in-flight count when the app returns."""
 
-    __slots__ = ("_app", "_overload")
+    __slots__ = ("_app", "_overload", "_transport")
 
-    def __init__(self, app: ASGI3Application, overload: Overload) -> None:
+    def __init__(self, app: ASGI3Application, overload: Overload, transport: asyncio.Transport) -> None:
         self._app = app
         self._overload = overload
+        self._transport = transport
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         try:
-            await self._app(scope, receive, send)
+            if self._overload.lag > LAGGING and _left(self._transport):
+                self._overload.abandoned += 1
+            else:
+                await self._app(scope, receive, send)
         finally:
             self._overload.in_flight -= 1
 
@@ -96,7 +133,7 @@ class Admitting(HttpToolsProtocol):
                 self._refuse(refused, cycle)
         elif self.overload.counted(path):
             self.overload.in_flight += 1
-            super()._start_asgi_task(cycle, InFlight(app, self.overload))
+            super()._start_asgi_task(cycle, InFlight(app, self.overload, self.transport))
         else:
             super()._start_asgi_task(cycle, app)
 

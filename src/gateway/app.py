@@ -350,6 +350,7 @@ def create_app(
                 "gateway_overload_shed_in_flight": overload.shed["in_flight"],
                 "gateway_requests_in_flight": overload.in_flight,
                 "gateway_accept_queue": overload.pending,
+                "gateway_requests_abandoned": overload.abandoned,
             }
         )
     )

@@ -208,6 +208,8 @@ class StateCollector(Collector):
             "gateway_budget_bookings": "Budget store calls (Redis round trips when shared), each booking a batch",
             "gateway_events_dropped": "Room events dropped because more were held during a Redis outage than "
             "GATEWAY_EVENTS_HOLD",
+            "gateway_requests_abandoned": "API requests not run because their client had closed the connection "
+            "before the app would start them (nobody waits for the answer)",
         }
         for name, text in counters.items():
             yield CounterMetricFamily(name, text, value=float(state.get(name, 0)))

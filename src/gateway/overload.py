@@ -23,7 +23,7 @@ The actions:
   queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the
   hysteresis keeps it from flapping at the bound). A deep accept queue sheds nothing: measured
   under a CPU limit, shedding on it refused 96-99% of the load while the few it admitted still
-  waited seconds, or (stopping on the lag alone) shed late and did not recover (BENCHMARKS.md,
+  waited seconds, or (stopping once the lag fell) shed a third and did not recover (BENCHMARKS.md,
   "Overload under a CPU limit").
 - **admit**: at most ``max_in_flight`` API requests in flight (Envoy's circuit breaker
   ``max_requests``; 0: no bound). A request counts from the moment the server has read its
@@ -83,6 +83,7 @@ class Overload:
         self._queued = 0  # samples in a row with more than ACCEPT_QUEUE of them
         self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0}  # requests answered 503 overloaded, by why
         self.in_flight = 0  # API requests admitted and not finished (``counted``)
+        self.abandoned = 0  # admitted API requests not run: their client had closed the connection
         self._since = 0.0  # when being overloaded began (loop time)
 
     def refusal(self, path: str) -> Refusal | None:
