@@ -10,7 +10,10 @@ grant (bookings batch the calls that arrive together: below 1 means batching hap
 gateway's CPU: how busy its process was (100% = one core, all it can use) and its CPU a request.
 A side well under 100% at 64 in flight is bound by waiting, not by CPU.
 
-    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000)
+    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000 REDIS=standalone|cluster)
+
+``REDIS=cluster``: each Redis-mode side on a 3-primary Redis Cluster of its own (``redis+cluster://``)
+instead of a standalone server.
 
 BASELINE_SRC=/path/to/other/checkout/src adds the same two gateways run from that source tree
 (e.g. a `git worktree` of the previous main), interleaved with these: before and after, one run.
@@ -22,10 +25,11 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from tests.redis_servers import standalone
+from tests.redis_servers import cluster, standalone
 from tests.support import KEY, TOKENS
 
 from bench._harness import GATEWAY, ROOT, Steal, free_port, load, process, process_cpu, summarise
@@ -43,6 +47,17 @@ def counters(url: str) -> dict[str, float]:
     return found
 
 
+@contextlib.contextmanager
+def redis_server(kind: str) -> Iterator[str]:
+    """A Redis of its own for one side (``kind``: standalone, or a 3-primary cluster): its URL."""
+    if kind == "cluster":
+        with cluster(3) as nodes:
+            yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
+    else:
+        with standalone() as server:
+            yield server.url
+
+
 def main() -> None:
     rounds, seconds = int(os.environ.get("ROUNDS", "3")), float(os.environ.get("SECONDS", "4"))
     emu_port = free_port()
@@ -52,9 +67,10 @@ def main() -> None:
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": qps}
     env["GATEWAY_LOG_LEVEL"] = "warning"  # both sides alike; the access log's cost is bench forwarding's
     body = json.dumps({"metadata": {"k": "v"}})
+    kind = os.environ.get("REDIS", "standalone")
     with (
-        standalone() as redis,
-        standalone() as baseline_redis,
+        redis_server(kind) as own_redis_url,
+        redis_server(kind) as baseline_redis_url,
         process(
             [*GATEWAY, "emulator", "--port", str(emu_port), "--no-rate-limit", "--latency-ms", "20"],
             port=emu_port,
@@ -66,9 +82,9 @@ def main() -> None:
         pids: dict[str, int] = {}
         for name, source, redis_url in (
             ("embedded", None, None),
-            ("redis", None, redis.url),
+            ("redis", None, own_redis_url),
             ("base-embedded", baseline, None),
-            ("base-redis", baseline, baseline_redis.url),
+            ("base-redis", baseline, baseline_redis_url),
         ):
             if name.startswith("base") and not baseline:
                 continue

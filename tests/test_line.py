@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway.budget.schedule import Booked, Terms, Want
 from gateway.health import StoreUnavailable
@@ -131,9 +132,66 @@ async def test_no_redis_is_store_unavailable() -> None:
         await line.call(["PING"])
 
 
-def test_a_cluster_books_through_redis_py() -> None:
-    """A cluster client gets no line: its bookings go through redis-py, which routes by slot."""
+def test_a_cluster_gets_no_single_line() -> None:
+    """A cluster client gets no one line (``Nodes`` has one a primary instead)."""
     assert Line.of(connect("redis+cluster://127.0.0.1:7000", timeout=1.0), timeout=1.0) is None
+
+
+async def test_a_cluster_books_on_the_line_of_each_key_s_node(redis_cluster: list[RedisServer]) -> None:
+    """On a 3-primary cluster, bookings for many tenants (so, slots) go on a line to each primary,
+    one a node, each answered with its own slots; nothing goes through redis-py's connections."""
+    shared = Redis(
+        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
+        prefix=f"n{uuid.uuid4().hex[:8]}:",
+        timeout=1.0,
+    )
+    try:
+        await shared.start()
+        assert shared.line is None
+        assert shared.nodes is not None
+        budget = RedisBudgetStore(shared)
+        booked = await asyncio.gather(
+            *(budget.book(f"14{n:02d}", "api", [Want(f"c{n}", 1, 1, 0.06)], TERMS) for n in range(30))
+        )
+        assert all(isinstance(b, Booked) and list(b.slots) == [f"c{n}"] for n, b in enumerate(booked))
+        assert [len(_ours(node.url)) for node in redis_cluster] == [1, 1, 1]
+    finally:
+        await shared.aclose()
+    assert [len(_ours(node.url)) for node in redis_cluster] == [0, 0, 0]
+
+
+async def test_a_moved_slot_sends_the_booking_through_redis_py(
+    redis_cluster: list[RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line to a node that no longer holds the keys' slot (here: the wrong node, as after a
+    resharding) gets MOVED; the booking goes through redis-py instead, which follows it, and is
+    answered as any other."""
+    shared = Redis(
+        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
+        prefix=f"m{uuid.uuid4().hex[:8]}:",
+        timeout=1.0,
+    )
+    try:
+        await shared.start()
+        client = shared.client
+        assert isinstance(client, RedisCluster)
+        assert shared.nodes is not None
+        right = client.get_node_from_key
+        wrong = {node.name: node for node in client.get_primaries()}
+
+        def elsewhere(key: str, replica: bool = False) -> ClusterNode:
+            owner = right(key)
+            assert owner is not None
+            return next(node for name, node in wrong.items() if name != owner.name)
+
+        monkeypatch.setattr(client, "get_node_from_key", elsewhere)
+        before = shared.round_trips
+        booked = await RedisBudgetStore(shared).book("1400", "api", [Want("c", 1, 1, 0.06)], TERMS)
+        assert shared.round_trips == before + 2  # (on the wrong node's line: MOVED; then redis-py)
+        assert isinstance(booked, Booked)
+        assert list(booked.slots) == ["c"]
+    finally:
+        await shared.aclose()
 
 
 async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(

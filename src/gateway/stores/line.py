@@ -14,9 +14,12 @@ ms to 2.0-2.3 ms. That measurement is why this is ours and not redis-py's; repli
 parsed by hiredis, the parser redis-py uses. The writes' calls that must keep their order with
 each other (room invalidations, Idempotency-Key claims and answers: ``redis.Batch``) ride it too.
 
-Only a standalone Redis (``redis://``, ``rediss://``, ``unix://``), reached with the same
-address, credentials, database and TLS settings as the client's pool; a cluster client keeps
-booking through redis-py (``Line.of`` returns None). Any failure (refused, lost, slower than the
+A standalone Redis (``redis://``, ``rediss://``, ``unix://``) gets one line, reached with the
+same address, credentials, database and TLS settings as the client's pool. A Redis Cluster gets
+a line per primary (``Nodes``): a call goes on the line of the node that redis-py's slot map says
+holds its keys' slot (a booking's keys share one), with that node's settings; a MOVED or ASK
+reply (the slot moved since) sends the call through redis-py instead, which follows the
+redirection and refreshes its map. Any failure (refused, lost, slower than the
 timeout, an error reply) is ``StoreUnavailable``, as for every other Redis call; a timeout or a
 lost connection fails every booking in flight on it (their replies could no longer be matched)
 and the next booking connects again.
@@ -31,7 +34,9 @@ from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.health import StoreUnavailable
 
@@ -55,6 +60,10 @@ def _script(script: AsyncScript, keys: list[str], args: list[Any], *, text: bool
 def _noscript(reply: Any) -> bool:
     """Redis does not have the script (a restart or SCRIPT FLUSH since it was loaded)."""
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+class Moved(StoreUnavailable):
+    """A cluster node answered MOVED or ASK: the keys' slot is elsewhere now (``Nodes``)."""
 
 
 def unawaited(done: asyncio.Future[Any]) -> None:
@@ -144,12 +153,25 @@ class Line:
         if not isinstance(client, aioredis.Redis):
             return None
         pool = client.connection_pool
-        options = dict(pool.connection_kwargs)
+        return cls.like(pool.connection_class, pool.connection_kwargs, timeout=timeout, scripts=scripts)
+
+    @classmethod
+    def like(
+        cls,
+        connection_class: type,
+        connection_kwargs: dict[str, Any],
+        *,
+        timeout: float,
+        scripts: tuple[str | bytes, ...],
+    ) -> Line | None:
+        """A line with the settings of redis-py's connections of ``connection_class`` made with
+        ``connection_kwargs``, or None where it cannot be one of ours (a credential provider)."""
+        options = dict(connection_kwargs)
         if options.get("credential_provider") is not None:
             return None
         tls = None
-        if issubclass(pool.connection_class, aioredis.SSLConnection):
-            context = pool.connection_class(**options).ssl_context  # (redis-py's own, from the URL)
+        if issubclass(connection_class, aioredis.SSLConnection):
+            context = connection_class(**options).ssl_context  # (redis-py's own, from the URL)
             tls = context.get()
         return cls(
             host=options.get("host", "127.0.0.1"),
@@ -170,6 +192,8 @@ class Line:
         if _noscript(reply):
             reply = await self.call(_script(script, keys, args, text=True))
         if isinstance(reply, hiredis.ReplyError):
+            if str(reply).startswith(("MOVED ", "ASK ")):
+                raise Moved(f"Redis (the budget's connection): {str(reply)[:200]}")
             raise StoreUnavailable(f"Redis (the budget's connection): {str(reply)[:200]}")
         return reply
 
@@ -250,3 +274,34 @@ class Line:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+class Nodes:
+    """A line per Redis Cluster primary, made as a call first needs it (see the module docstring)."""
+
+    def __init__(self, client: RedisCluster, *, timeout: float, scripts: tuple[str | bytes, ...] = ()) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._scripts = scripts
+        self._lines: dict[str, Line | None] = {}  # by node name (host:port)
+
+    def line(self, key: str) -> Line | None:
+        """The line to the primary that holds ``key``'s slot, or None: the slot map is not loaded
+        yet, or the node's settings are not ours to speak (the caller goes through redis-py)."""
+        try:
+            node = self._client.get_node_from_key(key)
+        except (RedisError, RedisClusterException):  # (no slot map yet: it loads lazily while Redis is down)
+            return None
+        if node is None:
+            return None
+        if node.name not in self._lines:
+            self._lines[node.name] = Line.like(
+                node.connection_class, node.connection_kwargs, timeout=self._timeout, scripts=self._scripts
+            )
+        return self._lines[node.name]
+
+    async def aclose(self) -> None:
+        for line in self._lines.values():
+            if line is not None:
+                await line.aclose()
+        self._lines.clear()

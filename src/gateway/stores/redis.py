@@ -36,7 +36,7 @@ from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
 from gateway.idempotency import MAX_ANSWER, Claim
 from gateway.signing import Signature
-from gateway.stores.line import Line, unawaited
+from gateway.stores.line import Line, Moved, Nodes, unawaited
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
@@ -93,8 +93,12 @@ class Redis:
             )
         }
         self.scripts = {name: client.register_script(text) for name, text in texts.items()}
-        # the budget's own connection (None: a cluster), which loads every script as it connects
+        # the budget's own connection (None: a cluster), which loads every script as it connects;
+        # on a cluster, one a primary
         self.line = Line.of(client, timeout=timeout, scripts=tuple(texts.values()))
+        self.nodes = (
+            Nodes(client, timeout=timeout, scripts=tuple(texts.values())) if isinstance(client, RedisCluster) else None
+        )
         self.round_trips = 0
 
     @property
@@ -131,12 +135,17 @@ class Redis:
         return await self.run(self.scripts[name](keys=keys, args=args))
 
     async def on_line(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """A script written now on the budget's own connection (``line``: pipelined behind the
-        calls before it), else as any other call."""
-        if self.line is None:
+        """A script written now on the budget's own connection (``line``, or on a cluster the line
+        to the node of ``keys``: pipelined behind the calls before it), else as any other call
+        (and after a MOVED or ASK, through redis-py, which follows it and refreshes its slot map)."""
+        line = self.line if self.nodes is None else self.nodes.line(keys[0])
+        if line is None:
             return await self.script(name, keys, args)
         self.round_trips += 1
-        return await self.line.evalsha(self.scripts[name], keys, args)
+        try:
+            return await line.evalsha(self.scripts[name], keys, args)
+        except Moved:
+            return await self.script(name, keys, args)
 
     async def start(self) -> None:
         """Before serving: a cluster client loads its slot map and node connections now. Left lazy,
@@ -162,6 +171,8 @@ class Redis:
     async def aclose(self) -> None:
         if self.line is not None:
             await self.line.aclose()
+        if self.nodes is not None:
+            await self.nodes.aclose()
         await self.client.aclose()
 
 
