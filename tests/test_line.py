@@ -216,3 +216,29 @@ async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
             break
         await asyncio.sleep(0.01)
     assert await batch.call("room_get", keys, []) == [2]
+
+
+async def test_a_batch_on_a_cluster_keeps_the_order_of_calls_nobody_waits_for(redis_cluster: list[RedisServer]) -> None:
+    """On a cluster the shared ``Batch`` writes on the line to the node of the call's keys: a
+    call nobody waits for is held for the next call to carry and runs before it, on each of
+    several slots (nodes); nothing goes through redis-py once the lines are up."""
+    shared = Redis(
+        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
+        prefix=f"b{uuid.uuid4().hex[:8]}:",
+        timeout=1.0,
+    )
+    try:
+        await shared.start()
+        batch = Batch(shared)
+        rooms = [[f"{shared.prefix}room:{{{n}:r}}", f"{shared.prefix}gen:{{{n}:r}}"] for n in range(12)]
+        assert {shared.line_for(keys) is not None for keys in rooms} == {True}
+        assert len({id(shared.line_for(keys)) for keys in rooms}) == 3  # (the 12 slots fall on the 3 primaries)
+        assert await asyncio.gather(*(batch.call("room_get", keys, []) for keys in rooms)) == [[0]] * 12
+        trips = shared.round_trips
+        for keys in rooms:
+            batch.later("room_invalidate", keys, [60_000])
+        assert await asyncio.gather(*(batch.call("room_get", keys, []) for keys in rooms)) == [[1]] * 12
+        assert shared.round_trips == trips + 12  # (the invalidations rode with the calls)
+        await batch.flush()
+    finally:
+        await shared.aclose()
