@@ -218,27 +218,31 @@ async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
     assert await batch.call("room_get", keys, []) == [2]
 
 
-async def test_a_batch_on_a_cluster_keeps_the_order_of_calls_nobody_waits_for(redis_cluster: list[RedisServer]) -> None:
-    """On a cluster the shared ``Batch`` writes on the line to the node of the call's keys: a
-    call nobody waits for is held for the next call to carry and runs before it, on each of
-    several slots (nodes); nothing goes through redis-py once the lines are up."""
+async def test_a_node_that_cannot_be_reached_sends_the_booking_through_redis_py(
+    redis_cluster: list[RedisServer],
+) -> None:
+    """A cluster node's line that cannot connect (as after a failover, its address gone) sends
+    the booking through redis-py, which reaches the slot's primary: it is answered as any other."""
     shared = Redis(
         connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
-        prefix=f"b{uuid.uuid4().hex[:8]}:",
+        prefix=f"u{uuid.uuid4().hex[:8]}:",
         timeout=1.0,
     )
     try:
         await shared.start()
-        batch = Batch(shared)
-        rooms = [[f"{shared.prefix}room:{{{n}:r}}", f"{shared.prefix}gen:{{{n}:r}}"] for n in range(12)]
-        assert {shared.line_for(keys) is not None for keys in rooms} == {True}
-        assert len({id(shared.line_for(keys)) for keys in rooms}) == 3  # (the 12 slots fall on the 3 primaries)
-        assert await asyncio.gather(*(batch.call("room_get", keys, []) for keys in rooms)) == [[0]] * 12
-        trips = shared.round_trips
-        for keys in rooms:
-            batch.later("room_invalidate", keys, [60_000])
-        assert await asyncio.gather(*(batch.call("room_get", keys, []) for keys in rooms)) == [[1]] * 12
-        assert shared.round_trips == trips + 12  # (the invalidations rode with the calls)
-        await batch.flush()
+        budget = RedisBudgetStore(shared)
+        assert isinstance(await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS), Booked)
+        assert shared.nodes is not None
+        key = f"{shared.prefix}budget:{{1400}}:api"
+        owner = shared.client.get_node_from_key(key)  # type: ignore[union-attr]
+        gone = Line(host="127.0.0.1", port=free_port(), timeout=1.0)
+        was = shared.nodes._lines[owner.name]
+        assert was is not None
+        await was.aclose()
+        shared.nodes._lines[owner.name] = gone  # (the line to a primary that has gone)
+        assert shared.line_for([key]) is gone
+        booked = await budget.book("1400", "api", [Want("b", 1, 1, 0.06)], TERMS)
+        assert isinstance(booked, Booked)
+        assert list(booked.slots) == ["b"]
     finally:
         await shared.aclose()

@@ -18,8 +18,10 @@ A standalone Redis (``redis://``, ``rediss://``, ``unix://``) gets one line, rea
 same address, credentials, database and TLS settings as the client's pool. A Redis Cluster gets
 a line per primary (``Nodes``): a call goes on the line of the node that redis-py's slot map says
 holds its keys' slot (a booking's keys share one), with that node's settings; a MOVED or ASK
-reply (the slot moved since) sends the call through redis-py instead, which follows the
-redirection and refreshes its map. Any failure (refused, lost, slower than the
+reply (the slot moved since), or a node that cannot be reached or drops the connection (a
+failover since), sends the call through redis-py instead, which follows the redirection or finds
+the new primary and refreshes its map (a node too slow to answer does not: that would double
+the wait). Any failure (refused, lost, slower than the
 timeout, an error reply) is ``StoreUnavailable``, as for every other Redis call; a timeout or a
 lost connection fails every booking in flight on it (their replies could no longer be matched)
 and the next booking connects again.
@@ -62,8 +64,8 @@ def _noscript(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
 
 
-class Moved(StoreUnavailable):
-    """A cluster node answered MOVED or ASK: the keys' slot is elsewhere now (``Nodes``)."""
+class Late(StoreUnavailable):
+    """No answer within the timeout."""
 
 
 def unawaited(done: asyncio.Future[Any]) -> None:
@@ -191,9 +193,7 @@ class Line:
         reply = await self.call(_script(script, keys, args))
         if _noscript(reply):
             reply = await self.call(_script(script, keys, args, text=True))
-        if isinstance(reply, hiredis.ReplyError):
-            if str(reply).startswith(("MOVED ", "ASK ")):
-                raise Moved(f"Redis (the budget's connection): {str(reply)[:200]}")
+        if isinstance(reply, hiredis.ReplyError):  # (MOVED and ASK too: ``Redis.on_line`` on a cluster)
             raise StoreUnavailable(f"Redis (the budget's connection): {str(reply)[:200]}")
         return reply
 
@@ -232,7 +232,7 @@ class Line:
                 return await future
         except TimeoutError:
             protocol.fail(f"no answer within {self._timeout:g} s")
-            raise StoreUnavailable(f"Redis (the budget's connection): no answer within {self._timeout:g} s") from None
+            raise Late(f"Redis (the budget's connection): no answer within {self._timeout:g} s") from None
 
     async def _connect(self) -> _Protocol:
         """Connect once for every caller that needs it now (the first bookings come together)."""

@@ -36,7 +36,7 @@ from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
 from gateway.idempotency import MAX_ANSWER, Claim
 from gateway.signing import Signature
-from gateway.stores.line import Line, Moved, Nodes, unawaited
+from gateway.stores.line import Late, Line, Nodes, unawaited
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
@@ -134,11 +134,6 @@ class Redis:
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.run(self.scripts[name](keys=keys, args=args))
 
-    @property
-    def lined(self) -> bool:
-        """Whether script calls can go on the budget's own connections (``line`` or ``nodes``)."""
-        return self.line is not None or self.nodes is not None
-
     def line_for(self, keys: list[str]) -> Line | None:
         """The connection of ours for a call on ``keys`` (one slot), or None (through redis-py)."""
         return self.line if self.nodes is None else self.nodes.line(keys[0])
@@ -146,14 +141,19 @@ class Redis:
     async def on_line(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """A script written now on the budget's own connection (``line``, or on a cluster the line
         to the node of ``keys``: pipelined behind the calls before it), else as any other call
-        (and after a MOVED or ASK, through redis-py, which follows it and refreshes its slot map)."""
+        (and on a cluster, after a MOVED or ASK, or a node that cannot be reached, through redis-py,
+        which follows the redirection or finds the new primary, and refreshes its slot map)."""
         line = self.line_for(keys)
         if line is None:
             return await self.script(name, keys, args)
         self.round_trips += 1
         try:
             return await line.evalsha(self.scripts[name], keys, args)
-        except Moved:
+        except Late:
+            raise
+        except StoreUnavailable:
+            if self.nodes is None:
+                raise
             return await self.script(name, keys, args)
 
     async def start(self) -> None:
@@ -286,15 +286,15 @@ Call = tuple[str, list[str], list[Any], "asyncio.Future[Any] | None"]
 
 class Batch:
     """Script calls whose order matters (a keyed write's answer before a repeat's claim; a
-    room's invalidations). They go on the budget's own connections (``Redis.line_for``: the one
-    to a standalone Redis, or on a cluster the one to the node of the call's keys): a call is
-    written at once, behind every call written before it on that connection, and a call whose
-    reply nobody waits for (``later``) is held until the next call carries it (written just ahead
-    of it, in its round trip; on a cluster, on its own node's connection: calls on other keys
-    need no order with it) or ``linger`` seconds pass. While a connection is not up, the calls
-    of one event-loop turn go through redis-py one by one, in order, ``later`` ones first and
-    within ``linger``. A ``later`` call that fails is dropped (its caller chose not to wait for
-    it); so is one that meets MOVED or ASK on a cluster being resharded."""
+    room's invalidations). On a standalone Redis they go on the budget's own connection
+    (``Redis.line``): a call is written at once, behind every call written before it, and a call
+    whose reply nobody waits for (``later``) is held until the next call carries it (written just
+    ahead of it, in its round trip) or ``linger`` seconds pass. On a Redis Cluster (its
+    pipelines group commands by node; lines to each node were measured and gained nothing
+    confirmed here: BENCHMARKS.md, "The budget's own connections on a Redis Cluster"), or while
+    the line is not connected, the calls of one event-loop turn are sent one by one, in order,
+    ``later`` ones first and within ``linger``. A ``later`` call that fails is dropped (its
+    caller chose not to wait for it)."""
 
     def __init__(self, redis: Redis, *, linger: float = 0.002) -> None:
         self._r = redis
@@ -308,7 +308,7 @@ class Batch:
         self._lines: set[asyncio.Future[Any]] = set()  # replies nobody waits for, on the line
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        if self._r.lined:  # written now, behind what came before on the line
+        if self._r.line is not None:  # written now, behind what came before on the line
             self._release(riding=True)
             return await self._r.on_line(name, keys, args)
         waiter = asyncio.get_running_loop().create_future()
@@ -317,7 +317,7 @@ class Batch:
         return await waiter
 
     def later(self, name: str, keys: list[str], args: list[Any]) -> None:
-        if self._r.lined:  # held for the next call to carry, or written within linger
+        if self._r.line is not None:  # held for the next call to carry, or written within linger
             self._held.append((name, keys, args))
             if self._held_timer is None:
                 self._held_timer = asyncio.get_running_loop().call_later(self._linger, self._release)
@@ -335,7 +335,7 @@ class Batch:
         if held and not riding:
             self._r.round_trips += 1
         for name, keys, args in held:
-            line = self._r.line_for(keys)
+            line = self._r.line
             sent = None if line is None else line.later(self._r.scripts[name], keys, args)
             if sent is None:  # not connected now: one by one instead
                 self._queued.insert(0, (name, keys, args, None))
