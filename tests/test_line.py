@@ -29,6 +29,21 @@ async def store(redis_url: str) -> AsyncIterator[tuple[Redis, RedisBudgetStore]]
         await shared.aclose()
 
 
+@pytest.fixture
+async def on_cluster(redis_cluster: list[RedisServer]) -> AsyncIterator[Redis]:
+    """The fleet's Redis on the session's 3-primary cluster, its slot map loaded."""
+    shared = Redis(
+        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
+        prefix=f"c{uuid.uuid4().hex[:8]}:",
+        timeout=1.0,
+    )
+    try:
+        await shared.start()
+        yield shared
+    finally:
+        await shared.aclose()
+
+
 def _ours(redis_url: str) -> list[dict[str, str]]:
     return [c for c in redis.Redis.from_url(redis_url).client_list() if c["name"] == NAME]
 
@@ -137,61 +152,50 @@ def test_a_cluster_gets_no_single_line() -> None:
     assert Line.of(connect("redis+cluster://127.0.0.1:7000", timeout=1.0), timeout=1.0) is None
 
 
-async def test_a_cluster_books_on_the_line_of_each_key_s_node(redis_cluster: list[RedisServer]) -> None:
+async def test_a_cluster_books_on_the_line_of_each_key_s_node(
+    on_cluster: Redis, redis_cluster: list[RedisServer]
+) -> None:
     """On a 3-primary cluster, bookings for many tenants (so, slots) go on a line to each primary,
-    one a node, each answered with its own slots; nothing goes through redis-py's connections."""
-    shared = Redis(
-        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
-        prefix=f"n{uuid.uuid4().hex[:8]}:",
-        timeout=1.0,
+    one a node, each answered with its own slots; closing closes them."""
+    assert on_cluster.line is None
+    assert on_cluster.nodes is not None
+    others = [len(_ours(node.url)) for node in redis_cluster]  # (lines of other stores, if any are open)
+    budget = RedisBudgetStore(on_cluster)
+    booked = await asyncio.gather(
+        *(budget.book(f"14{n:02d}", "api", [Want(f"c{n}", 1, 1, 0.06)], TERMS) for n in range(30))
     )
-    try:
-        await shared.start()
-        assert shared.line is None
-        assert shared.nodes is not None
-        budget = RedisBudgetStore(shared)
-        booked = await asyncio.gather(
-            *(budget.book(f"14{n:02d}", "api", [Want(f"c{n}", 1, 1, 0.06)], TERMS) for n in range(30))
-        )
-        assert all(isinstance(b, Booked) and list(b.slots) == [f"c{n}"] for n, b in enumerate(booked))
-        assert [len(_ours(node.url)) for node in redis_cluster] == [1, 1, 1]
-    finally:
-        await shared.aclose()
-    assert [len(_ours(node.url)) for node in redis_cluster] == [0, 0, 0]
+    assert all(isinstance(b, Booked) and list(b.slots) == [f"c{n}"] for n, b in enumerate(booked))
+    assert [len(_ours(node.url)) for node in redis_cluster] == [n + 1 for n in others]
+    await on_cluster.nodes.aclose()
+    for _ in range(50):  # (Redis sees the close a moment later)
+        if [len(_ours(node.url)) for node in redis_cluster] == others:
+            break
+        await asyncio.sleep(0.01)
+    assert [len(_ours(node.url)) for node in redis_cluster] == others
 
 
 async def test_a_moved_slot_sends_the_booking_through_redis_py(
-    redis_cluster: list[RedisServer], monkeypatch: pytest.MonkeyPatch
+    on_cluster: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A line to a node that no longer holds the keys' slot (here: the wrong node, as after a
     resharding) gets MOVED; the booking goes through redis-py instead, which follows it, and is
     answered as any other."""
-    shared = Redis(
-        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
-        prefix=f"m{uuid.uuid4().hex[:8]}:",
-        timeout=1.0,
-    )
-    try:
-        await shared.start()
-        client = shared.client
-        assert isinstance(client, RedisCluster)
-        assert shared.nodes is not None
-        right = client.get_node_from_key
-        wrong = {node.name: node for node in client.get_primaries()}
+    client = on_cluster.client
+    assert isinstance(client, RedisCluster)
+    right = client.get_node_from_key
+    primaries = client.get_primaries()
 
-        def elsewhere(key: str, replica: bool = False) -> ClusterNode:
-            owner = right(key)
-            assert owner is not None
-            return next(node for name, node in wrong.items() if name != owner.name)
+    def elsewhere(key: str, replica: bool = False) -> ClusterNode:
+        owner = right(key)
+        assert owner is not None
+        return next(node for node in primaries if node.name != owner.name)
 
-        monkeypatch.setattr(client, "get_node_from_key", elsewhere)
-        before = shared.round_trips
-        booked = await RedisBudgetStore(shared).book("1400", "api", [Want("c", 1, 1, 0.06)], TERMS)
-        assert shared.round_trips == before + 2  # (on the wrong node's line: MOVED; then redis-py)
-        assert isinstance(booked, Booked)
-        assert list(booked.slots) == ["c"]
-    finally:
-        await shared.aclose()
+    monkeypatch.setattr(client, "get_node_from_key", elsewhere)
+    before = on_cluster.round_trips
+    booked = await RedisBudgetStore(on_cluster).book("1400", "api", [Want("c", 1, 1, 0.06)], TERMS)
+    assert on_cluster.round_trips == before + 2  # (on the wrong node's line: MOVED; then redis-py)
+    assert isinstance(booked, Booked)
+    assert list(booked.slots) == ["c"]
 
 
 async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
@@ -218,31 +222,20 @@ async def test_a_batch_on_the_line_keeps_the_order_of_calls_nobody_waits_for(
     assert await batch.call("room_get", keys, []) == [2]
 
 
-async def test_a_node_that_cannot_be_reached_sends_the_booking_through_redis_py(
-    redis_cluster: list[RedisServer],
-) -> None:
+async def test_a_node_that_cannot_be_reached_sends_the_booking_through_redis_py(on_cluster: Redis) -> None:
     """A cluster node's line that cannot connect (as after a failover, its address gone) sends
     the booking through redis-py, which reaches the slot's primary: it is answered as any other."""
-    shared = Redis(
-        connect(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}", timeout=1.0),
-        prefix=f"u{uuid.uuid4().hex[:8]}:",
-        timeout=1.0,
-    )
-    try:
-        await shared.start()
-        budget = RedisBudgetStore(shared)
-        assert isinstance(await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS), Booked)
-        assert shared.nodes is not None
-        key = f"{shared.prefix}budget:{{1400}}:api"
-        owner = shared.client.get_node_from_key(key)  # type: ignore[union-attr]
-        gone = Line(host="127.0.0.1", port=free_port(), timeout=1.0)
-        was = shared.nodes._lines[owner.name]
-        assert was is not None
-        await was.aclose()
-        shared.nodes._lines[owner.name] = gone  # (the line to a primary that has gone)
-        assert shared.line_for([key]) is gone
-        booked = await budget.book("1400", "api", [Want("b", 1, 1, 0.06)], TERMS)
-        assert isinstance(booked, Booked)
-        assert list(booked.slots) == ["b"]
-    finally:
-        await shared.aclose()
+    budget = RedisBudgetStore(on_cluster)
+    assert isinstance(await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS), Booked)
+    assert on_cluster.nodes is not None
+    key = f"{on_cluster.prefix}budget:{{1400}}:api"
+    owner = on_cluster.client.get_node_from_key(key)  # type: ignore[union-attr]
+    gone = Line(host="127.0.0.1", port=free_port(), timeout=1.0)
+    was = on_cluster.nodes._lines[owner.name]
+    assert was is not None
+    await was.aclose()
+    on_cluster.nodes._lines[owner.name] = gone  # (the line to a primary that has gone)
+    assert on_cluster.line_for([key]) is gone
+    booked = await budget.book("1400", "api", [Want("b", 1, 1, 0.06)], TERMS)
+    assert isinstance(booked, Booked)
+    assert list(booked.slots) == ["b"]
