@@ -31,8 +31,11 @@ directory is BASELINE_SRC, e.g. a worktree of main, with its defaults).
 First (COSTS=1, the default), what a request costs a replica alone on its core, served or
 refused, closed or kept alive (``costs``): the replica's CPU from /proc/PID/stat over a wrk run.
 
-    python -m bench overload          (env: SECONDS=10, LIMIT, VARIANTS, BOUND, BACKLOG, COSTS, BASELINE_SRC;
-                                       Linux: needs sched_setaffinity)
+``CLIENT_TIMEOUT``: each client gives up on a request after that many seconds (closing its
+socket), as callers with a timeout do; unset, they wait until the phase's drain.
+
+    python -m bench overload          (env: SECONDS=10, LIMIT, VARIANTS, BOUND, BACKLOG, COSTS,
+                                       BASELINE_SRC, CLIENT_TIMEOUT; Linux: needs sched_setaffinity)
 """
 
 from __future__ import annotations
@@ -225,7 +228,8 @@ def pct(values: list[float], q: float) -> float:
 async def phase(url: str, rate: float, seconds: float) -> tuple[list[tuple[int, float]], list[float]]:
     target = openloop.target(url, headers=AUTH)
     arrivals: list[float] = []
-    results = await openloop.offer([target], rate=rate, seconds=seconds, drain=15.0, arrivals=arrivals)
+    give_up = float(os.environ["CLIENT_TIMEOUT"]) if os.environ.get("CLIENT_TIMEOUT") else None
+    results = await openloop.offer([target], rate=rate, seconds=seconds, drain=15.0, arrivals=arrivals, give_up=give_up)
     return results, arrivals
 
 

@@ -47,9 +47,10 @@ def target(url: str, *, method: str = "GET", headers: dict[str, str] | None = No
 class _Conn(asyncio.Protocol):
     """One socket: one request at a time; reports each reply through ``done``."""
 
-    def __init__(self, idle: list[_Conn], done: Callable[[int, float], None]) -> None:
+    def __init__(self, idle: list[_Conn], done: Callable[[int, float], None], give_up: float | None = None) -> None:
         self._idle = idle
         self._done = done
+        self._give_up_after = give_up  # a client with a timeout: no answer within it closes the socket
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._began: float | None = None  # loop time the request in flight was sent
@@ -61,6 +62,14 @@ class _Conn(asyncio.Protocol):
         assert self._transport is not None
         self._began = began
         self._transport.write(request)
+        if self._give_up_after is not None:
+            asyncio.get_running_loop().call_at(began + self._give_up_after, self._give_up, began)
+
+    def _give_up(self, began: float) -> None:
+        """The request sent at ``began`` is still unanswered: no answer, and the socket closed."""
+        if self._began == began:
+            self._finish(0)
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -98,10 +107,13 @@ async def offer(
     seconds: float,
     drain: float = 30.0,
     arrivals: list[float] | None = None,
+    give_up: float | None = None,
 ) -> list[tuple[int, float]]:
     """Offer ``rate`` requests a second for ``seconds``, then wait up to ``drain`` seconds for
     the replies still out. Returns (status, seconds taken) per request, in reply order;
-    ``arrivals`` gets each reply's moment, in seconds from the first offer, in the same order."""
+    ``arrivals`` gets each reply's moment, in seconds from the first offer, in the same order.
+    ``give_up``: each client gives up on a request unanswered (or unconnected) after that long,
+    closing its socket (status 0), as a caller with a timeout does."""
     loop = asyncio.get_running_loop()
     results: list[tuple[int, float]] = []
     total = int(rate * seconds)
@@ -120,8 +132,9 @@ async def offer(
 
     async def connect(t: Target, began: float) -> None:
         try:
-            _, conn = await loop.create_connection(lambda: _Conn(idle[t], done), t.host, t.port)
-        except OSError:
+            async with asyncio.timeout_at(None if give_up is None else began + give_up):
+                _, conn = await loop.create_connection(lambda: _Conn(idle[t], done, give_up), t.host, t.port)
+        except (OSError, TimeoutError):
             done(0, loop.time() - began)
             return
         conns.append(conn)
