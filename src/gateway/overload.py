@@ -105,7 +105,8 @@ class Overload:
         return path.startswith(_API) and _STREAM.fullmatch(path) is None
 
     def sample(self, lag: float, now: float) -> None:
-        """One measurement of the loop's lag, taken at ``now`` (the loop's clock)."""
+        """One measurement of the loop's lag, taken at ``now`` (the loop's clock), with the accept
+        queue's length (``pending``) read just before it."""
         self.lag = lag
         if self._shed_at > 0:
             self._late = self._late + 1 if lag > self._shed_at else 0

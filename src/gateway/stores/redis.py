@@ -95,10 +95,9 @@ class Redis:
         self.scripts = {name: client.register_script(text) for name, text in texts.items()}
         # the budget's own connection (None: a cluster), which loads every script as it connects;
         # on a cluster, one a primary
-        self.line = Line.of(client, timeout=timeout, scripts=tuple(texts.values()))
-        self.nodes = (
-            Nodes(client, timeout=timeout, scripts=tuple(texts.values())) if isinstance(client, RedisCluster) else None
-        )
+        loaded = tuple(texts.values())
+        self.line = Line.of(client, timeout=timeout, scripts=loaded)
+        self.nodes = Nodes(client, timeout=timeout, scripts=loaded) if isinstance(client, RedisCluster) else None
         self.round_trips = 0
 
     @property
@@ -149,10 +148,8 @@ class Redis:
         self.round_trips += 1
         try:
             return await line.evalsha(self.scripts[name], keys, args)
-        except Late:
-            raise
-        except StoreUnavailable:
-            if self.nodes is None:
+        except StoreUnavailable as exc:
+            if self.nodes is None or isinstance(exc, Late):  # (a slow node again through redis-py: twice the wait)
                 raise
             return await self.script(name, keys, args)
 
