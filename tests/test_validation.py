@@ -93,7 +93,9 @@ async def test_room_patch_limits(strict: Gateway, emulator: Emulator, patch: dic
     integers as JSON Schema counts them (``4.0`` is 4, and Tencent gets 4)."""
     if ok:
         await _accepted(strict, "PATCH", ROOM, json=patch)
-        room = (await strict.client.get(ROOM, headers={"cache-control": "no-cache"})).json()
+        response = await strict.client.get(ROOM, headers={"cache-control": "no-cache"})
+        assert response.status_code == 200, response.text
+        room = response.json()
         for field, value in patch.items():
             assert repr(room[field]) == repr(_ints(value)), field  # (repr: 4, not 4.0)
     else:
