@@ -120,7 +120,7 @@ def overload_variant(server: uvicorn.Server) -> uvicorn.Server:
     if "BENCH_BACKLOG" in os.environ:
         server.config.backlog = int(os.environ["BENCH_BACKLOG"])
     if os.environ.get("BENCH_REFUSAL") == "close":
-        server.config.http = protocol(overload, keep_alive=False)
+        server.config.http = protocol(overload, keep_alive=False)  # type: ignore[assignment]
     if os.environ.get("BENCH_SHED") == "1":
         overload.shedding = True
     return server

@@ -18,12 +18,15 @@ then 0.5 x C for 5 s. Printed: when the first 503 came, the share shed, the acce
 p50/p99 in the second half of the overload, the recovery, and what a kubelet would have seen of
 ``/readyz`` meanwhile (a probe every 0.5 s with a 1 s timeout, as Kubernetes' default).
 
-The variants (VARIANTS, comma-separated, default none,lag,bound,both):
+The variants (VARIANTS, comma-separated, default none,lag,bound,queue,both):
 ``none`` (no action), ``lag`` (lag shedding alone, GATEWAY_OVERLOAD_LAG 0.25),
 ``bound`` (GATEWAY_MAX_IN_FLIGHT=BOUND alone, default 32: about a third of a second of C),
-``both`` (the defaults: lag 0.25, GATEWAY_MAX_IN_FLIGHT 1024, refusals kept alive until unready),
-``close`` (the defaults, every refusal closing its connection: before issue 27's second admission
-session), ``keepalive`` (the defaults, never unready, so refusals are never closed),
+``queue`` (the accept queue's bound alone, GATEWAY_OVERLOAD_ACCEPT_QUEUE 128),
+``both`` (the defaults: lag 0.25, GATEWAY_MAX_IN_FLIGHT 1024, the accept queue's bound 128,
+refusals kept alive until unready), ``noqueue`` (the defaults but no bound on the accept queue:
+before issue 27's fifth overload session), ``close`` (the defaults, every refusal closing its
+connection: before issue 27's second admission session), ``keepalive`` (the defaults, never
+unready, so refusals are never closed),
 ``backlog`` and ``close+backlog`` (a listen backlog of BACKLOG, default 128, not 4096),
 ``both+bound`` (the defaults with GATEWAY_MAX_IN_FLIGHT=BOUND), ``main`` (the tree whose src
 directory is BASELINE_SRC, e.g. a worktree of main, with its defaults).
@@ -63,11 +66,13 @@ REPLICA_CPU, GENERATOR_CPU = 1, 0
 def variants(bound: str, backlog: str) -> dict[str, dict[str, str]]:
     """Each variant's replica settings."""
     return {
-        "none": {"GATEWAY_OVERLOAD_LAG": "0", "GATEWAY_MAX_IN_FLIGHT": "0"},
-        "lag": {"GATEWAY_OVERLOAD_LAG": "0.25", "GATEWAY_MAX_IN_FLIGHT": "0"},
-        "bound": {"GATEWAY_OVERLOAD_LAG": "0", "GATEWAY_MAX_IN_FLIGHT": bound},
+        "none": {"GATEWAY_OVERLOAD_LAG": "0", "GATEWAY_MAX_IN_FLIGHT": "0", "GATEWAY_OVERLOAD_ACCEPT_QUEUE": "0"},
+        "lag": {"GATEWAY_OVERLOAD_LAG": "0.25", "GATEWAY_MAX_IN_FLIGHT": "0", "GATEWAY_OVERLOAD_ACCEPT_QUEUE": "0"},
+        "bound": {"GATEWAY_OVERLOAD_LAG": "0", "GATEWAY_MAX_IN_FLIGHT": bound, "GATEWAY_OVERLOAD_ACCEPT_QUEUE": "0"},
+        "queue": {"GATEWAY_OVERLOAD_LAG": "0", "GATEWAY_MAX_IN_FLIGHT": "0"},
         "both": {},
         "close": {"BENCH_REFUSAL": "close"},
+        "noqueue": {"GATEWAY_OVERLOAD_ACCEPT_QUEUE": "0"},
         "keepalive": {"GATEWAY_OVERLOAD_UNREADY_AFTER": "1e6"},
         "backlog": {"BENCH_BACKLOG": backlog},
         "close+backlog": {"BENCH_REFUSAL": "close", "BENCH_BACKLOG": backlog},
@@ -282,7 +287,7 @@ def main() -> None:
         sys.exit("bench overload pins processes to CPUs (Linux only)")
     seconds = float(os.environ.get("SECONDS", "10"))
     limit = os.environ.get("LIMIT") or ("0.05" if cgroup_root() else "nice")
-    chosen = os.environ.get("VARIANTS", "none,lag,bound,both").split(",")
+    chosen = os.environ.get("VARIANTS", "none,lag,bound,queue,both").split(",")
     settings = variants(os.environ.get("BOUND", "32"), os.environ.get("BACKLOG", "128"))
     baseline = os.environ.get("BASELINE_SRC")
     if "main" in chosen and not baseline:

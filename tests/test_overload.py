@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.overload import ACCEPT_QUEUE, Overload
+from gateway import admission
+from gateway.overload import ACCEPT_QUEUE, HOLD, Overload
 from live_engine_emulator import Emulator
 from tests.fleet import behind_slow_tencent
 from tests.support import TOKENS, Gateway, start_gateway
@@ -74,37 +75,66 @@ def test_the_in_flight_bound_refuses_api_work_only() -> None:
     assert [overload.refusal(p) for p in ("/readyz", "/livez", "/metrics", "/v1/callbacks/tencent")] == [None] * 4
     overload.sample(0.5, now=0.0)
     assert overload.refusal("/v1/tenants/acme/events") == "lag"
-    assert overload.shed == {"lag": 1, "in_flight": 1}
+    assert overload.shed == {"lag": 1, "in_flight": 1, "accept_queue": 0}
     unbounded = Overload(shed_at=0.0, unready_after=1.0, max_in_flight=0)
     unbounded.in_flight = 10**6
     assert unbounded.refusal(room) is None
 
 
-def test_a_deep_accept_queue_makes_the_replica_overloaded_and_unready_but_sheds_nothing() -> None:
-    """More than ACCEPT_QUEUE connections waiting to be accepted in two samples in a row make the
-    replica overloaded (one sample does not: a burst of connections); for ``unready_after`` in a
-    row, unready; no request is shed for it (a replica that cannot accept fast enough refused
-    nearly all it read when it shed on this, measured); when the queue empties it is ready."""
-    overload = Overload(shed_at=0.25, unready_after=1.0)
+def test_a_deep_accept_queue_turns_api_work_away_until_it_drains() -> None:
+    """A sample with more than ``accept_queue`` connections waiting to be accepted starts turning
+    API work away (``accept_queue``: new connections' requests and kept-alive ones alike; health
+    and callbacks never); it goes on until the queue is down to a quarter of the bound. The replica
+    counts as overloaded meanwhile and for HOLD seconds after the queue was last deep (a replica
+    that drains its queue in bursts is overloaded throughout), so that it turns unready after
+    ``unready_after``; a bound of 0 refuses nothing."""
+    overload = Overload(shed_at=0.25, unready_after=1.0, accept_queue=128)
     room = "/v1/tenants/acme/rooms/room-1"
-    overload.pending = ACCEPT_QUEUE + 1
+    overload.pending = 128
     overload.sample(0.0, now=10.0)
-    assert not overload.overloaded
-    overload.pending = 0
-    overload.sample(0.0, now=10.05)
-    overload.pending = ACCEPT_QUEUE + 1
-    overload.sample(0.0, now=10.1)
-    overload.sample(0.0, now=10.15)
-    assert overload.overloaded
-    assert not overload.shedding
+    assert not overload.turning_away
     assert overload.refusal(room) is None
-    assert overload.ready(11.1)
-    overload.sample(0.0, now=11.2)
-    assert not overload.ready(11.2)
-    overload.pending = 3
-    overload.sample(0.0, now=11.25)
-    assert not overload.overloaded
-    assert overload.ready(11.25)
+    overload.pending = 129
+    overload.sample(0.0, now=10.05)
+    assert (overload.turning_away, overload.overloaded) == (True, True)
+    assert overload.refusal(room) == "accept_queue"
+    assert overload.refusal("/readyz") is None
+    overload.pending = 33
+    overload.sample(0.0, now=10.1)
+    assert overload.turning_away
+    overload.pending = 32
+    overload.sample(0.0, now=10.15)
+    assert not overload.turning_away
+    assert overload.refusal(room) is None
+    assert overload.overloaded  # (held: the queue was deep 0.1 s ago)
+    overload.pending = 500
+    overload.sample(0.0, now=10.9)
+    overload.pending = 0
+    overload.sample(0.0, now=11.0)
+    assert not overload.ready(11.05)  # overloaded since 10.05
+    overload.sample(0.0, now=11.5)
+    assert not overload.ready(11.5)  # (held: the queue was deep at 10.9)
+    overload.sample(0.0, now=10.9 + HOLD)
+    assert (overload.overloaded, overload.ready(10.9 + HOLD)) == (False, True)
+    assert overload.shed == {"lag": 0, "in_flight": 0, "accept_queue": 1}
+    never = Overload(shed_at=0.25, unready_after=1.0, accept_queue=0)
+    never.pending = 10**4
+    never.sample(0.0, now=1.0)
+    assert (never.turning_away, never.overloaded, never.refusal(room)) == (False, False, None)
+
+
+async def test_a_turned_away_connection_that_sends_nothing_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection turned away (``TurnedAway``) whose client sends no request line within
+    TURNED_AWAY_FOR is closed: it holds nothing of the replica's for longer."""
+    monkeypatch.setattr(admission, "TURNED_AWAY_FOR", 0.05)
+    overload = Overload(shed_at=0.25, unready_after=1.0)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: admission.TurnedAway(asyncio.Protocol, overload, b"x"), "127.0.0.1", 0)
+    async with server:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing written
+        writer.close()
+    assert overload.shed["accept_queue"] == 0
 
 
 def test_the_accept_queue_is_read_from_the_listening_socket() -> None:
@@ -314,51 +344,65 @@ async def test_a_real_replica_refuses_past_its_bound_at_once_and_keeps_the_admit
             assert (await client.get("/v1/tenants/acme/rooms/room-1")).status_code == 200
 
 
-async def test_a_real_replica_sees_the_connections_it_has_not_accepted(tmp_path: Path) -> None:
-    """`gateway serve`, paused (as a CPU limit throttles it: SIGSTOP, then SIGCONT) twice while
-    150 connections arrive each time, with one monitor sample between: both samples read the
-    listener's queue, so the replica says it is overloaded (its log line names the queue's
-    length). It accepts and serves every request on them all; none is shed for it. (The pauses
-    are timed against the monitor's 50 ms; on a busy machine a try can miss, so up to five.)"""
+async def test_a_real_replica_turns_new_connections_away_while_its_accept_queue_is_deep(tmp_path: Path) -> None:
+    """`gateway serve`, paused (as a CPU limit throttles it: SIGSTOP, then SIGCONT) while 150
+    connections arrive, each sending a request: once it runs, its monitor reads the listener's
+    queue (past 128) before the connections are accepted, so their API requests are answered 503
+    problem+json ``overloaded`` (reason ``accept_queue``, ``Connection: close``: no app ran for
+    them), while a health check on one of them is served; the replica says it is
+    overloaded (its log line names the queue's length) and serves again once the queue is drained.
+    (The pause is timed against the monitor's 50 ms; on a busy machine a try can miss, so up to five.)"""
     log = (tmp_path / "gateway.log").open("wb")
     with log, behind_slow_tencent(tmp_path, latency_ms=0, drain_seconds=1, stderr=log.fileno()) as (base, gateway):
         host, port = base.removeprefix("http://").split(":")
-        request = f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n\r\n".encode()
+        head = f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\nCache-Control: no-cache\r\n\r\n"
 
-        async def paused(then: float) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-            """Connections opened and requests sent while the replica is stopped, then ``then``
-            seconds stopped more before it runs again."""
+        async def answers() -> list[tuple[bytes, bytes]]:
+            """Each connection's answer (head, body): ACCEPT_QUEUE + 22 opened, and a request sent
+            on each (/livez on the first), while the replica is stopped."""
             os.kill(gateway.pid, signal.SIGSTOP)
             try:
                 opened = [await asyncio.open_connection(host, int(port)) for _ in range(ACCEPT_QUEUE + 22)]
-                for _, writer in opened:
-                    writer.write(request)
-                await asyncio.sleep(then)
+                for n, (_, writer) in enumerate(opened):
+                    writer.write(f"GET {'/livez' if n == 0 else ROOM} {head}".encode())
+                await asyncio.sleep(0.06)  # (the monitor's next sample is due when it runs again)
             finally:
                 os.kill(gateway.pid, signal.SIGCONT)
-            return opened
-
-        def seen() -> list[int]:
-            lines = (tmp_path / "gateway.log").read_text().splitlines()
-            logged = [json.loads(line) for line in lines if line.startswith("{")]
-            return [entry["accept_queue"] for entry in logged if entry.get("msg") == "overloaded"]
+            got = []
+            for reader, writer in opened:
+                head_read = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                length = int(head_read.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                got.append((head_read, await reader.readexactly(length)))
+                writer.close()
+            return got
 
         for _ in range(5):
-            conns = await paused(0.0)
-            await asyncio.sleep(0.02)  # (the overdue sample runs, then the next is 50 ms away)
-            conns += await paused(0.06)
-            for reader, writer in conns:
-                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).startswith(b"HTTP/1.1 200")
-                writer.close()
-            if seen():
+            got = await answers()
+            turned = [(h, body) for h, body in got if h.startswith(b"HTTP/1.1 503")]
+            if turned:
                 break
             await asyncio.sleep(1.0)
+        assert turned, "no request was turned away in five tries"
+        assert got[0][0].startswith(b"HTTP/1.1 200")  # (health is never refused)
+        for h, body in turned:
+            assert b"connection: close" in h
+            assert b"retry-after: 1" in h
+            problem = json.loads(body)
+            assert (problem["code"], problem["status"]) == ("overloaded", 503)
+            assert "accept" in problem["detail"]
+        assert all(h.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")) for h, _ in got)
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             metrics = (await client.get("/metrics")).text
-        assert 'gateway_overload_shed_total{reason="lag"} 0.0' in metrics
-        assert "\ngateway_accept_queue " in metrics
-    assert seen(), "the monitor never saw the queue in two samples"
-    assert min(seen()) > ACCEPT_QUEUE
+            assert f'gateway_overload_shed_total{{reason="accept_queue"}} {float(len(turned))}' in metrics
+            auth = {"authorization": f"Bearer {TOKENS['rw']}"}
+            for _ in range(100):  # (until the monitor's next sample finds the queue drained)
+                if (served := await client.get(ROOM, headers=auth)).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert served.status_code == 200
+    lines = (tmp_path / "gateway.log").read_text().splitlines()
+    logged = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(entry.get("msg") == "overloaded" and entry["accept_queue"] > ACCEPT_QUEUE for entry in logged)
 
 
 async def test_a_request_whose_client_left_before_it_started_is_not_run(tmp_path: Path) -> None:

@@ -32,6 +32,13 @@ it counts open connections (idle keep-alive ones, and hours-long event streams) 
 503 is plain text without ``Retry-After``; it logs a warning per refusal (a log line per request
 at the moment the replica has least CPU for it); and it refuses ``/readyz`` and Tencent's callbacks.
 
+A connection accepted while the accept queue is past its bound (``Overload.turning_away``) does
+not get uvicorn's protocol at all, whose set-up (a parser, timers, its state) costs more than the
+refusal: ``TurnedAway`` reads the request line of its first request and, for API work, writes the
+prebuilt 503 with ``Connection: close`` and closes; anything else (health, readiness, metrics,
+Tencent's callbacks) is handed to uvicorn's protocol with the bytes read, and served. That is what
+lets a replica refuse as fast as connections come (BENCHMARKS.md, "Overload under a CPU limit").
+
 A refusal is counted (``gateway_overload_shed_total{reason}``) but gets no access-log line and no
 request id: the app, which does both, never sees it.
 """
@@ -40,7 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -54,6 +62,8 @@ if TYPE_CHECKING:
 DETAILS: dict[Refusal, str] = {
     "lag": "this replica's event loop is overloaded; retry, another replica may answer",
     "in_flight": "this replica has its maximum of requests in flight (GATEWAY_MAX_IN_FLIGHT); retry, "
+    "another replica may answer",
+    "accept_queue": "this replica has more connections waiting than it can accept in time; retry, "
     "another replica may answer",
 }
 
@@ -95,20 +105,23 @@ def _left(transport: asyncio.Transport) -> bool:
 
 class InFlight:
     """An admitted API request's app: not run at all if its client has closed the connection
-    by the time its task starts (nobody waits for the answer: an abandoned request); out of the
-    in-flight count when the app returns."""
+    by the time its task starts (nobody waits for the answer: an abandoned request; the server
+    closes its side, without the error and the 500 uvicorn gives an app that did not answer); out
+    of the in-flight count when the app returns."""
 
-    __slots__ = ("_app", "_overload", "_transport")
+    __slots__ = ("_app", "_cycle", "_overload")
 
-    def __init__(self, app: ASGI3Application, overload: Overload, transport: asyncio.Transport) -> None:
+    def __init__(self, app: ASGI3Application, overload: Overload, cycle: RequestResponseCycle) -> None:
         self._app = app
         self._overload = overload
-        self._transport = transport
+        self._cycle = cycle
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         try:
-            if self._overload.lag > LAGGING and _left(self._transport):
+            if self._overload.lag > LAGGING and _left(self._cycle.transport):
                 self._overload.abandoned += 1
+                self._cycle.disconnected = True
+                self._cycle.transport.close()
             else:
                 await self._app(scope, receive, send)
         finally:
@@ -133,7 +146,7 @@ class Admitting(HttpToolsProtocol):
                 self._refuse(refused, cycle)
         elif self.overload.counted(path):
             self.overload.in_flight += 1
-            super()._start_asgi_task(cycle, InFlight(app, self.overload, self.transport))
+            super()._start_asgi_task(cycle, InFlight(app, self.overload, cycle))
         else:
             super()._start_asgi_task(cycle, app)
 
@@ -150,10 +163,69 @@ class Admitting(HttpToolsProtocol):
             self.on_response_complete()  # (reads on: the client's next request, pipelined or not)
 
 
-def protocol(overload: Overload, *, keep_alive: bool = True) -> type[asyncio.Protocol]:
-    """The protocol class to give uvicorn (``Config(http=...)``) for a replica's ``overload``."""
+TURNED_AWAY_FOR = 1.0  # seconds a turned-away connection may take to send its request line
+
+
+class TurnedAway(asyncio.Protocol):
+    """A connection accepted while the accept queue is deep (``Overload.turning_away``): its
+    first request, if it is API work, is refused 503 ``overloaded`` (``accept_queue``) and the
+    connection closed, for a fraction of what uvicorn's protocol costs to set up; any other request
+    (health, readiness, metrics, Tencent's callbacks) is handed to that protocol and served."""
+
+    __slots__ = ("_full", "_overload", "_refusal", "_timer", "_transport")
+
+    def __init__(self, full: Callable[[], asyncio.Protocol], overload: Overload, refusal: bytes) -> None:
+        self._full = full
+        self._overload = overload
+        self._refusal = refusal
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._timer = asyncio.get_running_loop().call_later(TURNED_AWAY_FOR, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None  # (asyncio calls connection_made first)
+        if self._timer is not None:
+            self._timer.cancel()
+        parts = data[:64].split(b" ", 2)  # the request line: METHOD SP target SP version
+        if len(parts) == 3 and parts[1].startswith(_API_BYTES):
+            self._overload.shed["accept_queue"] += 1
+            transport.write(self._refusal)
+            transport.close()
+            return
+        full = self._full()
+        transport.set_protocol(full)
+        full.connection_made(transport)
+        full.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # (closes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+_API_BYTES = b"/v1/tenants/"
+
+
+def protocol(overload: Overload, *, keep_alive: bool = True) -> Callable[..., asyncio.Protocol]:
+    """What makes each connection's protocol, to give uvicorn (``Config(http=...)``: it calls it
+    as it would a protocol class) for a replica's ``overload``: ``Admitting``, or ``TurnedAway``
+    while the accept queue is deep."""
     if not hasattr(HttpToolsProtocol, "_start_asgi_task"):  # (older uvicorns started tasks inline)
         raise RuntimeError("admission needs uvicorn's HttpToolsProtocol._start_asgi_task (uvicorn>=0.55)")
     refusals = {(reason, close): refusal_bytes(reason, close=close) for reason in DETAILS for close in (False, True)}
     attributes = {"overload": overload, "refusals": refusals, "keep_alive": keep_alive}
-    return type("Admitting", (Admitting,), attributes)
+    admitting: type[Admitting] = type("Admitting", (Admitting,), attributes)
+    turned_away = refusals["accept_queue", True]
+
+    def connection(**kwargs: Any) -> asyncio.Protocol:
+        if overload.turning_away:
+            return TurnedAway(lambda: admitting(**kwargs), overload, turned_away)
+        return admitting(**kwargs)
+
+    return connection

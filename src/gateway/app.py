@@ -317,6 +317,7 @@ def create_app(
         shed_at=settings.overload_lag,
         unready_after=settings.overload_unready_after,
         max_in_flight=settings.max_in_flight,
+        accept_queue=settings.overload_accept_queue,
     )
     gateway = Gateway(
         directory=directory,
@@ -348,6 +349,7 @@ def create_app(
                 "gateway_overloaded": 1 if overload.overloaded else 0,
                 "gateway_overload_shed_lag": overload.shed["lag"],
                 "gateway_overload_shed_in_flight": overload.shed["in_flight"],
+                "gateway_overload_shed_accept_queue": overload.shed["accept_queue"],
                 "gateway_requests_in_flight": overload.in_flight,
                 "gateway_accept_queue": overload.pending,
                 "gateway_requests_abandoned": overload.abandoned,

@@ -216,10 +216,11 @@ class StateCollector(Collector):
         shed = CounterMetricFamily(
             "gateway_overload_shed",
             "API requests refused 503 overloaded before the app ran: the event loop lagged past "
-            "GATEWAY_OVERLOAD_LAG (lag) or GATEWAY_MAX_IN_FLIGHT requests were in flight (in_flight)",
+            "GATEWAY_OVERLOAD_LAG (lag), GATEWAY_MAX_IN_FLIGHT requests were in flight (in_flight), or "
+            "the listener's accept queue was deep and the request came on a new connection (accept_queue)",
             labels=["reason"],
         )
-        for reason in ("lag", "in_flight"):
+        for reason in ("lag", "in_flight", "accept_queue"):
             shed.add_metric([reason], float(state.get(f"gateway_overload_shed_{reason}", 0)))
         yield shed
         yield GaugeMetricFamily(

@@ -21,22 +21,28 @@ The actions:
   ``disable_http_keepalive``), when the client's next connection goes to another replica. One
   late sample is a stall that has passed (a pause of the machine, a long collection), not a
   queue: it sheds nothing. It serves again once a sample is under half of ``shed_at`` (the
-  hysteresis keeps it from flapping at the bound). A deep accept queue sheds nothing: measured
-  under a CPU limit, shedding on it refused 96-99% of the load while the few it admitted still
-  waited seconds, or (stopping once the lag fell) shed a third and did not recover (BENCHMARKS.md,
-  "Overload under a CPU limit").
+  hysteresis keeps it from flapping at the bound).
+- **turn away**: one sample with more than ``accept_queue`` connections waiting to be accepted
+  (``turning_away``) refuses API work 503 ``overloaded`` (``accept_queue``) until the queue is
+  down to a quarter of that: new connections get ``admission.TurnedAway``, which refuses their
+  API request and closes for a fraction of uvicorn's set-up, and requests on open connections are
+  refused as when shedding. The queue is FIFO, its head the connections that waited longest:
+  turning them away drains it, and those that come once it is short are served soon. (Through
+  uvicorn's protocol, the same refusals cost two thirds of a request each, and the replica
+  refused 96-99% while the few it admitted still waited seconds; BENCHMARKS.md, "Overload under
+  a CPU limit".)
 - **admit**: at most ``max_in_flight`` API requests in flight (Envoy's circuit breaker
   ``max_requests``; 0: no bound). A request counts from the moment the server has read its
   headers until its app returns, so the count includes the requests queued in the event loop
   behind the backlog, not only those running: the queue the lag is a symptom of, seen at once.
   Event streams are admitted like any request but do not count once open (they last hours;
   GATEWAY_EVENTS_MAX_SUBSCRIBERS bounds them).
-- **unready**: being *overloaded* (shedding; or more than ``ACCEPT_QUEUE`` connections waiting to
-  be accepted in ``over`` samples in a row) for ``unready_after`` seconds in a row turns readiness
-  false, so that Kubernetes sends new connections to other replicas; it turns true when that
-  stops. What no replica can see is the wait before the kernel holds a connection: a client whose
-  handshake found the accept queue full retransmits after 1, 3 and 7 s. Such a replica is past
-  what it can fix alone; more replicas are the remedy.
+- **unready**: being *overloaded* (shedding; or turning work away, and for ``HOLD`` seconds after
+  the queue was last deep: a replica that drains its queue in bursts is overloaded throughout)
+  for ``unready_after`` seconds in a row turns readiness false, so that Kubernetes sends new
+  connections to other replicas; it turns true when that stops. What no replica can see is the
+  wait before the kernel holds a connection: a client whose handshake found the accept queue
+  full retransmits after 1, 3 and 7 s; turning away keeps the queue far from full.
   A replica at its in-flight bound stays ready: the bound is met in bursts, and the requests it
   holds may be waiting for budget slots the whole fleet shares, which another replica would not
   get sooner.
@@ -55,8 +61,9 @@ from typing import Literal
 
 log = logging.getLogger("gateway.overload")
 
-Refusal = Literal["lag", "in_flight"]  # why a request was refused: the shed counter's label values
-ACCEPT_QUEUE = 128  # more connections than this waiting to be accepted, ``over`` samples in a row: overloaded
+Refusal = Literal["lag", "in_flight", "accept_queue"]  # why a request was refused: the shed counter's labels
+ACCEPT_QUEUE = 128  # the default bound on the connections waiting to be accepted (GATEWAY_OVERLOAD_ACCEPT_QUEUE)
+HOLD = 1.0  # seconds a replica stays overloaded after its accept queue was last past its bound
 _TCP_INFO_UNACKED = slice(24, 28)  # struct tcp_info's __u32 tcpi_unacked: a listener's accept queue
 _API = "/v1/tenants/"
 _STREAM = re.compile(r"/v1/tenants/[^/]+/events")
@@ -67,9 +74,17 @@ class Overload:
     (``shed_at`` 0: never sheds for lag; ``max_in_flight`` 0: no bound)."""
 
     def __init__(
-        self, *, shed_at: float, unready_after: float, max_in_flight: int = 0, every: float = 0.05, over: int = 2
+        self,
+        *,
+        shed_at: float,
+        unready_after: float,
+        max_in_flight: int = 0,
+        accept_queue: int = ACCEPT_QUEUE,
+        every: float = 0.05,
+        over: int = 2,
     ) -> None:
         self._shed_at = shed_at
+        self._queue_at = accept_queue
         self._max_in_flight = max_in_flight
         self._unready_after = unready_after
         self._every = every
@@ -80,8 +95,13 @@ class Overload:
         self.overloaded = False  # shedding, or a deep accept queue: the gauge and readiness
         self.listeners: list[socket.socket] = []  # the server's listening TCP sockets, once it listens
         self.pending = 0  # connections waiting to be accepted at the last sample
-        self._queued = 0  # samples in a row with more than ACCEPT_QUEUE of them
-        self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0}  # requests answered 503 overloaded, by why
+        self.turning_away = False  # the accept queue is past its bound: API work is refused
+        self._deep_at = -HOLD  # when a sample last found the accept queue past its bound
+        self.shed: dict[Refusal, int] = {
+            "lag": 0,
+            "in_flight": 0,
+            "accept_queue": 0,
+        }  # requests answered 503 overloaded, by why
         self.in_flight = 0  # API requests admitted and not finished (``counted``)
         self.abandoned = 0  # admitted API requests not run: their client had closed the connection
         self._since = 0.0  # when being overloaded began (loop time)
@@ -92,6 +112,8 @@ class Overload:
             return None
         if self.shedding:
             reason: Refusal = "lag"
+        elif self.turning_away:
+            reason = "accept_queue"
         elif 0 < self._max_in_flight <= self.in_flight:
             reason = "in_flight"
         else:
@@ -114,8 +136,11 @@ class Overload:
                 self.shedding = True
             elif self.shedding and lag < self._shed_at / 2:
                 self.shedding = False
-        self._queued = self._queued + 1 if self.pending > ACCEPT_QUEUE else 0
-        overloaded = self.shedding or self._queued >= self._over
+        if 0 < self._queue_at < self.pending:
+            self.turning_away, self._deep_at = True, now
+        elif self.turning_away and self.pending <= self._queue_at // 4:
+            self.turning_away = False
+        overloaded = self.shedding or self.turning_away or now - self._deep_at < HOLD
         if overloaded and not self.overloaded:
             self.overloaded, self._since = True, now
             fields = {"lag_seconds": round(lag, 3), "accept_queue": self.pending, "shedding": self.shedding}

@@ -61,10 +61,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # shutdown and reload
     drain_seconds: float = 20.0
     config_reload_interval: float = 5.0
-    # overload (overload.py): shed new API work past this event-loop lag (0: never), unready after shedding this long
+    # overload (overload.py): shed new API work past this event-loop lag (0: never); unready once overloaded this long
     overload_lag: float = 0.25
     overload_unready_after: float = 5.0
     max_in_flight: int = 1024  # API requests in flight a replica admits (0: no bound); past it, 503 overloaded
+    overload_accept_queue: int = 128  # connections waiting to be accepted past which API work is refused (0: never)
     # Idempotency-Key (SPEC §10)
     idempotency_ttl: float = 86_400.0  # a key's answer is kept this long
     idempotency_max_keys: int = 100_000  # keys a replica keeps in process (embedded, and through Redis outages)
@@ -109,6 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("overload_lag", self.overload_lag >= 0, "≥ 0 (0: never shed)"),
             ("overload_unready_after", self.overload_unready_after > 0, "> 0"),
             ("max_in_flight", self.max_in_flight >= 0, "≥ 0 (0: no bound)"),
+            ("overload_accept_queue", self.overload_accept_queue >= 0, "≥ 0 (0: never refuse for it)"),
             ("idempotency_ttl", self.idempotency_ttl >= 1, "≥ 1"),
             ("idempotency_max_keys", self.idempotency_max_keys >= 1, "≥ 1"),
             ("cache_max_rooms", self.cache_max_rooms >= 1, "≥ 1"),
