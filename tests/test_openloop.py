@@ -66,3 +66,29 @@ async def test_a_refused_connection_is_status_zero() -> None:
     """A request whose connection is refused is counted, as status 0."""
     results = await openloop.offer([openloop.target(f"http://127.0.0.1:{free_port()}/x")], rate=50, seconds=0.2)
     assert [status for status, _ in results] == [0] * 10
+
+
+async def test_a_socket_idle_past_the_servers_keep_alive_is_not_used_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept-alive socket idle longer than ``IDLE_FOR`` (under the server's keep-alive timeout)
+    is closed, not written to: the next request goes on a new connection, never on one the server
+    may be closing at that moment."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        target = openloop.target(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x")
+        assert [s for s, _ in await openloop.offer([target], rate=20, seconds=0.2, drain=1)] == [204] * 4
+        assert connections == 1  # (kept alive: 50 ms idle at most)
+        monkeypatch.setattr(openloop, "IDLE_FOR", 0.01)
+        assert [s for s, _ in await openloop.offer([target], rate=20, seconds=0.2, drain=1)] == [204] * 4
+        assert connections == 1 + 4
