@@ -37,7 +37,8 @@ not get uvicorn's protocol at all, whose set-up (a parser, timers, its state) co
 refusal: ``TurnedAway`` reads the request line of its first request and, for API work, writes the
 prebuilt 503 with ``Connection: close`` and closes; anything else (health, readiness, metrics,
 Tencent's callbacks) is handed to uvicorn's protocol with the bytes read, and served. That is what
-lets a replica refuse as fast as connections come (BENCHMARKS.md, "Overload under a CPU limit").
+lets a replica refuse as fast as connections come (BENCHMARKS.md, "Overload: turning work away at
+the accept queue").
 
 A refusal is counted (``gateway_overload_shed_total{reason}``) but gets no access-log line and no
 request id: the app, which does both, never sees it.
@@ -164,6 +165,7 @@ class Admitting(HttpToolsProtocol):
 
 
 TURNED_AWAY_FOR = 1.0  # seconds a turned-away connection may take to send its request line
+_API_BYTES = b"/v1/tenants/"  # (overload's API prefix, as a request line holds it)
 
 
 class TurnedAway(asyncio.Protocol):
@@ -207,9 +209,6 @@ class TurnedAway(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-
-_API_BYTES = b"/v1/tenants/"
 
 
 def protocol(overload: Overload, *, keep_alive: bool = True) -> Callable[..., asyncio.Protocol]:

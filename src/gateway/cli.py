@@ -73,7 +73,8 @@ def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         loop="none",
-        http=protocol(app.state.gateway.overload),  # type: ignore[arg-type] # (called as a class is) httptools', refusing overload before the app
+        # httptools', refusing overload before the app (a factory: uvicorn calls it as it would a class)
+        http=protocol(app.state.gateway.overload),  # type: ignore[arg-type]
         lifespan="on",
         access_log=False,  # the gateway writes its own JSON access line per request
         proxy_headers=False,  # nothing reads the client's address: skip uvicorn's middleware for it

@@ -217,7 +217,7 @@ class StateCollector(Collector):
             "gateway_overload_shed",
             "API requests refused 503 overloaded before the app ran: the event loop lagged past "
             "GATEWAY_OVERLOAD_LAG (lag), GATEWAY_MAX_IN_FLIGHT requests were in flight (in_flight), or "
-            "the listener's accept queue was deep and the request came on a new connection (accept_queue)",
+            "more than GATEWAY_OVERLOAD_ACCEPT_QUEUE connections waited to be accepted (accept_queue)",
             labels=["reason"],
         )
         for reason in ("lag", "in_flight", "accept_queue"):

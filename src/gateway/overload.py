@@ -30,7 +30,7 @@ The actions:
   turning them away drains it, and those that come once it is short are served soon. (Through
   uvicorn's protocol, the same refusals cost two thirds of a request each, and the replica
   refused 96-99% while the few it admitted still waited seconds; BENCHMARKS.md, "Overload under
-  a CPU limit".)
+  a CPU limit"; with it, "Overload: turning work away at the accept queue".)
 - **admit**: at most ``max_in_flight`` API requests in flight (Envoy's circuit breaker
   ``max_requests``; 0: no bound). A request counts from the moment the server has read its
   headers until its app returns, so the count includes the requests queued in the event loop
@@ -101,11 +101,8 @@ class Overload:
         self.pending = 0  # connections waiting to be accepted at the last sample
         self.turning_away = False  # the accept queue is past its bound: API work is refused
         self._deep_at = -HOLD  # when a sample last found the accept queue past its bound
-        self.shed: dict[Refusal, int] = {
-            "lag": 0,
-            "in_flight": 0,
-            "accept_queue": 0,
-        }  # requests answered 503 overloaded, by why
+        # requests answered 503 overloaded, by why
+        self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0, "accept_queue": 0}
         self.in_flight = 0  # API requests admitted and not finished (``counted``)
         self.abandoned = 0  # admitted API requests not run: their client had closed the connection
         self._since = 0.0  # when being overloaded began (loop time)
