@@ -203,7 +203,10 @@ BROKEN_SETTINGS = {
     "GATEWAY_OVERLOAD_LAG": ("-0.5", "GATEWAY_OVERLOAD_LAG=-0.5 must be ≥ 0 (0: never shed)"),
     "GATEWAY_OVERLOAD_UNREADY_AFTER": ("0", "GATEWAY_OVERLOAD_UNREADY_AFTER=0 must be > 0"),
     "GATEWAY_MAX_IN_FLIGHT": ("-1", "GATEWAY_MAX_IN_FLIGHT=-1 must be ≥ 0 (0: no bound)"),
-    "GATEWAY_OVERLOAD_ACCEPT_QUEUE": ("-1", "GATEWAY_OVERLOAD_ACCEPT_QUEUE=-1 must be ≥ 0 (0: never refuse for it)"),
+    "GATEWAY_OVERLOAD_ACCEPT_QUEUE": (
+        "4096",
+        "GATEWAY_OVERLOAD_ACCEPT_QUEUE=4096 must be ≥ 0 and < 4096, the listen backlog (0: never refuse for it)",
+    ),
     "GATEWAY_IDEMPOTENCY_TTL": ("0.5", "GATEWAY_IDEMPOTENCY_TTL=0.5 must be ≥ 1"),
     "GATEWAY_IDEMPOTENCY_MAX_KEYS": ("0", "GATEWAY_IDEMPOTENCY_MAX_KEYS=0 must be ≥ 1"),
     "GATEWAY_CACHE_MAX_ROOMS": ("-1", "GATEWAY_CACHE_MAX_ROOMS=-1 must be ≥ 1"),

@@ -22,7 +22,7 @@ import yaml
 
 from gateway import logs
 from gateway.errors import ConfigError
-from gateway.settings import Settings, settings_from_env
+from gateway.settings import LISTEN_BACKLOG, Settings, settings_from_env
 from gateway.tenants import Caller, Directory, Secret, Tenant, hash_token, load_directory
 
 if TYPE_CHECKING:  # (the service's modules load only for the commands that run it, the emulator
@@ -82,7 +82,7 @@ def _server(app: Litestar, settings: Settings) -> uvicorn.Server:
         server_header=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_seconds),
-        backlog=4096,
+        backlog=LISTEN_BACKLOG,
     )
     return GatewayServer(config, app)
 

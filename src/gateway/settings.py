@@ -14,6 +14,7 @@ import msgspec
 from gateway.errors import ConfigError
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+LISTEN_BACKLOG = 4096  # the listener's accept queue (the kernel caps it at net.core.somaxconn)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -110,7 +111,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("overload_lag", self.overload_lag >= 0, "≥ 0 (0: never shed)"),
             ("overload_unready_after", self.overload_unready_after > 0, "> 0"),
             ("max_in_flight", self.max_in_flight >= 0, "≥ 0 (0: no bound)"),
-            ("overload_accept_queue", self.overload_accept_queue >= 0, "≥ 0 (0: never refuse for it)"),
+            (
+                "overload_accept_queue",
+                0 <= self.overload_accept_queue < LISTEN_BACKLOG,
+                f"≥ 0 and < {LISTEN_BACKLOG}, the listen backlog (0: never refuse for it)",
+            ),
             ("idempotency_ttl", self.idempotency_ttl >= 1, "≥ 1"),
             ("idempotency_max_keys", self.idempotency_max_keys >= 1, "≥ 1"),
             ("cache_max_rooms", self.cache_max_rooms >= 1, "≥ 1"),
