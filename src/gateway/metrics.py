@@ -254,8 +254,9 @@ class StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gateway_overloaded",
-            "1 while the replica is overloaded: it sheds new API work (its event loop lags past "
-            "GATEWAY_OVERLOAD_LAG), or more than 128 connections wait to be accepted (gateway_accept_queue)",
+            "1 while the replica is overloaded: it sheds new API work because its event loop lags past "
+            "GATEWAY_OVERLOAD_LAG, or turns it away because more than GATEWAY_OVERLOAD_ACCEPT_QUEUE "
+            "connections wait to be accepted (gateway_accept_queue; and for 2 s after)",
             value=float(state.get("gateway_overloaded", 0)),
         )
         yield GaugeMetricFamily(
