@@ -24,7 +24,7 @@ The variants (VARIANTS, comma-separated, default none,lag,bound,queue,both):
 ``queue`` (the accept queue's bound alone, GATEWAY_OVERLOAD_ACCEPT_QUEUE 128),
 ``both`` (the defaults: lag 0.25, GATEWAY_MAX_IN_FLIGHT 1024, the accept queue's bound 128,
 refusals kept alive until unready), ``noqueue`` (the defaults but no bound on the accept queue:
-before issue 27's fifth overload session), ``close`` (the defaults, every refusal closing its
+before GATEWAY_OVERLOAD_ACCEPT_QUEUE existed), ``close`` (the defaults, every refusal closing its
 connection: before issue 27's second admission session), ``keepalive`` (the defaults, never
 unready, so refusals are never closed),
 ``backlog`` and ``close+backlog`` (a listen backlog of BACKLOG, default 128, not 4096),
