@@ -165,21 +165,23 @@ class Admitting(HttpToolsProtocol):
 
 
 TURNED_AWAY_FOR = 1.0  # seconds a turned-away connection may take to send its request line
-_API_BYTES = b"/v1/tenants/"  # (overload's API prefix, as a request line holds it)
 
 
 class TurnedAway(asyncio.Protocol):
     """A connection accepted while the accept queue is deep (``Overload.turning_away``): its
-    first request, if it is API work, is refused 503 ``overloaded`` (``accept_queue``) and the
-    connection closed, for a fraction of what uvicorn's protocol costs to set up; any other request
-    (health, readiness, metrics, Tencent's callbacks) is handed to that protocol and served."""
+    first request, if ``overload`` refuses it (API work, while it still turns work away or sheds),
+    gets the prebuilt 503 ``overloaded`` and the connection is closed, for a fraction of what
+    uvicorn's protocol costs to set up; any other request (health, readiness, metrics, Tencent's
+    callbacks) is handed to that protocol and served."""
 
-    __slots__ = ("_full", "_overload", "_refusal", "_timer", "_transport")
+    __slots__ = ("_full", "_overload", "_refusals", "_timer", "_transport")
 
-    def __init__(self, full: Callable[[], asyncio.Protocol], overload: Overload, refusal: bytes) -> None:
+    def __init__(
+        self, full: Callable[[], asyncio.Protocol], overload: Overload, refusals: dict[tuple[Refusal, bool], bytes]
+    ) -> None:
         self._full = full
         self._overload = overload
-        self._refusal = refusal
+        self._refusals = refusals
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -193,9 +195,9 @@ class TurnedAway(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         parts = data[:64].split(b" ", 2)  # the request line: METHOD SP target SP version
-        if len(parts) == 3 and parts[1].startswith(_API_BYTES):
-            self._overload.shed["accept_queue"] += 1
-            transport.write(self._refusal)
+        refused = self._overload.refusal(parts[1].decode("latin-1")) if len(parts) == 3 else None
+        if refused is not None:
+            transport.write(self._refusals[refused, True])
             transport.close()
             return
         full = self._full()
@@ -220,11 +222,10 @@ def protocol(overload: Overload, *, keep_alive: bool = True) -> Callable[..., as
     refusals = {(reason, close): refusal_bytes(reason, close=close) for reason in DETAILS for close in (False, True)}
     attributes = {"overload": overload, "refusals": refusals, "keep_alive": keep_alive}
     admitting: type[Admitting] = type("Admitting", (Admitting,), attributes)
-    turned_away = refusals["accept_queue", True]
 
     def connection(**kwargs: Any) -> asyncio.Protocol:
         if overload.turning_away:
-            return TurnedAway(lambda: admitting(**kwargs), overload, turned_away)
+            return TurnedAway(lambda: admitting(**kwargs), overload, refusals)
         return admitting(**kwargs)
 
     return connection

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import socket
 from typing import Literal
@@ -100,7 +101,7 @@ class Overload:
         self.listeners: list[socket.socket] = []  # the server's listening TCP sockets, once it listens
         self.pending = 0  # connections waiting to be accepted at the last sample
         self.turning_away = False  # the accept queue is past its bound: API work is refused
-        self._deep_at = -HOLD  # when a sample last found the accept queue past its bound
+        self._deep_at = -math.inf  # when a sample last found the accept queue past its bound
         # requests answered 503 overloaded, by why
         self.shed: dict[Refusal, int] = {"lag": 0, "in_flight": 0, "accept_queue": 0}
         self.in_flight = 0  # API requests admitted and not finished (``counted``)
