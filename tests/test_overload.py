@@ -26,6 +26,12 @@ from tests.support import TOKENS, Gateway, start_gateway
 ROOM = "/v1/tenants/acme/rooms/room-1"
 
 
+def raw_get(path: str = ROOM, *, no_cache: bool = False) -> bytes:
+    """A whole GET request as the read-write caller sends it, to write on a socket of one's own."""
+    fresh = "Cache-Control: no-cache\r\n" if no_cache else ""
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n{fresh}\r\n".encode()
+
+
 def test_shedding_starts_past_the_bound_and_stops_under_half_of_it() -> None:
     """Two samples in a row past ``shed_at`` start shedding (one is a stall that has passed);
     it goes on until a sample is under half of the bound."""
@@ -129,7 +135,7 @@ async def test_a_turned_away_connection_that_sends_nothing_is_closed(monkeypatch
     monkeypatch.setattr(admission, "TURNED_AWAY_FOR", 0.05)
     overload = Overload(shed_at=0.25, unready_after=1.0)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: admission.TurnedAway(asyncio.Protocol, overload, b"x"), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: admission.TurnedAway(asyncio.Protocol, overload, {}), "127.0.0.1", 0)
     async with server:
         reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing written
@@ -279,7 +285,7 @@ async def test_a_refusal_keeps_its_connection_while_ready_and_closes_it_once_unr
         loop = asyncio.get_running_loop()
         await gw.client.get(ROOM)  # (the room cached)
         host, port = gw.url.removeprefix("http://").split(":")
-        request = f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\n\r\n".encode()
+        request = raw_get()
         reader, writer = await asyncio.open_connection(host, int(port))
         overload.sample(1.0, loop.time())
         overload.sample(1.0, loop.time())
@@ -355,7 +361,6 @@ async def test_a_real_replica_turns_new_connections_away_while_its_accept_queue_
     log = (tmp_path / "gateway.log").open("wb")
     with log, behind_slow_tencent(tmp_path, latency_ms=0, drain_seconds=1, stderr=log.fileno()) as (base, gateway):
         host, port = base.removeprefix("http://").split(":")
-        head = f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\nCache-Control: no-cache\r\n\r\n"
 
         async def answers() -> list[tuple[bytes, bytes]]:
             """Each connection's answer (head, body): ACCEPT_QUEUE + 22 opened, and a request sent
@@ -364,7 +369,7 @@ async def test_a_real_replica_turns_new_connections_away_while_its_accept_queue_
             try:
                 opened = [await asyncio.open_connection(host, int(port)) for _ in range(ACCEPT_QUEUE + 22)]
                 for n, (_, writer) in enumerate(opened):
-                    writer.write(f"GET {'/livez' if n == 0 else ROOM} {head}".encode())
+                    writer.write(raw_get("/livez" if n == 0 else ROOM, no_cache=True))
                 await asyncio.sleep(0.06)  # (the monitor's next sample is due when it runs again)
             finally:
                 os.kill(gateway.pid, signal.SIGCONT)
@@ -412,9 +417,7 @@ async def test_a_request_whose_client_left_before_it_started_is_not_run(tmp_path
     ``gateway_requests_abandoned_total`` counts it); a client that waits is served as usual."""
     with behind_slow_tencent(tmp_path, latency_ms=0, drain_seconds=1) as (base, gateway):
         host, port = base.removeprefix("http://").split(":")
-        request = (
-            f"GET {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['rw']}\r\nCache-Control: no-cache\r\n\r\n"
-        ).encode()
+        request = raw_get(no_cache=True)
         os.kill(gateway.pid, signal.SIGSTOP)
         try:
             _, writer = await asyncio.open_connection(host, int(port))
