@@ -66,8 +66,8 @@ Refusal = Literal["lag", "in_flight", "accept_queue"]  # why a request was refus
 ACCEPT_QUEUE = 128  # the default bound on the connections waiting to be accepted (GATEWAY_OVERLOAD_ACCEPT_QUEUE)
 # Seconds a replica stays overloaded after its accept queue was last past its bound: turning work
 # away drains the queue in a slice, then it refills while the replica serves; under a 50m limit at
-# 4x its capacity the queue was deep again 1.1-1.2 s later (bench overload), so a shorter hold let
-# readiness see a new overload every second and never a sustained one.
+# 4x its capacity the queue was deep again 1.1-1.3 s later (bench overload, two runs), so a 1 s
+# hold let readiness see a new overload every second and never a sustained one.
 HOLD = 2.0
 _TCP_INFO_UNACKED = slice(24, 28)  # struct tcp_info's __u32 tcpi_unacked: a listener's accept queue
 _API = "/v1/tenants/"
