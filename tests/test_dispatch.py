@@ -318,3 +318,30 @@ async def test_a_cancelled_waiter_whose_call_was_sent_does_not_hand_its_slot_bac
     assert paced._queues["1400", "api"].unbook == []  # (what the next booking would undo)
     await goes_away(sent=False)
     assert len(paced._queues["1400", "api"].unbook) == 1
+
+
+class Stepping:
+    """A clock that moves on ``step`` seconds at every read: a replica stalled (preempted, or a
+    busy loop) between any two of the dispatcher's looks at the time."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("max_wait", [0.0, 0.001])
+async def test_a_free_slot_is_granted_however_long_the_replica_stalls_before_booking(max_wait: float) -> None:
+    """A cap shorter than a stall (each look at the clock 3 ms after the last, more than the
+    dispatcher's SLACK) still gets a slot that is free when the store is asked: the cap bounds
+    how long a caller waits for a slot, not how long the replica took to ask for one."""
+    clock = Stepping(3 * dispatch.SLACK)
+    store = MemoryBudgetStore(clock=clock)
+    paced = Dispatcher(store=store, horizon=0.06, borrow=0.02, clock=clock, own_clock=True)
+    interval = interval_for(200, 0.017)
+    got = await paced.acquire("1400", "api", A, interval=interval, max_wait=max_wait)
+    assert isinstance(got, Granted), got
+    taken = await paced.acquire("1400", "api", B, interval=interval, max_wait=max_wait)
+    assert isinstance(taken, Granted), taken  # 15 ms later on this clock: the next slot is free too

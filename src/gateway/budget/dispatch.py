@@ -154,7 +154,8 @@ class _Queue:
         return wants, asked
 
     def give(self, asked: list[_Waiter], granted: Granted, lead: float) -> bool:
-        """The slot to the first waiter of the booking that can still use it (``ask``: ``lead``)."""
+        """The slot to the first waiter of the booking that can still use it (``ask``: ``lead``,
+        plus how long after the booking was decided the store looked at its clock)."""
         for waiter in asked:
             if not waiter.future.done() and granted.slot <= waiter.deadline + SLACK + lead:
                 self.drop(waiter)
@@ -263,11 +264,12 @@ class Dispatcher:
         ahead = len(queue.callers.get(share.name, ()))
         if ahead and ahead * interval > max_wait:  # even the whole budget could not serve it in time
             return Refusal(retry_after=ahead * interval - max_wait)
-        waiter = _Waiter(share.name, share.weight, self._clock() + max_wait, on_grant)
+        now = self._clock()  # (one look: the cap is not spent before the waiter is even queued)
+        waiter = _Waiter(share.name, share.weight, now + max_wait, on_grant)
         queue.add(waiter, interval, unit)
         try:
             if queue.in_flight < DEPTH and share.name not in queue.short:
-                await self._book(scope, api, queue)
+                await self._book(scope, api, queue, now)
             return await waiter.future
         except asyncio.CancelledError:
             queue.drop(waiter)
@@ -290,9 +292,10 @@ class Dispatcher:
         queue = self._queues.get((scope, api))
         return 0.0 if queue is None else max(0.0, queue.last_end - self._clock())
 
-    async def _book(self, scope: str, api: str, queue: _Queue) -> None:
-        """One store call for every waiter not in another; then whatever is left is timed."""
-        now = self._clock()
+    async def _book(self, scope: str, api: str, queue: _Queue, now: float | None = None) -> None:
+        """One store call for every waiter not in another; then whatever is left is timed.
+        ``now``: when the booking was decided (a waiter's arrival), else the clock's now."""
+        now = self._clock() if now is None else now
         queue.expire(now)
         lead = 0.0 if self._in_process else min(max(0.0, self._late - self._window / 2), self._horizon / 2)
         wants, asked = queue.ask(now, self._horizon, lead)
@@ -319,7 +322,10 @@ class Dispatcher:
             return
         self.sync.sample(now, self._clock(), booked.at)
         self._late = max(self._clock() - self.sync.local(booked.at), self._late * LATE_DECAY)
-        self._hand_out(queue, booked, asked, lead)
+        # The store grants within each waiter's cap counted from its own now (``Want.within``):
+        # a replica that stalled between deciding to book and the store looking at its clock
+        # (preempted, a busy loop, the round trip) must not refuse the slot that was free then.
+        self._hand_out(queue, booked, asked, lead + max(0.0, self.sync.local(booked.at) - now))
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
         if booked.next_at is not None:  # none of these can have a slot before then
