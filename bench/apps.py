@@ -1,5 +1,6 @@
 """The gateway as `gateway serve` runs it (uvicorn, uvloop, httptools, JSON logs, gc.freeze), plus
-a bare Litestar route in the same server that returns a constant room: the ceiling for a cache hit.
+a bare Litestar route in the same server that returns a constant room: the ceiling for a cache hit;
+and a bare forwarding hop (``hop``): the least a forwarded write through this server costs.
 
     python -m bench.apps PORT [bare]   (env: BENCH_UPSTREAM, BENCH_QPS, BENCH_PROXY, BENCH_SERVER,
                                         BENCH_SENDER, any GATEWAY_* setting)
@@ -20,18 +21,20 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import uvicorn
-from litestar import Litestar, Response, get
-from tests.support import SECRETS, directory
+from litestar import Litestar, Request, Response, get, patch
+from tests.support import APP_ID, KEY, SECRETS, directory
+from TLSSigAPIv2 import TLSSigAPIv2
 
 from gateway import logs
 from gateway.app import create_app
 from gateway.cli import _run, _server
 from gateway.models import Room
 from gateway.settings import Settings, settings_from_env
+from gateway.transport import PooledTransport
 
 if TYPE_CHECKING:
     from granian.server.embed import Server
@@ -62,6 +65,28 @@ def bare(room_id: str) -> Response[bytes]:
     return Response(ROOM, media_type="application/json")
 
 
+_HOP: dict[str, PooledTransport] = {}
+
+
+@patch("/bare/hop/{room_id:str}", status_code=204)
+async def hop(request: Request[Any, Any, Any], room_id: str) -> None:
+    """The least a forwarding hop in this server costs (``bench.forwarding``'s control): the body
+    read, one fixed, pre-signed ``update_room_info`` POSTed to BENCH_UPSTREAM through the gateway's
+    transport, its status checked. No auth, budget, validation, signing, idempotency or metrics."""
+    await request.body()
+    transport = _HOP.get("transport") or _HOP.setdefault("transport", PooledTransport(connections=64))
+    reply = await transport.post(os.environ["BENCH_UPSTREAM"], HOP_TARGET, HOP_BODY)
+    if reply.status != 200 or msgspec.json.decode(reply.content).get("ErrorCode") != 0:
+        raise RuntimeError(f"the upstream refused the hop's call: {reply.status}")
+
+
+HOP_BODY = msgspec.json.encode({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
+HOP_TARGET = (
+    f"/v4/live_engine_http_srv/update_room_info?sdkappid={APP_ID}&identifier=administrator"
+    f"&usersig={TLSSigAPIv2(APP_ID, KEY).gen_sig('administrator', 86400)}&random=7&contenttype=json"
+)
+
+
 def build(port: int) -> Litestar:
     settings = settings_from_env(os.environ, host="127.0.0.1", port=port)
     upstream = os.environ["BENCH_UPSTREAM"]
@@ -79,7 +104,8 @@ def build(port: int) -> Litestar:
         directory=directory(upstream, qps, proxy_url=proxy),
         transport_factory=sender,
     )
-    getattr(app, "app", app).register(bare)  # (behind the edge, as the gateway's own routes; "app": older trees)
+    for control in (bare, hop):  # (behind the edge, as the gateway's own routes; "app": older trees)
+        getattr(app, "app", app).register(control)
     return app
 
 

@@ -18,6 +18,11 @@ sender's throughput ratio and added p50 against the first; with more than one se
 row first (GET of room-4, never written here, so never reaching the sender: the control, ≈1.0).
 Each gateway has an emulator of its own (so has the direct client): a sender that leaves sockets
 open cannot load another's upstream.
+
+The control, in the same rounds: ``hop``, a bare Litestar route in each gateway's server that
+forwards one pre-signed call through the gateway's transport (``bench.apps.hop``: no auth, budget,
+validation, signing or metrics). What it adds over the direct client is what any forwarding hop
+in this server costs on this machine; what the gateway adds over it is the gateway's own work.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def main() -> None:
         gw_body = json.dumps({"activity_status": 1})
         direct_body = json.dumps({"RoomInfo": {"RoomId": "room-1", "ActivityStatus": 1}})
         gateways: dict[str, list[str]] = {}
+        hops: dict[str, str] = {}
         pids: dict[str, int] = {}
         for server in servers:
             for sender in senders:
@@ -75,6 +81,10 @@ def main() -> None:
                 parts = [p for p, many in ((server, len(servers) > 1), (sender, len(senders) > 1)) if many]
                 gateways["/".join(["gateway", *parts])] = via
                 pids["/".join(["gateway", *parts])] = proc.pid
+                if sender == senders[0]:  # the control: a bare forwarding hop in the same server (bench.apps)
+                    hops["/".join(["hop", *([server] if len(servers) > 1 else [])])] = (
+                        f"http://127.0.0.1:{gw_port}/bare/hop/room-1"
+                    )
         if len(senders) > 1:
             hits: dict[str, list[dict[str, object]]] = {}
             with Steal() as steal:
@@ -104,6 +114,17 @@ def main() -> None:
                                     generator=generator,
                                 )
                             )
+                        for name, via_hop in hops.items():
+                            runs.setdefault(f"{name}/{generator}", []).append(
+                                load(
+                                    [via_hop],
+                                    concurrency=callers,
+                                    seconds=seconds,
+                                    method="PATCH",
+                                    body=gw_body,
+                                    generator=generator,
+                                )
+                            )
                         runs.setdefault(f"direct/{generator}", []).append(
                             load(
                                 [direct_url(emulator)],
@@ -127,6 +148,18 @@ def main() -> None:
                         f"  {name}, same generator ({generator}): throughput ratio "
                         f"{rps[f'{name}/{generator}'] / rps[f'direct/{generator}']:.2f}, added p50 "
                         f"{p50[f'{name}/{generator}'] - p50[f'direct/{generator}']:+.2f} ms (bar <= 1 ms at 1 caller)"
+                    )
+            for name in hops:
+                server = name.partition("/")[2]
+                gateway = "/".join(
+                    ["gateway", *([server] if server else []), *([senders[0]] if len(senders) > 1 else [])]
+                )
+                for generator in generators:
+                    hop, ours, direct = (p50[f"{n}/{generator}"] for n in (name, gateway, "direct"))
+                    print(
+                        f"  {name} ({generator}), the control: a bare forwarding hop in the same server adds "
+                        f"{hop - direct:+.2f} ms p50 over the direct client; {gateway} adds {ours - hop:+.2f} ms "
+                        "over it"
                     )
             compare(rps, p50, servers, senders, generators)
         print("slots missed (a call that could not leave within its send window: booked again), whole run:")
