@@ -11,7 +11,7 @@ from gateway.cache import Filled, RoomCache
 from gateway.stores.memory import MemoryRoomStore
 from gateway.stores.redis import Redis, RedisRoomStore, connect
 from live_engine_emulator import Emulator
-from live_engine_emulator.state import HTTP_502
+from live_engine_emulator.state import APPLY_THEN_DROP, HTTP_502
 from tests.support import APP_ID, TOKENS, Gateway, SkipClock, blast, start_gateway
 
 ROOM = "/v1/tenants/acme/rooms/room-1"
@@ -69,6 +69,31 @@ async def test_patch_invalidates_before_answering(gateway: Gateway) -> None:
     after = await gateway.client.get(ROOM)
     assert after.headers["x-cache"] == "miss"
     assert after.json()["room_name"] == "Fresh"
+
+
+async def test_a_write_that_may_have_applied_invalidates_too(gateway: Gateway, emulator: Emulator) -> None:
+    """A PATCH answered "may have applied" (Tencent applied every attempt, each reply was lost)
+    invalidates the room as a successful one does: the caller's read, to learn whether it
+    applied, sees Tencent's room, not the copy cached before the write."""
+    assert (await gateway.client.get(ROOM)).json()["room_name"] == "room-1"
+    emulator.fail_next("update_room_info", *[APPLY_THEN_DROP] * 10)
+    failed = await gateway.client.patch(ROOM, json={"room_name": "Maybe"})
+    assert failed.status_code == 502, failed.text
+    assert failed.json()["may_have_applied"] is True
+    emulator.faults.scripted.clear()
+    after = await gateway.client.get(ROOM)
+    assert after.headers["x-cache"] == "miss"
+    assert after.json()["room_name"] == "Maybe"
+
+
+async def test_a_write_refused_before_reaching_tencent_keeps_the_cached_room(gateway: Gateway, emulator: Emulator) -> None:
+    """A PATCH that certainly did not apply (Tencent refused it with an ErrorCode) leaves the
+    cached copy alone: nothing changed."""
+    await gateway.client.get(ROOM)
+    emulator.fail_next("update_room_info", 100002)
+    assert (await gateway.client.patch(ROOM, json={"room_name": "No"})).status_code == 400
+    after = await gateway.client.get(ROOM)
+    assert (after.headers["x-cache"], after.json()["room_name"]) == ("hit", "room-1")
 
 
 async def test_a_read_in_flight_during_a_write_cannot_cache_the_old_room(gateway: Gateway, emulator: Emulator) -> None:

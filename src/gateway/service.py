@@ -131,7 +131,14 @@ class RoomService:
                 m = self._metrics
                 m.child(m.cache_results, tenant.name, "coalesced" if result.coalesced else result.status).inc()
             return Done(body=result.body, upstream_request_id=result.upstream_request_id, cache=result.status)
-        reply, request_id = await self._apply(op, tenant, args, share)
+        try:
+            reply, request_id = await self._apply(op, tenant, args, share)
+        except errors.GatewayError as exc:
+            # Tencent may have changed the room (a lost reply): a read, the caller's way to learn
+            # whether it did, must see Tencent's room, not the copy cached before the write.
+            if op.cache == "invalidate" and exc.may_have_applied:
+                await self._cache.invalidate(room_key(tenant.sdkappid, args.room_id))
+            raise
         if op.cache == "invalidate":
             await self._cache.invalidate(room_key(tenant.sdkappid, args.room_id))
         return Done(body=None if reply is None else _encode(reply), upstream_request_id=request_id)
