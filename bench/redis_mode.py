@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import statistics
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -121,6 +124,13 @@ def main() -> None:
                     f"  {prefix}redis / {prefix}embedded: throughput {ratio:.2f} (bar >= 0.9 at 64), "
                     f"added p50 {added:+.2f} ms (bar <= +0.3 ms at 1)"
                 )
+            if callers == 1:
+                hot, idle = round_trips(own_redis_url if kind != "cluster" else None)
+                if hot is not None:
+                    print(
+                        f"  the control: a Redis round trip here (PING, p50) takes {hot:.0f} µs back to back and "
+                        f"{idle:.0f} µs after {IDLE_GAP * 1000:.0f} ms idle, as a lone request's booking waits"
+                    )
             for name in sides:
                 grants, missed, bookings = (after[name][c] - before[name][c] for c in COUNTERS)
                 answered = sum(int(r["requests"]) for r in runs[name])  # type: ignore[call-overload]
@@ -130,6 +140,33 @@ def main() -> None:
                     f"bar <= 1%), {bookings / max(grants, 1):.3f} budget store calls per grant; "
                     f"CPU busy {share:.0%}, {per_request:.0f} µs a request"
                 )
+
+
+IDLE_GAP = 0.02  # the emulator's latency: how long Redis sits idle between a lone caller's bookings
+
+
+def round_trips(url: str | None, count: int = 300) -> tuple[float | None, float | None]:
+    """PING's round trip on a plain socket, p50 in µs: back to back, and each after IDLE_GAP of
+    quiet (what a booking at one caller meets: this machine wakes an idle process slowly).
+    None for a cluster (which node would be the answer?)."""
+    if url is None:
+        return None, None
+    host, _, port = url.removeprefix("redis://").split("/")[0].rpartition(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def ping() -> float:
+            started = time.perf_counter()
+            sock.sendall(b"PING\r\n")
+            sock.recv(64)
+            return (time.perf_counter() - started) * 1e6
+
+        hot = [ping() for _ in range(count)]
+        idle = []
+        for _ in range(count):
+            time.sleep(IDLE_GAP)
+            idle.append(ping())
+    return statistics.median(hot), statistics.median(idle)
 
 
 if __name__ == "__main__":

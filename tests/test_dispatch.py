@@ -33,7 +33,14 @@ class Remote(MemoryBudgetStore):
         self.failing = False
 
     async def book(
-        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+        self,
+        scope: str,
+        api: str,
+        wants: Sequence[Want],
+        terms: Terms,
+        unbook: Sequence[Booking] = (),
+        *,
+        then: Callable[[Booked | Paused], None] | None = None,
     ) -> Booked | Paused:
         self.calls += 1
         self.in_flight += 1

@@ -40,9 +40,18 @@ class BudgetStore(Protocol):
     """Atomic schedules per (scope, API) and pauses per scope (scope = the SDKAppID)."""
 
     async def book(
-        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+        self,
+        scope: str,
+        api: str,
+        wants: Sequence[Want],
+        terms: Terms,
+        unbook: Sequence[Booking] = (),
+        *,
+        then: Callable[[Booked | Paused], None] | None = None,
     ) -> Booked | Paused:
-        """Book slots for these callers (``schedule.book``), unless the scope is paused."""
+        """Book slots for these callers (``schedule.book``), unless the scope is paused.
+        ``then``: a store may tell it the answer as soon as it has it, before returning that
+        same answer (the Redis store, from the callback that reads the reply)."""
         ...
 
     async def defer(self, scope: str, api: str, pause: float) -> None: ...
@@ -306,17 +315,51 @@ class Dispatcher:
         unbook, queue.unbook = queue.unbook, []
         self.bookings += 1
         queue.in_flight += 1
+        answered = False
+
+        def answer(booked: Booked | Paused) -> None:
+            """The store's answer, handed out the moment it comes: from the callback that read it
+            (the Redis store), or once ``book`` returns. Not from this task's next step: under load
+            the loop resumes it milliseconds later, most of a slot's send window (``slots.Launch``)."""
+            nonlocal answered
+            answered = True
+            queue.in_flight -= 1
+            self._answered(scope, api, queue, booked, wants=wants, asked=asked, now=now, lead=lead)
+
         try:
-            booked = await self._store.book(scope, api, wants, terms, unbook)
+            booked = await self._store.book(scope, api, wants, terms, unbook, then=answer)
         except StoreUnavailable as exc:
-            queue.answer_all(exc)  # every waiter falls back (the breaker counts the failure once)
+            if not answered:
+                queue.in_flight -= 1
+                queue.answer_all(exc)  # every waiter falls back (the breaker counts the failure once)
             return
         except asyncio.CancelledError:  # the caller booking for everyone went away meanwhile
-            queue.release(asked)  # (what the store granted this call is lost: unused, never over)
-            self._at(scope, api, queue, self._clock())
+            if not answered:
+                queue.in_flight -= 1
+                queue.release(asked)  # (what the store granted this call is lost: unused, never over)
+                self._at(scope, api, queue, self._clock())
             raise
-        finally:
-            queue.in_flight -= 1
+        except BaseException:
+            if not answered:
+                queue.in_flight -= 1
+            raise
+        if not answered:
+            answer(booked)
+
+    def _answered(
+        self,
+        scope: str,
+        api: str,
+        queue: _Queue,
+        booked: Booked | Paused,
+        *,
+        wants: list[Want],
+        asked: dict[str, list[_Waiter]],
+        now: float,
+        lead: float,
+    ) -> None:
+        """A booking's answer (asked at ``now``, with ``lead``): its slots to its waiters, and
+        the next booking timed."""
         if isinstance(booked, Paused):
             queue.answer_all(booked)
             return

@@ -47,9 +47,16 @@ class Answered:
         self._breaker = breaker
 
     async def book(
-        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+        self,
+        scope: str,
+        api: str,
+        wants: Sequence[Want],
+        terms: Terms,
+        unbook: Sequence[Booking] = (),
+        *,
+        then: Callable[[Booked | Paused], None] | None = None,
     ) -> Booked | Paused:
-        booked = await self._store.book(scope, api, wants, terms, unbook)
+        booked = await self._store.book(scope, api, wants, terms, unbook, then=then)
         self._breaker.succeeded(by="a budget booking")
         return booked
 

@@ -32,8 +32,16 @@ class MemoryBudgetStore:
         self._paused: dict[str, tuple[float, int, str]] = {}
 
     async def book(
-        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+        self,
+        scope: str,
+        api: str,
+        wants: Sequence[Want],
+        terms: Terms,
+        unbook: Sequence[Booking] = (),
+        *,
+        then: Callable[[Booked | Paused], None] | None = None,
     ) -> Booked | Paused:
+        """(``then`` is not told: the answer is returned at once, in the caller's own step.)"""
         now = self._clock()
         paused = self._paused.get(scope)
         if paused is not None and paused[0] > now:

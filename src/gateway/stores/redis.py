@@ -36,7 +36,7 @@ from gateway.events import Entry, Page, order
 from gateway.health import StoreUnavailable
 from gateway.idempotency import MAX_ANSWER, Claim
 from gateway.signing import Signature
-from gateway.stores.line import Late, Line, Nodes, unawaited
+from gateway.stores.line import Late, Line, Nodes, Then, unawaited
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
@@ -137,17 +137,18 @@ class Redis:
         """The connection of ours for a call on ``keys`` (one slot), or None (through redis-py)."""
         return self.line if self.nodes is None else self.nodes.line(keys[0])
 
-    async def on_line(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def on_line(self, name: str, keys: list[str], args: list[Any], then: Then | None = None) -> Any:
         """A script written now on the budget's own connection (``line``, or on a cluster the line
         to the node of ``keys``: pipelined behind the calls before it), else as any other call
         (and on a cluster, after a MOVED or ASK, or a node that cannot be reached, through redis-py,
-        which follows the redirection or finds the new primary, and refreshes its slot map)."""
+        which follows the redirection or finds the new primary, and refreshes its slot map).
+        ``then``: told of the reply as the line reads it (``Line.call``); not through redis-py."""
         line = self.line_for(keys)
         if line is None:
             return await self.script(name, keys, args)
         self.round_trips += 1
         try:
-            return await line.evalsha(self.scripts[name], keys, args)
+            return await line.evalsha(self.scripts[name], keys, args, then)
         except StoreUnavailable as exc:
             if self.nodes is None or isinstance(exc, Late):  # (a slow node again through redis-py: twice the wait)
                 raise
@@ -196,7 +197,14 @@ class RedisBudgetStore:
         return [f"{p}budget:{{{scope}}}:{api}", f"{p}pause:{{{scope}}}", f"{p}fair:{{{scope}}}:{api}"]
 
     async def book(
-        self, scope: str, api: str, wants: Sequence[Want], terms: Terms, unbook: Sequence[Booking] = ()
+        self,
+        scope: str,
+        api: str,
+        wants: Sequence[Want],
+        terms: Terms,
+        unbook: Sequence[Booking] = (),
+        *,
+        then: Callable[[Booked | Paused], None] | None = None,
     ) -> Booked | Paused:
         args: list[Any] = [round(t * _US) for t in terms]
         args.append(len(unbook))
@@ -204,7 +212,19 @@ class RedisBudgetStore:
             args += [round(handed.start * _US), round(handed.end * _US)]
         for want in wants:
             args += [want.caller, want.weight, want.wanted, round(want.within * _US)]
-        reply = await self._r.on_line("book", self._keys(scope, api), args)
+        read: list[Booked | Paused] = []
+
+        def answered(reply: Any) -> None:  # (on the line: as its reply is read)
+            read.append(self._booked(reply, wants, terms))
+            if then is not None:
+                then(read[0])
+
+        reply = await self._r.on_line("book", self._keys(scope, api), args, answered)
+        return read[0] if read else self._booked(reply, wants, terms)
+
+    @staticmethod
+    def _booked(reply: Any, wants: Sequence[Want], terms: Terms) -> Booked | Paused:
+        """``book.lua``'s reply: the slots per caller (microseconds on Redis's clock), or a pause."""
         if int(reply[0]) == 2:
             code, _, reason = (reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])).partition(" ")
             return Paused(left=int(reply[1]) / 1000, code=int(code), reason=reason)
