@@ -62,6 +62,26 @@ async def test_concurrent_bookings_share_one_connection_in_order(
     assert len(_ours(redis_url)) == others + 1
 
 
+async def test_a_booking_s_answer_is_told_as_the_line_reads_it(
+    store: tuple[Redis, RedisBudgetStore], redis_url: str
+) -> None:
+    """``then`` hears the booking from the callback that reads Redis's reply, outside any task
+    (before the booking's own task is resumed, which under load comes milliseconds later), and
+    hears what ``book`` returns; after SCRIPT FLUSH too, never of the NOSCRIPT error between."""
+    _, budget = store
+    told: list[tuple[object, object]] = []
+
+    def then(booked: object) -> None:
+        told.append((booked, asyncio.current_task()))
+
+    first = await budget.book("1400", "api", [Want("a", 1, 1, 0.06)], TERMS, then=then)
+    redis.Redis.from_url(redis_url).script_flush()
+    second = await budget.book("1400", "api", [Want("b", 1, 1, 0.06)], TERMS, then=then)
+    assert isinstance(first, Booked)
+    assert isinstance(second, Booked)
+    assert told == [(first, None), (second, None)]
+
+
 async def test_a_flushed_script_is_sent_again(store: tuple[Redis, RedisBudgetStore], redis_url: str) -> None:
     """After SCRIPT FLUSH (or a Redis restart) the booking still runs: by its text, which loads it."""
     _, budget = store

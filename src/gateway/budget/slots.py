@@ -27,8 +27,8 @@ class Slot(NamedTuple):
 
 class Launch:
     """A call sent the moment its slot comes, by the first code that runs then: the booking that
-    granted the slot, in the same step as the store's answer (``Dispatcher``: ``on_grant``), or
-    a timer callback at the slot. Not the caller's own task: the loop resumes a task only after
+    granted the slot, as the store's answer is read (``Dispatcher``: ``on_grant``; on Redis, the
+    line's ``data_received``), or a timer callback at the slot. Not the caller's own task: the loop resumes a task only after
     every callback queued before it, milliseconds under load, and a slot's send window is a third
     of the jitter (BENCHMARKS.md, "Redis mode at 64 in flight": the hop from the booking to the
     caller's task and the timed wake-up were most of the slots missed).
