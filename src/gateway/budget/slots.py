@@ -28,10 +28,11 @@ class Slot(NamedTuple):
 class Launch:
     """A call sent the moment its slot comes, by the first code that runs then: the booking that
     granted the slot, as the store's answer is read (``Dispatcher``: ``on_grant``; on Redis, the
-    line's ``data_received``), or a timer callback at the slot. Not the caller's own task: the loop resumes a task only after
-    every callback queued before it, milliseconds under load, and a slot's send window is a third
-    of the jitter (BENCHMARKS.md, "Redis mode at 64 in flight": the hop from the booking to the
-    caller's task and the timed wake-up were most of the slots missed).
+    line's ``data_received``), or a timer callback at the slot. Not the caller's own task: the
+    loop resumes a task only after every callback queued before it, milliseconds under load, and
+    a slot's send window is a third of the jitter (BENCHMARKS.md, "Redis mode at 64 in flight":
+    the hop from the booking to the caller's task and the timed wake-up were most of the slots
+    missed).
 
     ``send(send_by)`` writes the call with nothing awaited and says whether it did (no idle
     socket: the caller then sends it itself, as without a launch). It is called only within the
