@@ -10,7 +10,11 @@ grant (bookings batch the calls that arrive together: below 1 means batching hap
 gateway's CPU: how busy its process was (100% = one core, all it can use) and its CPU a request.
 A side well under 100% at 64 in flight is bound by waiting, not by CPU.
 
-    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000 REDIS=standalone|cluster)
+    python -m bench redis_mode        (env: ROUNDS=3 SECONDS=4 BENCH_QPS=100000 REDIS=standalone|cluster
+                                            WRITE=metadata|room)
+
+``WRITE=room``: the writes are room PATCHes (``activity_status``), which also invalidate the
+cached room: two Redis round trips each instead of one.
 
 ``REDIS=cluster``: each Redis-mode side on a 3-primary Redis Cluster of its own (``redis+cluster://``)
 instead of a standalone server.
@@ -69,7 +73,8 @@ def main() -> None:
     qps = os.environ.get("BENCH_QPS", "100000")  # the budget: high enough not to bind
     env = {"EMULATOR_SECRET_KEY": KEY, "BENCH_UPSTREAM": emulator, "BENCH_QPS": qps}
     env["GATEWAY_LOG_LEVEL"] = "warning"  # both sides alike; the access log's cost is bench forwarding's
-    body = json.dumps({"metadata": {"k": "v"}})
+    room = os.environ.get("WRITE", "metadata") == "room"  # room PATCHes: a booking and an invalidation each
+    body = json.dumps({"activity_status": 1} if room else {"metadata": {"k": "v"}})
     kind = os.environ.get("REDIS", "standalone")
     with (
         redis_server(kind) as own_redis_url,
@@ -97,8 +102,9 @@ def main() -> None:
                 own["PYTHONPATH"] = os.pathsep.join([source, str(ROOT)])
             proc = gateways.enter_context(process([sys.executable, "-m", "bench.apps", str(port)], port=port, env=own))
             sides[name], pids[name] = f"http://127.0.0.1:{port}", proc.pid
+        tail = "" if room else "/metadata"
         paths = {
-            name: [f"{url}/v1/tenants/acme/rooms/room-{n}/metadata" for n in (1, 2, 3)] for name, url in sides.items()
+            name: [f"{url}/v1/tenants/acme/rooms/room-{n}{tail}" for n in (1, 2, 3)] for name, url in sides.items()
         }
         for urls in paths.values():
             load(urls, concurrency=8, seconds=1, method="PATCH", body=body, headers=AUTH)  # warm
