@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.redis_servers import free_port  # noqa: F401 - one free-port helper for tests and benches
@@ -72,6 +72,34 @@ def summarise(runs: dict[str, list[dict[str, object]]], width: int = 18) -> tupl
     for key in runs:
         print(f"  {key:{width}s} {rps[key]:7.0f} req/s  p50 {p50[key]:6.2f} ms  errors {errors[key]}")
     return rps, p50
+
+
+IDLE_GAP = 0.02  # the emulator's latency: how long a lone caller leaves each hop idle
+
+
+def round_trips(
+    host: str, port: int, request: bytes, done: Callable[[bytes], bool], *, count: int = 300
+) -> tuple[float, float]:
+    """One request's round trip on a kept-alive plain socket, p50 in µs: back to back, and each
+    after IDLE_GAP of quiet, as a lone caller's request meets every hop (this machine wakes an
+    idle process slowly). ``done``: whether the bytes read so far hold the whole reply."""
+    with socket.create_connection((host, port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def once() -> float:
+            started = time.perf_counter()
+            sock.sendall(request)
+            data = b""
+            while not done(data):
+                data += sock.recv(65536)
+            return (time.perf_counter() - started) * 1e6
+
+        hot = [once() for _ in range(count)]
+        idle = []
+        for _ in range(count):
+            time.sleep(IDLE_GAP)
+            idle.append(once())
+    return median(hot), median(idle)
 
 
 def process_cpu(pid: int) -> float:

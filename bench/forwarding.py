@@ -37,7 +37,7 @@ import urllib.request
 from tests.support import APP_ID, KEY, TOKENS
 from TLSSigAPIv2 import TLSSigAPIv2
 
-from bench._harness import GATEWAY, Steal, free_port, load, process, summarise
+from bench._harness import GATEWAY, IDLE_GAP, Steal, free_port, load, process, round_trips, summarise
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 
@@ -161,11 +161,33 @@ def main() -> None:
                         f"{hop - direct:+.2f} ms p50 over the direct client; {gateway} adds {ours - hop:+.2f} ms "
                         "over it"
                     )
+            if callers == 1:
+                for name, via_hop in hops.items():
+                    port = int(via_hop.split(":")[2].split("/")[0])
+                    hot, idle = round_trips("127.0.0.1", port, BARE_GET, _whole_reply)
+                    print(
+                        f"  {name}, the control: the same server's bare GET route (bench.apps.bare), p50 from a "
+                        f"plain socket: {hot:.0f} µs back to back, {idle:.0f} µs after {IDLE_GAP * 1000:.0f} ms idle"
+                    )
             compare(rps, p50, servers, senders, generators)
         print("slots missed (a call that could not leave within its send window: booked again), whole run:")
         for name, via_gateway in gateways.items():
             fds = len(os.listdir(f"/proc/{pids[name]}/fd")) if os.path.isdir("/proc") else -1
             print(f"  {name}: {missed(via_gateway[0])} (open file descriptors at the end: {fds})")
+
+
+BARE_GET = b"GET /bare/rooms/room-1 HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def _whole_reply(data: bytes) -> bool:
+    """Whether ``data`` holds a whole HTTP reply with a content-length."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = next(
+        int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+    )
+    return len(body) >= length
 
 
 def missed(url: str) -> int | str:

@@ -28,10 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import statistics
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -39,7 +36,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.redis_servers import cluster, standalone
 from tests.support import KEY, TOKENS
 
-from bench._harness import GATEWAY, ROOT, Steal, free_port, load, process, process_cpu, summarise
+from bench._harness import (
+    GATEWAY,
+    IDLE_GAP,
+    ROOT,
+    Steal,
+    free_port,
+    load,
+    process,
+    process_cpu,
+    round_trips,
+    summarise,
+)
 
 AUTH = {"Authorization": f"Bearer {TOKENS['rw']}"}
 COUNTERS = ("gateway_budget_grants_total", "gateway_budget_slots_missed_total", "gateway_budget_bookings_total")
@@ -131,7 +139,7 @@ def main() -> None:
                     f"added p50 {added:+.2f} ms (bar <= +0.3 ms at 1)"
                 )
             if callers == 1:
-                hot, idle = round_trips(own_redis_url if kind != "cluster" else None)
+                hot, idle = redis_round_trips(own_redis_url if kind != "cluster" else None)
                 if hot is not None:
                     print(
                         f"  the control: a Redis round trip here (PING, p50) takes {hot:.0f} µs back to back and "
@@ -148,31 +156,12 @@ def main() -> None:
                 )
 
 
-IDLE_GAP = 0.02  # the emulator's latency: how long Redis sits idle between a lone caller's bookings
-
-
-def round_trips(url: str | None, count: int = 300) -> tuple[float | None, float | None]:
-    """PING's round trip on a plain socket, p50 in µs: back to back, and each after IDLE_GAP of
-    quiet (what a booking at one caller meets: this machine wakes an idle process slowly).
-    None for a cluster (which node would be the answer?)."""
+def redis_round_trips(url: str | None) -> tuple[float | None, float | None]:
+    """PING's round trip (``round_trips``), or None for a cluster (which node would be the answer?)."""
     if url is None:
         return None, None
     host, _, port = url.removeprefix("redis://").split("/")[0].rpartition(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def ping() -> float:
-            started = time.perf_counter()
-            sock.sendall(b"PING\r\n")
-            sock.recv(64)
-            return (time.perf_counter() - started) * 1e6
-
-        hot = [ping() for _ in range(count)]
-        idle = []
-        for _ in range(count):
-            time.sleep(IDLE_GAP)
-            idle.append(ping())
-    return statistics.median(hot), statistics.median(idle)
+    return round_trips(host, int(port), b"PING\r\n", lambda data: data.endswith(b"\r\n"))
 
 
 if __name__ == "__main__":
