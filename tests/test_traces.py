@@ -98,7 +98,12 @@ async def test_a_request_joins_the_callers_trace_with_a_client_span_per_attempt(
         "http.response.status_code": 204,
     } == attributes(root)
     in_trace = [s for s in received.spans if s.trace_id == root.trace_id]
-    attempts = sorted((s for s in in_trace if s.kind == CLIENT), key=lambda s: attributes(s)["gateway.attempt"])
+    clients = sorted((s for s in in_trace if s.kind == CLIENT), key=lambda s: attributes(s)["gateway.attempt"])
+    # A slot missed under load (the process stalled past its send window, as under coverage on
+    # CI) is a CLIENT span too, marked unsent, and is booked again: not an attempt at Tencent.
+    unsent = [s for s in clients if attributes(s).get("gateway.sent") is False]
+    assert all("tencent.error_code" not in attributes(s) for s in unsent)
+    attempts = [s for s in clients if s not in unsent]
     assert [s.name for s in attempts] == ["update_room_info", "update_room_info"]
     assert all(under(s, root, received) for s in attempts)
     first, second = (attributes(s) for s in attempts)
@@ -108,7 +113,7 @@ async def test_a_request_joins_the_callers_trace_with_a_client_span_per_attempt(
     assert second["tencent.request_id"]
     assert attempts[1].status.code != Status.STATUS_CODE_ERROR
     budget = [attributes(s) for s in in_trace if s.name == "budget wait" and under(s, root, received)]
-    assert len(budget) == 2
+    assert len(budget) == len(clients)  # a slot for each, the missed ones' included
     assert {(b["gateway.budget.api"], b["gateway.budget.outcome"]) for b in budget} == {("update_room_info", "granted")}
     assert all(b["gateway.budget.waited_seconds"] >= 0 for b in budget)
     assert received.resources[0]["service.name"] == "gateway-under-test"
