@@ -364,11 +364,12 @@ class Dispatcher:
             queue.answer_all(booked)
             return
         self.sync.sample(now, self._clock(), booked.at)
-        self._late = max(self._clock() - self.sync.local(booked.at), self._late * LATE_DECAY)
+        at = self.sync.local(booked.at)  # the store's now, on our clock
+        self._late = max(self._clock() - at, self._late * LATE_DECAY)
         # The store grants within each waiter's cap counted from its own now (``Want.within``):
         # a replica that stalled between deciding to book and the store looking at its clock
         # (preempted, a busy loop, the round trip) must not refuse the slot that was free then.
-        self._hand_out(queue, booked, asked, lead + max(0.0, self.sync.local(booked.at) - now))
+        self._hand_out(queue, booked, asked, lead + max(0.0, at - now))
         short = {w.caller for w in wants if len(booked.slots.get(w.caller, ())) < w.wanted}
         queue.short = ((queue.short - {w.caller for w in wants}) | short) & queue.callers.keys()
         if booked.next_at is not None:  # none of these can have a slot before then
